@@ -1,0 +1,56 @@
+"""Checkpoints as safetensors: tensors in the file, everything else as JSON in its metadata.
+Nothing is pickled, so loading a checkpoint can never execute code."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+META_KEY = "pretextflow"
+
+
+def encode(groups: dict[str, dict[str, torch.Tensor]], info: dict[str, Any]) -> bytes:
+    """``groups`` maps a prefix (``model``, ``rng``...) to tensors; ``info`` is JSON metadata."""
+    flat = {f"{g}/{k}": v.detach().to("cpu").contiguous().clone() for g, ts in groups.items() for k, v in ts.items()}
+    return st_save(flat, metadata={META_KEY: json.dumps(info, sort_keys=True)})
+
+
+def decode(data: bytes) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    from safetensors import safe_open  # noqa: F401  (imported for its error types' availability)
+
+    flat = st_load(data)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in flat.items():
+        g, k = name.split("/", 1)
+        groups.setdefault(g, {})[k] = tensor
+    info = json.loads(_metadata(data).get(META_KEY, "{}"))
+    return groups, info
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    # safetensors layout: 8-byte little-endian header length, then a JSON header with __metadata__
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n]).get("__metadata__", {}) or {}
+
+
+def optimizer_to_groups(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_groups(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(info["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})

@@ -1,0 +1,152 @@
+"""The plugin contracts: what a pretext task, a backbone and a dataset format must provide.
+
+Third-party plugins import these names (re-exported by ``pretextflow.api``); the built-ins use
+exactly the same classes. Keep this module small and stable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+if TYPE_CHECKING:
+    from .augment import Augmenter
+
+Family = Literal["predictive", "generative", "contrastive"]
+FAMILIES: tuple[str, ...] = ("predictive", "generative", "contrastive")
+
+
+class Params(BaseModel):
+    """Base for every plugin's hyper-parameters: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------------------------
+class BackboneParams(Params):
+    """What the core tells a backbone builder about the data; ``kwargs`` are the user's extras."""
+
+    in_chans: int
+    image_size: int
+    small_image_stem: bool = True
+    kwargs: dict[str, Any] = {}
+
+
+class Backbone(nn.Module):
+    """Images -> feature vectors. Wraps a network and owns input normalisation, so pretraining,
+    probing and any later user see the same preprocessing.
+
+    ``forward`` takes float images in [0, 1], shape ``(N, C, H, W)``, returns ``(N, num_features)``.
+    """
+
+    def __init__(self, net: nn.Module, num_features: int, mean: list[float], std: list[float],
+                 image_size: int, provides_tokens: bool = False):
+        super().__init__()
+        self.net = net
+        self.num_features = int(num_features)
+        self.provides_tokens = provides_tokens
+        c = len(mean)
+        self.in_chans, self.image_size = c, int(image_size)  # square inputs (N, in_chans, size, size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A named backbone builder. ``name`` may end in ``/*`` to claim a namespace (``timm/*``
+    builds any timm model as ``timm/<model_name>``)."""
+
+    name: str
+    build: Callable[[str, BackboneParams], tuple[nn.Module, int]]  # (full name, params) -> (net, num_features)
+    description: str = ""
+    provides_tokens: bool = False
+
+    def matches(self, name: str) -> bool:
+        if self.name.endswith("/*"):
+            return name.startswith(self.name[:-1]) and len(name) > len(self.name) - 1
+        return name == self.name
+
+
+# --------------------------------------------------------------------------------------------
+# Pretext tasks
+# --------------------------------------------------------------------------------------------
+class Requirements(BaseModel):
+    """What a pretext task needs from its backbone; checked before any training starts."""
+
+    model_config = ConfigDict(frozen=True)
+    tokens: bool = False  # needs patch tokens (e.g. MAE on a ViT)
+    min_image_size: int = 1
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns: the scalar loss to minimise and numbers worth logging."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class PretextTask(nn.Module):
+    """A self-supervised objective. Owns its heads, its views and its loss; the core owns the loop.
+
+    Subclasses set ``name``, ``family``, optionally ``requires``, and a nested ``Params`` model
+    whose defaults follow the published recipe scaled to small images.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    description: ClassVar[str] = ""
+    requires: ClassVar[Requirements] = Requirements()
+
+    class Params(Params):
+        pass
+
+    def __init__(self, backbone: Backbone, params: "PretextTask.Params"):
+        super().__init__()
+        self.backbone = backbone
+        self.params = params
+
+    def forward(self, images: torch.Tensor, aug: "Augmenter") -> StepOutput:  # pragma: no cover
+        """``images``: a uint8 batch ``(N, C, H, W)`` already on the training device."""
+        raise NotImplementedError
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Hook for EMA teachers and schedules owned by the method; default does nothing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset formats
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DatasetArrays:
+    """What a dataset format returns: uint8 images ``(N, C, H, W)``, int64 labels (-1 = none)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    source_files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 of payload
+
+
+class DatasetFormat:
+    """Reads one on-disk format through fsspec and returns :class:`DatasetArrays`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    class Options(Params):
+        pass
+
+    def read(self, source: str, options: "DatasetFormat.Options",
+             storage_options: dict[str, Any]) -> DatasetArrays:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each message names the problem and the fix; the CLI prints it and
+exits non-zero without a traceback."""
+from __future__ import annotations
+
+
+class PretextflowError(Exception):
+    """Base class: anything raised as this is shown to the user as-is (no traceback)."""
+
+    exit_code = 2
+
+
+class ConfigError(PretextflowError):
+    """A config file or ``--set`` value is invalid."""
+
+
+class PluginError(PretextflowError):
+    """A plugin is unknown, broken, or incompatible with another plugin."""
+
+
+class DataError(PretextflowError):
+    """A data source or the canonical dataset is missing or malformed."""
+
+
+class StageInputError(PretextflowError):
+    """A stage was run alone but an upstream artifact it needs does not exist."""
+
+
+class VersioningError(PretextflowError):
+    """A DVC or git operation failed."""

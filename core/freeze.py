@@ -1,0 +1,57 @@
+"""Freeze: keep the backbone, throw the pretext head away. Exports the backbone's weights as
+safetensors plus a small JSON spec (how to rebuild it); probing loads only these two files."""
+from __future__ import annotations
+
+import logging
+
+from . import checkpoint as ckpt
+from .config import RunConfig
+from .contracts import Backbone
+from .errors import StageInputError
+from .plugins import Registry
+from .store import ArtifactStore
+from .train import build_backbone
+
+STAGE = "freeze"
+log = logging.getLogger("pretextflow.freeze")
+
+
+def freeze(cfg: RunConfig, dataset_meta: dict, store: ArtifactStore, pretrain_key: str, key: str,
+           logger: logging.Logger | logging.LoggerAdapter = log) -> str:
+    if store.is_complete(STAGE, key):
+        logger.info("freeze %s: complete artifact found", key)
+        return store.uri_of(STAGE, key)
+    if not store.is_complete("pretrain", pretrain_key):
+        raise StageInputError(f"freeze needs the pretrained model pretrain/{pretrain_key} in {store.uri}, which "
+                              f"does not exist. Run `pretextflow pretrain CONFIG` (or `pretextflow run CONFIG`).")
+    groups, _ = ckpt.decode(store.read_bytes("pretrain", pretrain_key, "task.safetensors"))
+    weights = {k[len("backbone."):]: v for k, v in groups["model"].items() if k.startswith("backbone.")}
+    spec = {
+        "backbone": cfg.backbone.model_dump(mode="json"),
+        "image_shape": dataset_meta["image_shape"],
+        "mean": dataset_meta["mean"],
+        "std": dataset_meta["std"],
+        "pretext": cfg.pretext.name,
+        "pretrain_key": pretrain_key,
+        "num_parameters": int(sum(v.numel() for k, v in weights.items() if not k.endswith("num_batches_tracked"))),
+    }
+    store.write_bytes(ckpt.encode({"backbone": weights}, spec), STAGE, key, "backbone.safetensors")
+    store.write_json(spec, STAGE, key, "spec.json")
+    store.mark_complete(STAGE, key, {"pretrain_key": pretrain_key})
+    logger.info("freeze %s: exported %d backbone tensors (%d parameters)", key, len(weights), spec["num_parameters"])
+    return store.uri_of(STAGE, key)
+
+
+def load_frozen_backbone(store: ArtifactStore, key: str, registry: Registry) -> Backbone:
+    """Rebuild the backbone from its spec and load the frozen weights; eval mode, no gradients."""
+    from .config import BackboneConfig, DataConfig
+
+    if not store.is_complete(STAGE, key):
+        raise StageInputError(f"probe needs the frozen backbone freeze/{key} in {store.uri}, which does not "
+                              f"exist. Run `pretextflow freeze CONFIG` first (or `pretextflow run CONFIG`).")
+    groups, spec = ckpt.decode(store.read_bytes(STAGE, key, "backbone.safetensors"))
+    cfg = RunConfig(data=DataConfig(name="-"), backbone=BackboneConfig(**spec["backbone"]))
+    backbone = build_backbone(cfg, {"image_shape": spec["image_shape"], "mean": spec["mean"], "std": spec["std"]},
+                              registry)
+    backbone.load_state_dict(groups["backbone"], strict=True)
+    return backbone.eval().requires_grad_(False)

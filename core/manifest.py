@@ -1,0 +1,78 @@
+"""The manifest: what a run used and produced, enough to rerun it and get the same numbers."""
+from __future__ import annotations
+
+import re
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .data import Dataset
+from .plugins import Registry
+from .store import ArtifactStore
+from .train import resolved_pretext_params
+from .versioning import git_commit
+
+SCHEMA_VERSION = 1
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "prefect", "dvc", "pluggy", "fsspec", "pydantic",
+            "safetensors", "scikit-learn", "matplotlib")
+
+
+def new_run_id(name: str, probe_key: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{probe_key[:8]}"
+
+
+def package_versions(extra: list[str] | None = None) -> dict[str, str]:
+    out = {}
+    for name in ("pretextflow", *PACKAGES, *(extra or [])):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return dict(sorted(out.items()))
+
+
+def code_version() -> dict[str, Any]:
+    import pretextflow
+
+    return {"pretextflow": pretextflow.__version__, **git_commit(Path(pretextflow.__file__).resolve().parent)}
+
+
+def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: Dataset, data_version: str,
+                   data_dvc: dict, keys: dict[str, str], store: ArtifactStore, metrics: dict, history: dict,
+                   stage_times: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    config = cfg.model_dump(mode="json")
+    config["pretext"]["params"] = resolved_pretext_params(cfg, registry)
+    config["store"]["storage_options"] = {k: "***" for k in config["store"]["storage_options"]}  # never secrets
+    plugins = {}
+    for kind, name in (("pretext", cfg.pretext.name), ("backbone", cfg.backbone.name),
+                       ("dataset", dataset.meta["format"])):
+        info = registry.describe(kind, name)
+        plugins[kind] = {"name": name, "package": info.package, "version": info.version}
+    third_party = sorted({p["package"] for p in plugins.values() if p["package"] != "pretextflow"})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "data_version": data_version,
+        "data_dvc": data_dvc,
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "counts": dataset.meta["counts"],
+                    "image_shape": dataset.meta["image_shape"], "format": dataset.meta["format"]},
+        "config": config,
+        "code_version": code_version(),
+        "packages": package_versions(third_party),
+        "plugins": plugins,
+        "device": history.get("device"),
+        "threads": history.get("threads"),
+        "artifacts": {stage: {"key": key, "uri": store.uri_of(stage, key)} for stage, key in keys.items()},
+        "stages": stage_times,
+        "pretrain": {"epochs": len(history.get("epoch_loss", [])), "final_loss": (history.get("epoch_loss") or [None])[-1],
+                     "images_per_second": history.get("images_per_second"),
+                     "seconds": sum(history.get("epoch_seconds", []))},
+        "metrics": {k: v for k, v in metrics.items() if k not in ("detail",)},
+        "metrics_detail": metrics.get("detail", {}),
+    }

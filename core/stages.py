@@ -1,0 +1,146 @@
+"""The stages as plain functions with small, JSON-serialisable inputs and outputs. The Prefect
+flows in ``pretextflow.flows`` wrap exactly these; so can any other orchestrator, or a script.
+
+Each stage's key hashes what determines its output (see ``core.keys``); the key names the
+artifact's folder in the store, and a stage whose complete artifact exists is not recomputed."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .config import RunConfig
+from .data import Dataset, load_dataset
+from .keys import stage_key
+from .plugins import Registry, get_registry
+from .store import ArtifactStore
+from .train import resolved_pretext_params
+from .workspace import Workspace
+
+log = logging.getLogger("pretextflow")
+
+# Training settings that do not change what is learned (only how it is logged or checkpointed).
+_TRAIN_FIELDS_NOT_IN_KEY = {"log_every", "checkpoint_every", "threads", "device"}
+
+
+@dataclass
+class StageContext:
+    ws: Workspace
+    cfg: RunConfig
+    registry: Registry
+    store: ArtifactStore
+
+    @classmethod
+    def create(cls, cfg: RunConfig, workspace: str | None = None, registry: Registry | None = None) -> "StageContext":
+        ws = Workspace.at(workspace)
+        store = ArtifactStore(ws.store_uri(cfg.store.uri), cfg.store.storage_options)
+        return cls(ws, cfg, registry or get_registry(), store)
+
+    def dataset(self) -> Dataset:
+        return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
+
+    def plugin_versions(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for kind, name in (("pretext", self.cfg.pretext.name), ("backbone", self.cfg.backbone.name)):
+            info = self.registry.describe(kind, name)
+            out[kind] = {"name": name, "package": info.package, "version": info.version}
+        return out
+
+    # -- keys ----------------------------------------------------------------------------------
+    def pretrain_key(self, ds: Dataset) -> str:
+        cfg = self.cfg
+        train = cfg.train.model_dump(mode="json", exclude=_TRAIN_FIELDS_NOT_IN_KEY)
+        return stage_key("pretrain", {
+            "data": ds.fingerprint, "seed": cfg.seed, "train": train,
+            "backbone": cfg.backbone.model_dump(mode="json"),
+            "pretext": {"name": cfg.pretext.name, "params": resolved_pretext_params(cfg, self.registry)},
+            "plugins": self.plugin_versions(),
+        })
+
+    def freeze_key(self, pretrain_key: str) -> str:
+        return stage_key("freeze", {"pretrain": pretrain_key})
+
+    def probe_key(self, ds: Dataset, freeze_key: str) -> str:
+        cfg = self.cfg
+        return stage_key("probe", {
+            "freeze": freeze_key, "data": ds.fingerprint, "seed": cfg.seed,
+            "probe": cfg.probe.model_dump(mode="json"),
+            "backbone": cfg.backbone.model_dump(mode="json"),  # the random-init baseline depends on it
+        })
+
+    def keys(self, ds: Dataset) -> dict[str, str]:
+        pk = self.pretrain_key(ds)
+        fk = self.freeze_key(pk)
+        return {"pretrain": pk, "freeze": fk, "probe": self.probe_key(ds, fk)}
+
+
+def run_ingest(ctx: StageContext, push: bool = True, logger=log) -> dict[str, Any]:
+    """Ingest the config's source if it names one; otherwise describe the dataset already there."""
+    from .ingest import ingest, summary
+    from .versioning import data_version
+
+    d = ctx.cfg.data
+    if d.source:
+        if not d.format:
+            from .errors import ConfigError
+
+            raise ConfigError("data.format is required when data.source is set (e.g. idx, imagefolder).")
+        return ingest(ctx.ws, d.source, d.format, d.name, d.options, ctx.cfg.store.storage_options, push=push,
+                      registry=ctx.registry, logger=logger)
+    return summary(ctx.dataset(), data_version(ctx.ws))
+
+
+def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None) -> dict[str, Any]:
+    from .train import pretrain
+
+    ds = ctx.dataset()
+    key = ctx.pretrain_key(ds)
+    outcome = pretrain(ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end)
+    return outcome.__dict__
+
+
+def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
+    from .freeze import freeze
+
+    ds = ctx.dataset()
+    pk = ctx.pretrain_key(ds)
+    fk = ctx.freeze_key(pk)
+    cached = ctx.store.is_complete("freeze", fk)
+    uri = freeze(ctx.cfg, ds.meta, ctx.store, pk, fk, logger=logger)
+    return {"key": fk, "uri": uri, "cached": cached}
+
+
+def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
+    from .probe import probe
+
+    ds = ctx.dataset()
+    keys = ctx.keys(ds)
+    cached = ctx.store.is_complete("probe", keys["probe"])
+    metrics = probe(ctx.cfg, ds, ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger)
+    return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached,
+            "metrics": metrics}
+
+
+def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None = None, logger=log) -> dict[str, Any]:
+    """Write the run folder (manifest.json, report.md, report.html, figures) from stored artifacts."""
+    from .errors import StageInputError
+    from .manifest import build_manifest, new_run_id
+    from .report import write_report
+    from .versioning import data_version, read_data_dvc
+
+    ds = ctx.dataset()
+    keys = ctx.keys(ds)
+    for stage in ("pretrain", "freeze", "probe"):
+        if not ctx.store.is_complete(stage, keys[stage]):
+            raise StageInputError(f"report needs {stage}/{keys[stage]} in {ctx.store.uri}, which does not exist. "
+                                  f"Run `pretextflow {stage} CONFIG` first (or `pretextflow run CONFIG`).")
+    metrics = ctx.store.read_json("probe", keys["probe"], "metrics.json")
+    history = ctx.store.read_json("pretrain", keys["pretrain"], "history.json")
+    run_id = new_run_id(ctx.cfg.name, keys["probe"])
+    manifest = build_manifest(
+        run_id=run_id, cfg=ctx.cfg, registry=ctx.registry, dataset=ds, data_version=data_version(ctx.ws),
+        data_dvc=read_data_dvc(ctx.ws), keys=keys, store=ctx.store, metrics=metrics, history=history,
+        stage_times=stage_times or {})
+    run_uri = write_report(ctx.store, run_id, manifest, history, metrics)
+    logger.info("report: %s", run_uri)
+    return {"run_id": run_id, "run_uri": run_uri, "manifest": manifest}

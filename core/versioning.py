@@ -1,0 +1,127 @@
+"""DVC and git plumbing: initialise a workspace, track ``data/`` with ``data.dvc``, push to the
+remote, read the data version. DVC is driven through its CLI (its documented interface; the
+``Repo`` class is internal), serialised by a workspace lock because parallel DVC commands in one
+workspace fail on DVC's own lock."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+from filelock import FileLock, Timeout
+
+from .errors import VersioningError
+from .workspace import DEFAULT_REMOTE_DIR, Workspace
+
+_ENV = {"DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+
+
+def _run(args: list[str], cwd: Path, what: str) -> str:
+    env = {**os.environ, **_ENV}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise VersioningError(f"{what} failed in {cwd}: {' '.join(detail[-6:])}")
+    return proc.stdout
+
+
+def dvc(ws: Workspace, *args: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], ws.root, "dvc " + " ".join(args))
+
+
+def git(ws: Workspace, *args: str) -> str:
+    return _run(["git", *args], ws.root, "git " + " ".join(args))
+
+
+@contextmanager
+def workspace_lock(ws: Workspace, purpose: str, timeout: float = 600) -> Iterator[None]:
+    """Serialise DVC operations and data/ writes across processes; says who holds it on timeout."""
+    owner = ws.lock_path.with_name(ws.lock_path.name + ".owner")
+    lock = FileLock(str(ws.lock_path))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        holder = owner.read_text().strip() if owner.exists() else "unknown"
+        raise VersioningError(f"the workspace {ws.root} is locked by {holder}; waited {timeout:.0f}s. "
+                              f"Wait for that run to finish, or remove {ws.lock_path} if it died.") from None
+    try:
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                                     "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def init_workspace(root: str | Path, remote: str | None = None) -> Workspace:
+    """Make ``root`` a workspace: git repo, DVC initialised, a default remote, ignores."""
+    ws = Workspace.at(root)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    if not (ws.root / ".git").exists():
+        git(ws, "init", "-q")
+    if not (ws.root / ".dvc").is_dir():
+        dvc(ws, "init", "-q")
+        dvc(ws, "config", "core.analytics", "false")
+    if remote or not _has_default_remote(ws):
+        # a relative path is resolved from the workspace and stored relative to .dvc/config, so a
+        # clone of the workspace elsewhere still finds its remote
+        dvc(ws, "remote", "add", "--force", "--default", "storage", remote or DEFAULT_REMOTE_DIR)
+    ignore = ws.root / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    for entry in ("/artifacts", f"/{DEFAULT_REMOTE_DIR}", "/.pretextflow.lock*"):
+        if entry not in lines:
+            lines.append(entry)
+    ignore.write_text("\n".join(lines) + "\n")
+    return ws
+
+
+def _has_default_remote(ws: Workspace) -> bool:
+    try:
+        return bool(dvc(ws, "remote", "default").strip())
+    except VersioningError:
+        return False
+
+
+def track_and_push(ws: Workspace, push: bool = True) -> str:
+    """``dvc add data`` then ``dvc push``; returns the new data version (caller holds the lock)."""
+    dvc(ws, "add", "-q", "data")
+    if push:
+        dvc(ws, "push", "-q")
+    return data_version(ws)
+
+
+def read_data_dvc(ws: Workspace) -> dict:
+    if not ws.data_dvc.exists():
+        raise VersioningError(f"{ws.data_dvc} does not exist: no dataset has been ingested in this workspace. "
+                              f"Run `pretextflow ingest SOURCE --format FORMAT --name NAME`.")
+    return yaml.safe_load(ws.data_dvc.read_text())
+
+
+def data_version(ws: Workspace) -> str:
+    """The DVC md5 of ``data/`` (``<md5>.dir``): the exact data version a run used."""
+    outs = read_data_dvc(ws).get("outs") or [{}]
+    md5 = outs[0].get("md5")
+    if not md5:
+        raise VersioningError(f"{ws.data_dvc} has no md5; re-run `dvc add data`.")
+    return md5
+
+
+def git_commit(path: Path) -> dict:
+    """The git commit and dirty flag of the checkout holding ``path``, or nulls outside git."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=top,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (subprocess.CalledProcessError, FileNotFoundError, NotADirectoryError):
+        return {"commit": None, "dirty": None}

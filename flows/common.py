@@ -1,0 +1,41 @@
+"""What every stage task shares: config parsing, retries on transient faults, run logging."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect.cache_policies import NONE
+
+from pretextflow.core.config import load_config
+from pretextflow.core.errors import PretextflowError
+from pretextflow.core.stages import StageContext
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Storage and network hiccups are worth a retry; our own validation errors never are."""
+    if isinstance(exc, PretextflowError):
+        cause = exc.__cause__
+        return bool(getattr(exc, "transient", False)) or (cause is not None and is_transient(cause))
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+
+
+def retry_transient(task, task_run, state) -> bool:
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+# The artifact store is the cache (one source of truth): a stage whose complete artifact exists
+# returns at once, and a deleted artifact is recomputed. Prefect's own result cache is off so it
+# can never serve a result whose artifact is gone.
+TASK_OPTIONS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+                                    cache_policy=NONE, persist_result=False)
+
+
+def context(config: dict[str, Any], workspace: str | None) -> StageContext:
+    return StageContext.create(load_config(raw=dict(config)), workspace)
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t

@@ -1,0 +1,33 @@
+"""Prefect artifacts for a finished run: the report as Markdown, the metrics as a table."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from pretextflow.core.report import headline
+
+
+def artifact_key(prefix: str, name: str) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes only
+    return re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{name}".lower()).strip("-")
+
+
+def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
+    m = manifest["metrics"]
+    rows = [{"features": "SSL (frozen)", "linear_top1": round(m["linear_top1"], 4), "knn_top1": round(m["knn_top1"], 4)}]
+    for name, b in m.get("baselines", {}).items():
+        rows.append({"features": name, "linear_top1": round(b["linear_top1"], 4), "knn_top1": round(b["knn_top1"], 4)})
+    md = "\n".join([
+        f"# {manifest['name']}", "", headline(manifest), "",
+        "| features | linear top-1 | kNN top-1 |", "|---|---|---|",
+        *[f"| {r['features']} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} |" for r in rows], "",
+        f"- data version: `{manifest['data_version']}`",
+        f"- run folder: `{run_uri}` (report.html, report.md, manifest.json)",
+        f"- code: pretextflow {manifest['code_version']['pretextflow']} @ {manifest['code_version'].get('commit')}",
+    ])
+    create_markdown_artifact(markdown=md, key=artifact_key("report", manifest["name"]),
+                             description=f"pretextflow report {manifest['run_id']}")
+    create_table_artifact(table=rows, key=artifact_key("metrics", manifest["name"]),
+                          description=f"probe accuracies of {manifest['run_id']}")

@@ -1,0 +1,2 @@
+"""Built-in plugins. Each module registers through the same pluggy hooks a third party uses
+(see ``pretextflow.core.hookspecs``); the list of modules is ``core.plugins.BUILTIN_PLUGINS``."""

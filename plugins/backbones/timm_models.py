@@ -1,0 +1,43 @@
+"""``timm/<model_name>``: any timm model, built with ``pretrained=False`` and ``num_classes=0``
+(the classifier removed, so it returns pooled features).
+
+``small_image_stem`` adapts ImageNet stems to 28-64 px inputs where the architecture allows it:
+ResNets get a 3x3 stride-1 first conv and no max-pool (as in SimCLR's CIFAR recipe); ViTs get
+``img_size`` set to the data's size (choose ``patch_size`` in kwargs)."""
+from __future__ import annotations
+
+from torch import nn
+
+from pretextflow.core.contracts import BackboneParams, BackboneSpec
+from pretextflow.core.hookspecs import hookimpl
+
+PREFIX = "timm/"
+
+
+def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
+    import timm  # imported here: keeps `pretextflow --help` fast
+
+    model_name = name[len(PREFIX):]
+    if not timm.is_model(model_name):
+        from pretextflow.core.errors import PluginError
+
+        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:8]
+        raise PluginError(f"timm has no model {model_name!r} (backbone {name!r}). "
+                          f"Similar: {', '.join(close) or 'none'}. See timm.list_models().")
+    kwargs = dict(params.kwargs)
+    is_vit = "vit" in model_name or "deit" in model_name
+    if is_vit:
+        kwargs.setdefault("img_size", params.image_size)
+    net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=params.in_chans, **kwargs)
+    if params.small_image_stem and all(hasattr(net, a) for a in ("conv1", "bn1", "maxpool")):
+        # the first BN's width is the stem's output width, whatever the stem type (plain or deep)
+        out_ch = net.bn1.num_features
+        net.conv1 = nn.Conv2d(params.in_chans, out_ch, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    return net, int(net.num_features)
+
+
+@hookimpl
+def pretextflow_backbones():
+    return [BackboneSpec(name="timm/*", build=build_timm,
+                         description="any timm model by name, e.g. timm/resnet18 (pretrained=False)")]

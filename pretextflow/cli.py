@@ -1,0 +1,160 @@
+"""The ``pretextflow`` command. Heavy imports (torch, prefect, dvc) happen inside the commands,
+so ``pretextflow --help`` and ``pretextflow plugins`` start fast."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Self-supervised visual features from unlabeled images, as a reproducible pipeline.")
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace folder (default: current folder)")
+SetOpt = typer.Option(None, "--set", help="override a config field: --set train.epochs=3 (repeatable)")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors the user can act on: one clear message on stderr, exit code 2, no traceback."""
+    from pretextflow.core.errors import PretextflowError
+
+    try:
+        yield
+    except PretextflowError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _workspace(path: Optional[Path]) -> str:
+    return str((path or Path(os.environ.get("PRETEXTFLOW_WORKSPACE") or Path.cwd())).resolve())
+
+
+def _config(config: Path, overrides: Optional[List[str]]) -> dict:
+    from pretextflow.core.config import load_config
+
+    return load_config(config, overrides or []).model_dump(mode="json")
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+# -- plugins -----------------------------------------------------------------------------------
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects")) -> None:
+    """List installed plugins: name, kind, family (pretext tasks), providing package and version."""
+    from pretextflow.core.plugins import get_registry
+
+    with user_errors():
+        registry = get_registry()
+    if as_json:
+        typer.echo(json.dumps(registry.as_rows(), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("name", "kind", "family", "package", "version")
+        for i in registry.info:
+            table.add_row(i.name, i.kind, i.family or "", i.package, i.version)
+        Console().print(table)
+    for s in registry.skipped:
+        typer.secho(f"skipped plugin {s.plugin} ({s.package}): {s.reason}", fg="yellow", err=True)
+
+
+# -- workspace and data ------------------------------------------------------------------------
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="folder to make a workspace"),
+         remote: Optional[str] = typer.Option(None, help="DVC remote URL (default: DIR/.dvc-remote)")) -> None:
+    """Make a folder a workspace: git repository, DVC, a default DVC remote."""
+    from pretextflow.core.versioning import init_workspace
+
+    with user_errors():
+        ws = init_workspace(directory, remote)
+    typer.echo(f"workspace ready: {ws.root}")
+
+
+@app.command()
+def fetch(name: str = typer.Argument(..., help="known dataset, e.g. fashion-mnist"),
+          dest: Path = typer.Argument(..., help="folder to download into"),
+          mirror: Optional[str] = typer.Option(None, help="base URL or fsspec URI replacing the official one")) -> None:
+    """Download a known dataset with checksum verification."""
+    from pretextflow.core.sources import fetch_known
+
+    with user_errors():
+        out = fetch_known(name, dest, mirror)
+    typer.echo(str(out))
+
+
+@app.command()
+def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the source"),
+           fmt: str = typer.Option(..., "--format", "-f", help="dataset-format plugin (idx, imagefolder, ...)"),
+           name: str = typer.Option(..., "--name", "-n", help="dataset name in the workspace"),
+           option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="format option key=value"),
+           push: bool = typer.Option(True, "--push/--no-push", help="dvc push after dvc add"),
+           workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Ingest a dataset into the workspace's data/ and version it with DVC."""
+    from pretextflow.core.config import apply_overrides
+
+    _quiet_prefect()
+    config = {"name": f"ingest-{name}", "data": {"name": name, "source": source, "format": fmt,
+                                                 "options": apply_overrides({}, option or [])}}
+    with user_errors():
+        from pretextflow.core.config import load_config
+        from pretextflow.flows.stages import ingest_flow
+
+        result = ingest_flow(load_config(raw=config).model_dump(mode="json"), _workspace(workspace), push)
+    typer.echo(json.dumps(result, indent=2))
+
+
+# -- the pipeline and its stages -------------------------------------------------------------
+@app.command()
+def run(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/fashion_mnist.yaml"),
+        set_: Optional[List[str]] = SetOpt, workspace: Optional[Path] = WorkspaceOpt,
+        push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest")) -> None:
+    """Run the whole pipeline (ingest, pretrain, freeze, probe, report); prints the run folder."""
+    _quiet_prefect()
+    with user_errors():
+        cfg = _config(config, set_)
+        from pretextflow.core.report import headline
+        from pretextflow.core.store import ArtifactStore
+        from pretextflow.flows.pipeline import pipeline_flow
+
+        result = pipeline_flow(cfg, _workspace(workspace), push)
+        manifest = ArtifactStore(result["run_uri"]).read_json("manifest.json")
+    typer.echo(f"run folder: {result['run_uri']}")
+    typer.echo(f"report:     {result['run_uri']}/report.html")
+    typer.echo(headline(manifest))
+
+
+def _stage_command(stage: str):
+    def command(config: Path = typer.Argument(..., help="experiment YAML"), set_: Optional[List[str]] = SetOpt,
+                workspace: Optional[Path] = WorkspaceOpt) -> None:
+        _quiet_prefect()
+        with user_errors():
+            cfg = _config(config, set_)
+            from pretextflow.flows import stages as flows
+
+            result = getattr(flows, f"{stage}_flow")(cfg, _workspace(workspace))
+        if stage == "report":
+            result = {"run_id": result["run_id"], "run_uri": result["run_uri"]}
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+    command.__doc__ = f"Run the {stage} stage alone (its upstream artifacts must exist)."
+    return command
+
+
+for _stage in ("pretrain", "freeze", "probe", "report"):
+    app.command(name=_stage)(_stage_command(_stage))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
