@@ -19,8 +19,6 @@ def encode(groups: dict[str, dict[str, torch.Tensor]], info: dict[str, Any]) -> 
 
 
 def decode(data: bytes) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    from safetensors import safe_open  # noqa: F401  (imported for its error types' availability)
-
     flat = st_load(data)
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in flat.items():

@@ -19,6 +19,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from .contracts import DatasetArrays
 from .errors import DataError
@@ -33,6 +34,13 @@ def check_name(name: str) -> str:
         raise DataError(f"dataset name {name!r} is invalid: use 1-64 lowercase letters, digits, '.', '_' "
                         f"or '-', starting with a letter or digit (e.g. fashion-mnist).")
     return name
+
+
+def default_name(source: str) -> str:
+    """A dataset name from its source: ``/usr/share/datasets/fashion-mnist`` -> ``fashion-mnist``,
+    ``sklearn:digits`` -> ``digits``."""
+    last = re.split(r"[/:]", source.rstrip("/"))[-1].lower()
+    return check_name(re.sub(r"[^a-z0-9._-]+", "-", last).strip("-._") or "dataset")
 
 
 def validate_arrays(arrays: DatasetArrays, source: str) -> None:
@@ -136,7 +144,7 @@ def load_dataset(data_uri: str, name: str, storage_options: dict[str, Any] | Non
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
         raise DataError(f"dataset {name!r} was written by a newer pretextflow (schema "
                         f"{meta['schema_version']} > {SCHEMA_VERSION}). Upgrade pretextflow.")
-    local = getattr(fs, "protocol", None) in ("file", ("file", "local"), "local") or "file" in fs.protocol
+    local = isinstance(fs, LocalFileSystem)
     arrays = {}
     for key in ARRAYS:
         path = f"{root}/{key}.npy"

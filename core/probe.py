@@ -22,7 +22,7 @@ from .features import extract_features, pixel_features
 from .freeze import load_frozen_backbone
 from .plugins import Registry
 from .store import ArtifactStore
-from .train import build_backbone
+from .train import build_backbone, configure_runtime
 
 STAGE = "probe"
 log = logging.getLogger("pretextflow.probe")
@@ -129,7 +129,7 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
     if store.is_complete(STAGE, key):
         logger.info("probe %s: complete artifact found", key)
         return store.read_json(STAGE, key, "metrics.json")
-    torch.manual_seed(cfg.seed)
+    configure_runtime(cfg.seed, torch.device("cpu"), cfg.train.threads)  # also when run alone, in a new process
     pc = cfg.probe
     tr_mask, te_mask = dataset.train_labels >= 0, dataset.test_labels >= 0
     if not tr_mask.any() or not te_mask.any():

@@ -93,14 +93,18 @@ def fetch(name: str = typer.Argument(..., help="known dataset, e.g. fashion-mnis
 @app.command()
 def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the source"),
            fmt: str = typer.Option(..., "--format", "-f", help="dataset-format plugin (idx, imagefolder, ...)"),
-           name: str = typer.Option(..., "--name", "-n", help="dataset name in the workspace"),
+           name: Optional[str] = typer.Option(None, "--name", "-n",
+                                              help="dataset name in the workspace (default: from the source)"),
            option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="format option key=value"),
            push: bool = typer.Option(True, "--push/--no-push", help="dvc push after dvc add"),
            workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Ingest a dataset into the workspace's data/ and version it with DVC."""
     from pretextflow.core.config import apply_overrides
 
+    from pretextflow.core.data import default_name
+
     _quiet_prefect()
+    name = name or default_name(source)
     config = {"name": f"ingest-{name}", "data": {"name": name, "source": source, "format": fmt,
                                                  "options": apply_overrides({}, option or [])}}
     with user_errors():

@@ -172,3 +172,11 @@ def test_canonical_encoding_is_deterministic():
     b = encode_dataset("digits", "sklearn-digits", fmt().read("sklearn:digits", fmt.Options(), {}))
     assert a == b and set(a) == {"train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy",
                                  "meta.json"}
+
+
+def test_default_dataset_names():
+    from pretextflow.core.data import default_name
+
+    assert default_name("/usr/share/datasets/fashion-mnist/") == "fashion-mnist"
+    assert default_name("sklearn:digits") == "digits"
+    assert default_name("s3://bucket/My Photos") == "my-photos"

@@ -125,3 +125,23 @@ def test_cli_lists_plugins_as_json(plugin_dir):
     assert {"name": "identity", "kind": "pretext", "family": "predictive", "package": "pf-good",
             "version": "1.2.3"} in rows
     assert "skipped plugin broken (pf-broken)" in proc.stderr
+
+
+@pytest.mark.parametrize("name, kwargs", [("timm/resnet10t", {}), ("timm/vit_tiny_patch16_224", {"patch_size": 4}),
+                                          ("convnet-s", {"width": 8})])
+def test_backbones_train_one_step_on_small_grayscale_images(name, kwargs, digits_config):
+    import torch
+
+    from pretextflow.core.augment import Augmenter
+    from pretextflow.core.train import build_backbone, build_task
+
+    cfg = digits_config(f"backbone.name={name}", f"backbone.kwargs={kwargs}", "pretext.name=rotation",
+                        "pretext.params={}")
+    reg = get_registry()
+    backbone = build_backbone(cfg, {"image_shape": [1, 8, 8], "mean": [0.3], "std": [0.4]}, reg, seed=0)
+    feats = backbone(torch.rand(4, 1, 8, 8))
+    assert feats.shape == (4, backbone.num_features)
+    task = build_task(cfg, backbone, reg)
+    out = task(torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), Augmenter(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
