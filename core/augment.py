@@ -70,7 +70,6 @@ class Augmenter:
     def resized_crop(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
         """Random resized crop + horizontal flip as one affine resample per sample."""
         n, _, h, w = x.shape
-        out = spec.size or h
         area = self.uniform(n, *spec.crop_scale)
         log_ratio = self.uniform(n, math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
         ratio = torch.exp(log_ratio)
@@ -80,14 +79,8 @@ class Augmenter:
         # centre in normalised coordinates [-1, 1], so the crop stays inside the image
         cx = (self.uniform(n, 0.0, 1.0) * 2 - 1) * (1 - cw)
         cy = (self.uniform(n, 0.0, 1.0) * 2 - 1) * (1 - ch)
-        flip = torch.where(self.bernoulli(n, spec.flip_p), -1.0, 1.0)
-        theta = torch.zeros(n, 2, 3, device=x.device)
-        theta[:, 0, 0] = cw * flip
-        theta[:, 0, 2] = cx
-        theta[:, 1, 1] = ch
-        theta[:, 1, 2] = cy
-        grid = F.affine_grid(theta, [n, x.shape[1], out, out], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        flip = self.bernoulli(n, spec.flip_p)
+        return crop_boxes(x, cx, cy, cw, ch, spec.size or h, flip)
 
     def color_jitter(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
         n, c = x.shape[:2]
@@ -144,6 +137,29 @@ class Augmenter:
         x = self.blur(x, spec.blur_p)
         x = self.solarize(x, spec.solarize_p)
         return x
+
+    def multi_crop(self, images: torch.Tensor, global_spec: ViewSpec, local_spec: ViewSpec, n_global: int = 2,
+                   n_local: int = 0) -> list[torch.Tensor]:
+        """Multi-crop (SwAV/DINO): ``n_global`` large views, then ``n_local`` small ones."""
+        return ([self.view(images, global_spec) for _ in range(n_global)]
+                + [self.view(images, local_spec) for _ in range(n_local)])
+
+
+def crop_boxes(x: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, cw: torch.Tensor, ch: torch.Tensor,
+               out_size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample one box per sample to ``out_size`` x ``out_size`` with a single ``grid_sample``.
+
+    Boxes are in normalised coordinates: centre ``(cx, cy)`` in [-1, 1], width/height ``(cw, ch)`` as
+    fractions of the image side; ``flip`` mirrors the box horizontally."""
+    n = x.shape[0]
+    sign = torch.where(flip, -1.0, 1.0) if flip is not None else torch.ones(n, device=x.device)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = cw * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = ch
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [n, x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ exactly the same classes. Keep this module small and stable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -38,11 +38,27 @@ class BackboneParams(Params):
     kwargs: dict[str, Any] = {}
 
 
+class TokenAPI(Protocol):
+    """What a token-exposing backbone (a ViT) offers masked-image-modelling tasks such as MAE."""
+
+    patch_size: int
+    num_patches: int
+    dim: int
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> patch tokens with position embeddings, ``(N, num_patches, dim)``."""
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A subset of patch tokens ``(N, L', dim)`` -> encoded ``(N, prefix + L', dim)`` (class token first)."""
+
+
 class Backbone(nn.Module):
     """Images -> feature vectors. Wraps a network and owns input normalisation, so pretraining,
     probing and any later user see the same preprocessing.
 
     ``forward`` takes float images in [0, 1], shape ``(N, C, H, W)``, returns ``(N, num_features)``.
+    A builder may attach ``pretextflow_token_api`` (a :class:`TokenAPI`) to its network to expose
+    patch tokens, and ``pretextflow_flexible_input = False`` when it only accepts its built size.
     """
 
     def __init__(self, net: nn.Module, num_features: int, mean: list[float], std: list[float],
@@ -50,14 +66,19 @@ class Backbone(nn.Module):
         super().__init__()
         self.net = net
         self.num_features = int(num_features)
-        self.provides_tokens = provides_tokens
+        self.token_api: TokenAPI | None = getattr(net, "pretextflow_token_api", None)
+        self.provides_tokens = provides_tokens or self.token_api is not None
+        self.flexible_input = bool(getattr(net, "pretextflow_flexible_input", True))
         c = len(mean)
         self.in_chans, self.image_size = c, int(image_size)  # square inputs (N, in_chans, size, size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
+        return self.net(self.normalize(images))
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,7 @@ class Requirements(BaseModel):
     model_config = ConfigDict(frozen=True)
     tokens: bool = False  # needs patch tokens (e.g. MAE on a ViT)
     min_image_size: int = 1
+    flexible_input: bool = False  # needs a backbone that accepts crops smaller than its built size
 
 
 @dataclass

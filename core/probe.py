@@ -61,7 +61,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
 
 def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
     k = min(k, logits.shape[1])
-    return float((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).float().mean())
+    return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()) / len(y)  # exact fraction
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

@@ -84,7 +84,7 @@ def probe_figure(metrics: dict[str, Any]) -> bytes:
     lo = min(min(r[1], r[2]) for r in rows) * 100
     ax.set_ylim(max(0, lo - 10), 100)
     ax.set_title("Probe accuracy vs baselines")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     data = _png(fig)
     plt.close(fig)
     return data

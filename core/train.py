@@ -99,6 +99,10 @@ def build_task(cfg: RunConfig, backbone: Backbone, registry: Registry) -> Pretex
     if req.tokens and not backbone.provides_tokens:
         raise PluginError(f"pretext task {task_cls.name!r} needs a backbone that exposes patch tokens, but "
                           f"backbone {cfg.backbone.name!r} does not. Choose a ViT backbone.")
+    if req.flexible_input and not backbone.flexible_input:
+        raise PluginError(f"pretext task {task_cls.name!r} needs a backbone that accepts smaller crops than its "
+                          f"built size, but backbone {cfg.backbone.name!r} does not (for timm ViTs pass "
+                          f"backbone.kwargs.dynamic_img_size=true).")
     if backbone.image_size < req.min_image_size:
         raise PluginError(f"pretext task {task_cls.name!r} needs images of at least {req.min_image_size}px; "
                           f"the dataset's are {backbone.image_size}px.")
@@ -168,7 +172,8 @@ def pretrain(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, r
 
     decay, no_decay = [], []
     for p in task.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+        if p.requires_grad:  # EMA teachers and momentum encoders are updated by the task, not the optimizer
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if tc.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)

@@ -1,6 +1,7 @@
 """What every stage task shares: config parsing, retries on transient faults, run logging."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -29,6 +30,26 @@ def retry_transient(task, task_run, state) -> bool:
 # can never serve a result whose artifact is gone.
 TASK_OPTIONS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
                                     cache_policy=NONE, persist_result=False)
+
+
+class HideUserErrorTracebacks(logging.Filter):
+    """A user error (bad config, bad data) is reported as one clear line, in the console and the
+    Prefect UI alike; Prefect's engine would otherwise attach the traceback from deep inside."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PretextflowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def install_log_filter() -> None:
+    for logger in (logging.getLogger(), logging.getLogger("prefect.task_runs"), logging.getLogger("prefect.flow_runs")):
+        for handler in logger.handlers:
+            if not any(isinstance(f, HideUserErrorTracebacks) for f in handler.filters):
+                handler.addFilter(HideUserErrorTracebacks())
+
+
+install_log_filter()
 
 
 def context(config: dict[str, Any], workspace: str | None) -> StageContext:

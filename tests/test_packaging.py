@@ -45,7 +45,7 @@ def test_wheel_installs_and_imports_from_outside_the_repo(wheel, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     where, tasks = json.loads(proc.stdout)
-    assert where.startswith(str(target)) and tasks == ["inpainting", "rotation", "simclr"]
+    assert where.startswith(str(target)) and {"inpainting", "rotation", "simclr", "mae", "dino"} <= set(tasks)
 
 
 def test_the_installed_package_maps_the_repo_folders():

@@ -9,8 +9,12 @@ import pytest
 from pretextflow.core.plugins import build_registry, get_registry
 from pretextflow.core.errors import PluginError
 
-BUILTINS = {("rotation", "pretext", "predictive"), ("simclr", "pretext", "contrastive"),
-            ("inpainting", "pretext", "generative"), ("convnet-s", "backbone", None), ("timm/*", "backbone", None),
+BUILTINS = {("rotation", "pretext", "predictive"), ("jigsaw", "pretext", "predictive"),
+            ("relative-location", "pretext", "predictive"), ("inpainting", "pretext", "generative"),
+            ("mae", "pretext", "generative"), ("simclr", "pretext", "contrastive"), ("moco", "pretext", "contrastive"),
+            ("byol", "pretext", "contrastive"), ("simsiam", "pretext", "contrastive"),
+            ("barlow-twins", "pretext", "contrastive"), ("vicreg", "pretext", "contrastive"),
+            ("dino", "pretext", "contrastive"), ("convnet-s", "backbone", None), ("timm/*", "backbone", None),
             ("idx", "dataset", None), ("imagefolder", "dataset", None), ("sklearn-digits", "dataset", None)}
 
 
@@ -101,7 +105,7 @@ def test_entry_point_plugins_are_discovered_and_broken_ones_isolated(plugin_dir,
     assert "already provided by pretextflow" in skipped["clash"]
     assert "hook exploded" in skipped["raises"]
     assert reg.pretext["simclr"].__module__.startswith("pretextflow.")  # the built-in kept its name
-    assert {"rotation", "simclr", "inpainting", "identity"} <= set(reg.pretext)
+    assert {"rotation", "simclr", "inpainting", "mae", "identity"} <= set(reg.pretext)
 
 
 def test_allow_and_block_lists(plugin_dir, monkeypatch):

@@ -34,7 +34,41 @@ def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
         out_ch = net.bn1.num_features
         net.conv1 = nn.Conv2d(params.in_chans, out_ch, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
+    if is_vit and all(hasattr(net, a) for a in ("patch_embed", "pos_embed", "blocks", "norm")):
+        net.pretextflow_token_api = TimmViTTokens(net)
+        net.pretextflow_flexible_input = bool(getattr(net, "dynamic_img_size", False))
     return net, int(net.num_features)
+
+
+class TimmViTTokens:
+    """Token access to a timm VisionTransformer for masked image modelling (MAE): embed patches,
+    then encode any subset of them with the class token prepended."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.patch_size = int(net.patch_embed.patch_size[0])
+        self.num_patches = int(net.patch_embed.num_patches)
+        self.dim = int(net.embed_dim)
+
+    def _prefix_pos(self):
+        return 0 if self.net.no_embed_class else self.net.num_prefix_tokens
+
+    def embed(self, images):
+        tokens = self.net.patch_embed(images)
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+        return tokens + self.net.pos_embed[:, self._prefix_pos():]
+
+    def encode(self, tokens):
+        import torch
+
+        net, prefix = self.net, []
+        if net.cls_token is not None:
+            cls = net.cls_token + (net.pos_embed[:, :1] if not net.no_embed_class else 0)
+            prefix.append(cls.expand(tokens.shape[0], -1, -1))
+        if getattr(net, "reg_token", None) is not None:
+            prefix.append(net.reg_token.expand(tokens.shape[0], -1, -1))
+        x = torch.cat(prefix + [tokens], dim=1)
+        return net.norm(net.blocks(net.norm_pre(x)))
 
 
 @hookimpl
