@@ -34,7 +34,8 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
     from pretextflow.core.plugins import get_registry
     from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe
 
-    base = [f"pretext.name={method}", "pretext.params={}", f"store.uri={store}", "data.source=null"]
+    base = [f"pretext.name={method}", "pretext.params={}", f"store.uri={store}", "data.source=null",
+            "probe.baselines=[]"]  # the baselines are probed once, by their own job
     if method == "mae":
         base += VIT
     if method in ("baselines", "baselines-vit"):
@@ -62,10 +63,7 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
             rows["pixels"] = evaluate_features("pixels", pixel_features(xtr), ytr, pixel_features(xte), yte, 10,
                                                cfg.probe, 0, _log())
         return {name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"]["k200"]["top1"]} for name, r in rows.items()}
-    t = time.perf_counter()
-    run_pretrain(calib)
-    calib_s = time.perf_counter() - t
-    ips = calib_steps * 256 / calib_s
+    ips = run_pretrain(calib)["images_per_second"]  # measured over the training loop, not model building
     epochs = max(1, int(budget_s * ips / 60000))
     ctx = StageContext.create(load_config(CONFIG, base + [f"train.epochs={epochs}"]), workspace)
     t = time.perf_counter()
@@ -98,6 +96,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ALL))
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--calibration-steps", type=int, default=30)
+    ap.add_argument("--update", metavar="LOG", help="start from the results in a previous run's log (stderr) and "
+                                                      "replace only the methods run now")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--workspace", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
@@ -115,6 +115,9 @@ def main() -> None:
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)
     results, methods = [], [m for m in args.methods.split(",") if m]
     jobs = ["baselines"] + methods + (["baselines-vit"] if "mae" in methods else [])
+    if args.update:
+        results = previous_results(Path(args.update), keep_out=set(methods))
+        jobs = [j for j in jobs if j not in {r["method"] for r in results}]
     for job in jobs:
         cmd = [sys.executable, __file__, "--one", job, "--budget-minutes", str(args.budget_minutes),
                "--workspace", str(ws.root), "--store", str(tmp / "store"),
@@ -130,13 +133,26 @@ def main() -> None:
     write_results(Path(args.out), results, args)
 
 
+def previous_results(log: Path, keep_out: set[str]) -> list[dict]:
+    import ast
+
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith("[bench] ") and ": {" in line:
+            r = ast.literal_eval(line.split(": ", 1)[1])
+            if r["method"] not in keep_out:
+                out.append(r)
+    return out
+
+
 def write_results(path: Path, results: list[dict], args) -> None:
     base = next((r for r in results if r["method"] == "baselines"), {})
     vit = next((r for r in results if r["method"] == "baselines-vit"), {})
     rand = base.get("random_init", {}).get("linear_top1")
     lines = [
         "# Pretext methods on Fashion-MNIST, same budget", "",
-        f"Command: `python bench/methods.py --budget-minutes {args.budget_minutes:g} --methods {args.methods}`",
+        f"Command: `python bench/methods.py --budget-minutes {args.budget_minutes:g} --methods {args.methods}`"
+        + (f" (updating the results logged in `{args.update}`)" if args.update else ""),
         "",
         f"Each method: {args.budget_minutes:g} min of pretraining wall clock on this machine (2 CPU cores; epochs fixed "
         "from a calibrated images/s, so the LR schedule is complete), backbone `convnet-s` (width 16) unless noted, "
@@ -146,7 +162,8 @@ def write_results(path: Path, results: list[dict], args) -> None:
         "| method | family | backbone | epochs | images/s | train s | linear top-1 | kNN top-1 | vs random init | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    order = {m: i for i, m in enumerate(ALL)}
+    for r in sorted(results, key=lambda r: order.get(r["method"], len(order))):
         if r["method"].startswith("baselines"):
             continue
         if "error" in r:

@@ -26,6 +26,12 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, bn_last: bool =
     return nn.Sequential(*mods)
 
 
+def two_views(images: torch.Tensor, aug, spec) -> torch.Tensor:
+    """Two augmented views of every image, concatenated ``[view1; view2]``: one backbone pass, so
+    BatchNorm normalises both views with the same statistics. ``.chunk(2)`` splits the outputs."""
+    return torch.cat([aug.view(images, spec), aug.view(images, spec)])
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy that never receives gradients: the EMA teacher / momentum encoder."""
     teacher = copy.deepcopy(module)

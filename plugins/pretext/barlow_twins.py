@@ -11,7 +11,7 @@ from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp
+from pretextflow.core.heads import mlp, two_views
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -49,7 +49,7 @@ class BarlowTwins(PretextTask):
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0))
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
-        v = torch.cat([aug.view(images, self.view), aug.view(images, self.view)])
+        v = two_views(images, aug, self.view)
         z1, z2 = self.projector(self.backbone(v)).chunk(2)
         return StepOutput(barlow_loss(z1, z2, self.params.lambd))
 

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, mlp
+from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, mlp, two_views
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -47,7 +47,7 @@ class BYOL(PretextTask):
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0))
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
-        v = torch.cat([aug.view(images, self.view), aug.view(images, self.view)])
+        v = two_views(images, aug, self.view)
         p1, p2 = self.predictor(self.projector(self.backbone(v))).chunk(2)
         with torch.no_grad():
             t1, t2 = self.target_projector(self.target_backbone(v)).chunk(2)

@@ -13,6 +13,7 @@ from torch import nn
 
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.heads import two_views
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -50,8 +51,7 @@ class SimCLR(PretextTask):
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), brightness=s, contrast=s, saturation=s)
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
-        v1, v2 = aug.view(images, self.view), aug.view(images, self.view)
-        z = self.projector(self.backbone(torch.cat([v1, v2])))  # one pass: BN sees both views
+        z = self.projector(self.backbone(two_views(images, aug, self.view)))
         z1, z2 = z.chunk(2)
         loss = nt_xent(z1, z2, self.params.temperature)
         return StepOutput(loss)

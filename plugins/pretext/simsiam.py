@@ -12,7 +12,7 @@ from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp
+from pretextflow.core.heads import mlp, two_views
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -37,7 +37,7 @@ class SimSiam(PretextTask):
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0))
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
-        v = torch.cat([aug.view(images, self.view), aug.view(images, self.view)])
+        v = two_views(images, aug, self.view)
         z = self.projector(self.backbone(v))
         p = self.predictor(z)
         z1, z2 = z.chunk(2)

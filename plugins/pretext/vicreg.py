@@ -13,7 +13,7 @@ from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp
+from pretextflow.core.heads import mlp, two_views
 from pretextflow.core.hookspecs import hookimpl
 
 from .barlow_twins import off_diagonal
@@ -52,7 +52,7 @@ class VICReg(PretextTask):
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0))
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
-        v = torch.cat([aug.view(images, self.view), aug.view(images, self.view)])
+        v = two_views(images, aug, self.view)
         z1, z2 = self.projector(self.backbone(v)).chunk(2)
         inv, var, cov = vicreg_terms(z1, z2)
         p = self.params
