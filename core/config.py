@@ -49,6 +49,21 @@ class TrainConfig(Strict):
     log_every: int = Field(50, gt=0, description="log the loss every N steps")
 
 
+class SupervisedConfig(Strict):
+    """The supervised-from-scratch baseline (and, with ``probe.finetune``, fine-tuning): the same
+    backbone architecture plus a linear head, trained with cross-entropy on a labelled subset."""
+
+    epochs: int = Field(15, gt=0, description="passes over the labelled subset")
+    min_steps: int = Field(500, ge=0, description="small subsets still get this many updates (to converge)")
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(2e-3, gt=0, description="AdamW, linear warm-up then cosine decay")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    crop_scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop; its own augmentation")
+    flip_p: float = Field(0.5, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
 class ProbeConfig(Strict):
     knn_k: list[int] = Field([200, 20], min_length=1)
     knn_temperature: float = Field(0.07, gt=0)
@@ -56,7 +71,13 @@ class ProbeConfig(Strict):
     linear_max_iter: int = Field(100, gt=0, description="L-BFGS iterations per fit")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="of the labelled train split, to choose weight decay")
     batch_size: int = Field(1024, gt=0, description="feature-extraction batch size")
-    baselines: list[Literal["random_init", "pixels"]] = ["random_init", "pixels"]
+    baselines: list[Literal["random_init", "pixels", "supervised"]] = ["random_init", "pixels", "supervised"]
+    label_fractions: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
+                                         description="labelled fractions for the label-efficiency table")
+    label_seeds: int = Field(1, gt=0, description="subset draws per fraction below 1 (mean +- std when > 1)")
+    supervised: SupervisedConfig = SupervisedConfig()
+    finetune: bool = Field(False, description="also fine-tune the SSL backbone on each labelled subset")
+    finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tuning lr = supervised.lr x this")
 
     @field_validator("knn_k")
     @classmethod
@@ -64,6 +85,19 @@ class ProbeConfig(Strict):
         if any(k <= 0 for k in v):
             raise ValueError("every k must be positive")
         return v
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("every fraction must be in (0, 1], e.g. [0.01, 0.1, 1.0]")
+        return sorted(set(v))
+
+
+class ReportConfig(Strict):
+    regression_threshold: float | None = Field(
+        None, ge=0, le=1, description="fail the run when linear top-1 drops by more than this (0.01 = 1 point) "
+                                      "against the previous run of the same config name; None = never")
 
 
 class StoreConfig(Strict):
@@ -79,6 +113,7 @@ class RunConfig(Strict):
     pretext: PretextConfig = PretextConfig()
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
+    report: ReportConfig = ReportConfig()
     store: StoreConfig = StoreConfig()
 
 

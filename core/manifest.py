@@ -12,7 +12,7 @@ from .data import Dataset
 from .plugins import Registry
 from .store import ArtifactStore
 from .train import resolved_pretext_params
-from .versioning import git_commit
+from .versioning import git_commit, redact
 
 SCHEMA_VERSION = 1
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "prefect", "dvc", "pluggy", "fsspec", "pydantic",
@@ -42,10 +42,13 @@ def code_version() -> dict[str, Any]:
 
 def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: Dataset, data_version: str,
                    data_dvc: dict, keys: dict[str, str], store: ArtifactStore, metrics: dict, history: dict,
-                   stage_times: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                   stage_times: dict[str, dict[str, Any]], dvc_remote: str | None = None) -> dict[str, Any]:
     config = cfg.model_dump(mode="json")
     config["pretext"]["params"] = resolved_pretext_params(cfg, registry)
     config["store"]["storage_options"] = {k: "***" for k in config["store"]["storage_options"]}  # never secrets
+    config["store"]["uri"] = redact(config["store"]["uri"])
+    if config["data"].get("source"):
+        config["data"]["source"] = redact(config["data"]["source"])
     plugins = {}
     for kind, name in (("pretext", cfg.pretext.name), ("backbone", cfg.backbone.name),
                        ("dataset", dataset.meta["format"])):
@@ -60,6 +63,7 @@ def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: 
         "seed": cfg.seed,
         "data_version": data_version,
         "data_dvc": data_dvc,
+        "dvc_remote": dvc_remote,  # credentials redacted; what `pretextflow rerun` pulls the data from
         "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "counts": dataset.meta["counts"],
                     "image_shape": dataset.meta["image_shape"], "format": dataset.meta["format"]},
         "config": config,

@@ -5,7 +5,10 @@ Linear probe: standardised features (train statistics), multinomial logistic reg
 full-batch L-BFGS; the L2 weight decay is chosen on a held-out split of the *training* labels,
 then the probe is refitted on all training labels and scored once on the test split.
 kNN: cosine similarity, the k nearest training points vote with weight exp(sim / T)
-(Wu et al. 2018; k=200, T=0.07 by default, as lightly and solo-learn report)."""
+(Wu et al. 2018; k=200, T=0.07 by default, as lightly and solo-learn report).
+Label efficiency: the same probes on class-stratified, nested subsets of the training labels
+(1%, 10%, 100% by default), each beside the same architecture trained supervised from scratch on
+the same subset (``core.supervised``) and the random-init and raw-pixel baselines."""
 from __future__ import annotations
 
 import logging
@@ -18,14 +21,25 @@ import torch.nn.functional as F
 
 from .config import ProbeConfig, RunConfig
 from .data import Dataset
-from .features import extract_features, pixel_features
+from .features import cached_features, pixel_features
 from .freeze import load_frozen_backbone
+from .keys import source_digest, stage_key
 from .plugins import Registry
 from .store import ArtifactStore
 from .train import build_backbone, configure_runtime
 
 STAGE = "probe"
 log = logging.getLogger("pretextflow.probe")
+
+
+def label_subsets(labels: np.ndarray, fractions: list[float], seed: int) -> dict[float, np.ndarray]:
+    """Class-stratified, nested subsets of the labelled training indices: every class contributes
+    ``round(fraction * its size)`` images (at least one), taken as a prefix of one seeded
+    permutation per class, so the 1% subset is inside the 10% subset, which is inside 100%."""
+    rng = np.random.default_rng(seed)
+    order = [idx[rng.permutation(len(idx))] for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    return {f: np.sort(np.concatenate([idx[: max(1, int(round(f * len(idx))))] for idx in order]))
+            for f in sorted(fractions)}
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +79,7 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 num_classes: int, cfg: ProbeConfig, seed: int) -> dict[str, Any]:
+                 num_classes: int, cfg: ProbeConfig, seed: int, keep_predictions: bool = False) -> dict[str, Any]:
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xtr = torch.from_numpy((train_x - mean) / std).float()
     xte = torch.from_numpy((test_x - mean) / std).float()
@@ -83,6 +97,8 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
               "val_top1": {str(k): v for k, v in val_acc.items()}}
     if num_classes > 5:
         result["top5"] = topk_accuracy(logits, yte, 5)
+    if keep_predictions:
+        result["predictions"] = logits.argmax(1).numpy()
     return result
 
 
@@ -113,14 +129,62 @@ def knn_probe(train_x, train_y, test_x, test_y, num_classes: int, cfg: ProbeConf
 
 
 def evaluate_features(name: str, train_x, train_y, test_x, test_y, num_classes: int, cfg: ProbeConfig,
-                      seed: int, logger) -> dict[str, Any]:
+                      seed: int, logger, keep_predictions: bool = False) -> dict[str, Any]:
     t = time.perf_counter()
-    linear = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg, seed)
+    linear = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg, seed, keep_predictions)
     knn = knn_probe(train_x, train_y, test_x, test_y, num_classes, cfg)
     first_k = f"k{cfg.knn_k[0]}"
     logger.info("probe %s: linear top-1 %.4f (wd %g), kNN(%s) top-1 %.4f [%.1fs]", name, linear["top1"],
                 linear["weight_decay"], first_k, knn[first_k]["top1"], time.perf_counter() - t)
     return {"linear": linear, "knn": knn, "num_features": int(train_x.shape[1])}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+class _Supervised:
+    """Supervised-from-scratch and fine-tuning runs, each cached in the store under its own key
+    (so an interrupted probe stage does not retrain the subsets it already finished)."""
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, store: ArtifactStore, registry: Registry, freeze_key: str,
+                 xtr, ytr, xte, yte, logger):
+        self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
+        self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
+        self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
+        from . import augment, supervised, train
+
+        self.code = source_digest(supervised, augment, train, registry.backbone(cfg.backbone.name).build)
+
+    def run(self, kind: str, fraction: float, subset_seed: int, idx: np.ndarray) -> dict[str, Any]:
+        from .supervised import train_supervised
+
+        cfg = self.cfg
+        finetune = kind == "finetune"
+        key = stage_key("supervised", {
+            "kind": kind, "data": self.dataset.fingerprint, "fraction": fraction, "subset_seed": subset_seed,
+            "backbone": cfg.backbone.model_dump(mode="json"), "backbone_version": self.backbone_version,
+            "recipe": cfg.probe.supervised.model_dump(mode="json"),
+            "init": self.freeze_key if finetune else None, "lr_scale": cfg.probe.finetune_lr_scale if finetune else 1.0,
+            "code": self.code,
+        })
+        if self.store.is_complete("supervised", key):
+            return self.store.read_json("supervised", key, "metrics.json")
+        init = load_frozen_backbone(self.store, self.freeze_key, self.registry).state_dict() if finetune else None
+        result = train_supervised(cfg, self.dataset.meta, self.registry, self.xtr[idx], self.ytr[idx], self.xte,
+                                  self.yte, seed=subset_seed, init_weights=init,
+                                  lr_scale=cfg.probe.finetune_lr_scale if finetune else 1.0, logger=self.logger,
+                                  tag=f"{kind} {fraction:g}")
+        result["key"] = key
+        self.store.write_json(result, "supervised", key, "metrics.json")
+        self.store.mark_complete("supervised", key, {"kind": kind, "fraction": fraction})
+        return result
 
 
 def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: str, key: str, registry: Registry,
@@ -140,30 +204,87 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
     xtr_img, ytr = dataset.train_images[tr_mask], np.asarray(dataset.train_labels[tr_mask])
     xte_img, yte = dataset.test_images[te_mask], np.asarray(dataset.test_labels[te_mask])
     k = dataset.num_classes
-    timings = {}
+    splits = {"train": xtr_img, "test": xte_img}
+    timings: dict[str, float] = {}
 
+    # -- features: once per (frozen backbone, dataset version), kept in the store ----------------
     t = time.perf_counter()
-    backbone = load_frozen_backbone(store, freeze_key, registry)
-    before = {n: p.clone() for n, p in backbone.state_dict().items()}
-    ftr, fte = extract_features(backbone, xtr_img, pc.batch_size), extract_features(backbone, xte_img, pc.batch_size)
-    timings["features"] = time.perf_counter() - t
-    if any(not torch.equal(before[n], p) for n, p in backbone.state_dict().items()):
-        raise RuntimeError("the frozen backbone changed during feature extraction")  # a bug, not user error
-    results = {"ssl": evaluate_features("ssl", ftr, ytr, fte, yte, k, pc, cfg.seed, logger)}
+    from . import features as features_module
 
+    code = source_digest(features_module)
+    feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}
+    feats = {"ssl": cached_features(store, feature_keys["ssl"], lambda: load_frozen_backbone(store, freeze_key, registry),
+                                    splits, pc.batch_size, logger)}
     if "random_init" in pc.baselines:
-        t = time.perf_counter()
-        rand = build_backbone(cfg, dataset.meta, registry, seed=cfg.seed).eval().requires_grad_(False)
-        rtr, rte = extract_features(rand, xtr_img, pc.batch_size), extract_features(rand, xte_img, pc.batch_size)
-        results["random_init"] = evaluate_features("random_init", rtr, ytr, rte, yte, k, pc, cfg.seed, logger)
-        timings["random_init"] = time.perf_counter() - t
+        feature_keys["random_init"] = stage_key("features", {
+            "random_init": cfg.backbone.model_dump(mode="json"), "seed": cfg.seed, "data": dataset.fingerprint,
+            "backbone_version": registry.describe("backbone", cfg.backbone.name).version, "code": code,
+            "backbone_code": source_digest(registry.backbone(cfg.backbone.name).build)})
+        feats["random_init"] = cached_features(
+            store, feature_keys["random_init"],
+            lambda: build_backbone(cfg, dataset.meta, registry, seed=cfg.seed).eval().requires_grad_(False),
+            splits, pc.batch_size, logger)
     if "pixels" in pc.baselines:
-        t = time.perf_counter()
-        results["pixels"] = evaluate_features("pixels", pixel_features(xtr_img), ytr, pixel_features(xte_img), yte,
-                                              k, pc, cfg.seed, logger)
-        timings["pixels"] = time.perf_counter() - t
+        feats["pixels"] = {"train": pixel_features(xtr_img), "test": pixel_features(xte_img)}
+    timings["features"] = time.perf_counter() - t
 
+    # -- all training labels: the main table --------------------------------------------------
+    results = {}
+    for name, f in feats.items():
+        t = time.perf_counter()
+        results[name] = evaluate_features(name, f["train"], ytr, f["test"], yte, k, pc, cfg.seed, logger,
+                                          keep_predictions=name == "ssl")
+        timings[name] = time.perf_counter() - t
+    predictions = results["ssl"]["linear"].pop("predictions")
+    cm = confusion_matrix(yte, predictions, k)
+
+    # -- label efficiency: the same probes on nested, class-stratified subsets -------------------
+    t = time.perf_counter()
     first_k = f"k{pc.knn_k[0]}"
+    draws = [label_subsets(ytr, pc.label_fractions, cfg.seed + s) for s in range(pc.label_seeds)]
+    trainer = _Supervised(cfg, dataset, store, registry, freeze_key, xtr_img, ytr, xte_img, yte, logger)
+    efficiency = []
+    for fraction in pc.label_fractions:
+        seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed
+        acc: dict[str, list[float]] = {}
+        runs: dict[str, list[dict]] = {"supervised": [], "finetune": []}
+        for s in seeds:
+            idx = draws[s][fraction]
+            for name, f in feats.items():
+                if fraction >= 1:
+                    r = results[name]
+                else:
+                    r = {"linear": linear_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc, cfg.seed + s)}
+                    if name == "ssl":
+                        r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc)
+                acc.setdefault(f"{name}_linear_top1", []).append(r["linear"]["top1"])
+                if name == "ssl":
+                    for kk, v in r["knn"].items():
+                        acc.setdefault(f"ssl_knn_{kk}", []).append(v["top1"])
+            kinds = (["supervised"] if "supervised" in pc.baselines else []) + (["finetune"] if pc.finetune else [])
+            for kind in kinds:
+                runs[kind].append(trainer.run(kind, fraction, cfg.seed + s, idx))
+                acc.setdefault(f"{kind}_top1", []).append(runs[kind][-1]["top1"])
+        row: dict[str, Any] = {"fraction": fraction, "num_labels": int(len(draws[0][fraction])), "seeds": len(seeds)}
+        for name in ("ssl_linear_top1", "supervised_top1", "random_init_linear_top1", "pixels_linear_top1",
+                     "finetune_top1"):
+            mean, std = _mean_std(acc.get(name, []))
+            if mean is not None or name != "finetune_top1":
+                row[name], row[name + "_std"] = mean, std
+        row["ssl_knn_top1"], row["ssl_knn_top1_std"] = _mean_std(acc[f"ssl_knn_{first_k}"])
+        row["knn"] = {"k": pc.knn_k[0], "temperature": pc.knn_temperature,
+                      "top1_by_k": {str(kk): _mean_std(acc[f"ssl_knn_k{kk}"])[0] for kk in pc.knn_k}}
+        for kind, rs in runs.items():
+            if rs:
+                row[kind] = {"steps": rs[0]["steps"], "epochs": rs[0]["epochs"], "lr": rs[0]["lr"],
+                             "train_top1": _mean_std([r["train_top1"] for r in rs])[0],
+                             "seconds": float(sum(r["seconds"] for r in rs))}
+        efficiency.append(row)
+        logger.info("label efficiency %g (%d labels): SSL linear %.4f, supervised %s", fraction, row["num_labels"],
+                    row["ssl_linear_top1"], f"{row['supervised_top1']:.4f}" if row.get("supervised_top1") is not None
+                    else "-")
+    timings["label_efficiency"] = time.perf_counter() - t
+
     metrics = {
         "linear_top1": results["ssl"]["linear"]["top1"],
         "knn_top1": results["ssl"]["knn"][first_k]["top1"],
@@ -173,6 +294,12 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
                 "weighting": "exp(sim/T)", "features": "L2-normalised"},
         "linear": {"standardised": True, "solver": "L-BFGS", "weight_decay_grid": pc.linear_weight_decays,
                    "chosen_on": f"{pc.val_fraction:.0%} of the training labels"},
+        "label_efficiency": efficiency,
+        "supervised_recipe": pc.supervised.model_dump(mode="json") if "supervised" in pc.baselines else None,
+        "confusion_matrix": cm.tolist(),
+        "per_class_top1": (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist(),
+        "class_names": list(dataset.meta.get("class_names") or range(k)),
+        "feature_keys": feature_keys,
         "num_train": int(len(ytr)),
         "num_test": int(len(yte)),
         "detail": results,

@@ -14,12 +14,29 @@ from .store import ArtifactStore
 RUNS = "runs"
 
 
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def label_efficiency_sentence(m: dict[str, Any]) -> str | None:
+    """The answer to "how few labels do they need?": the smallest labelled fraction, SSL probe vs
+    supervised from scratch on the same labels."""
+    rows = [r for r in m.get("label_efficiency", []) if r.get("supervised_top1") is not None]
+    if not rows:
+        return None
+    r = rows[0]
+    d = (r["ssl_linear_top1"] - r["supervised_top1"]) * 100
+    return (f"With {_pct(r['fraction'])} of the labels ({r['num_labels']} images), SSL features reach "
+            f"{r['ssl_linear_top1']:.1%} linear-probe top-1, {abs(d):.1f} points {'above' if d >= 0 else 'below'} "
+            f"supervised training from scratch on the same labels ({r['supervised_top1']:.1%}).")
+
+
 def headline(manifest: dict[str, Any]) -> str:
     m = manifest["metrics"]
     ds = manifest["dataset"]["name"]
     method, backbone = manifest["config"]["pretext"]["name"], manifest["config"]["backbone"]["name"]
-    text = (f"Features learned without labels ({method} on {backbone}) reach {m['linear_top1']:.1%} linear-probe "
-            f"top-1 on the {ds} test split")
+    text = (f"With all {m['num_train']} labels, features learned without labels ({method} on {backbone}) reach "
+            f"{m['linear_top1']:.1%} linear-probe top-1 on the {ds} test split")
     base = m.get("baselines", {})
     parts = []
     if "random_init" in base:
@@ -30,7 +47,14 @@ def headline(manifest: dict[str, Any]) -> str:
         d = (m["linear_top1"] - base["pixels"]["linear_top1"]) * 100
         parts.append(f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} raw pixels "
                      f"({base['pixels']['linear_top1']:.1%})")
-    return text + (", " + " and ".join(parts) if parts else "") + "."
+    full = [r for r in m.get("label_efficiency", []) if r["fraction"] >= 1 and r.get("supervised_top1") is not None]
+    if full:
+        d = (m["linear_top1"] - full[0]["supervised_top1"]) * 100
+        parts.append(f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} supervised training from scratch "
+                     f"({full[0]['supervised_top1']:.1%})")
+    text += (", " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "") + "."
+    first = label_efficiency_sentence(m)
+    return f"{first} {text}" if first else text
 
 
 def _png(fig) -> bytes:
@@ -90,7 +114,173 @@ def probe_figure(metrics: dict[str, Any]) -> bytes:
     return data
 
 
-def _tables(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label_efficiency_figure(metrics: dict[str, Any]) -> bytes:
+    plt = _plt()
+    rows = metrics["label_efficiency"]
+    x = [r["fraction"] * 100 for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    series = [("ssl_linear_top1", "SSL linear probe", "#247", "o-"), ("ssl_knn_top1", f"SSL kNN (k={metrics['knn']['k']})", "#58a", "o--"),
+              ("finetune_top1", "SSL fine-tuned", "#2a6", "D-"), ("supervised_top1", "supervised from scratch", "#c52", "s-"),
+              ("random_init_linear_top1", "random init, linear", "#999", "^:"), ("pixels_linear_top1", "raw pixels, linear", "#b8a", "v:")]
+    for key, label, color, style in series:
+        ys = [r.get(key) for r in rows]
+        if any(y is None for y in ys):
+            continue
+        err = [(r.get(key + "_std") or 0) * 100 for r in rows]
+        ax.errorbar(x, [y * 100 for y in ys], yerr=err if any(err) else None, fmt=style, color=color, label=label,
+                    capsize=3, ms=5)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}%" for v in x])
+    ax.set_xlabel("labelled fraction of the training set")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Label efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def confusion_figure(metrics: dict[str, Any]) -> bytes:
+    plt = _plt()
+    cm = np.asarray(metrics["confusion_matrix"], dtype=float)
+    names = [str(n) for n in metrics["class_names"]]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{norm[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "#223")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("SSL linear probe, all labels: confusion (% of each true class)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def _as_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    img = np.asarray(img)
+    if img.shape[0] == 1:
+        return img[0], "gray"
+    return np.transpose(img[:3], (1, 2, 0)), None
+
+
+def retrieval_figure(queries: np.ndarray, query_labels: np.ndarray, neighbours: np.ndarray,
+                     neighbour_labels: np.ndarray, class_names: list[str]) -> bytes:
+    """One row per query test image: the query, then its nearest training images in feature space
+    (green frame: same class, red: another class)."""
+    plt = _plt()
+    rows, cols = neighbours.shape[0], neighbours.shape[1] + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95), squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            img, label = (queries[i], query_labels[i]) if j == 0 else (neighbours[i, j - 1], neighbour_labels[i, j - 1])
+            pixels, cmap = _as_display(img)
+            ax.imshow(pixels, cmap=cmap, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            color = "#225" if j == 0 else ("#2a2" if label == query_labels[i] else "#d22")
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(2.5 if j else 1.5)
+            if j == 0:
+                ax.set_ylabel(str(class_names[int(label)])[:12], fontsize=7, rotation=0, ha="right", va="center")
+    axes[0, 0].set_title("query", fontsize=8)
+    axes[0, cols // 2].set_title("nearest training images (SSL features, cosine)", fontsize=8)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def projection_figure(points: np.ndarray, labels: np.ndarray, class_names: list[str], method: str) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c in np.unique(labels):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=4, color=cmap(int(c) % cmap.N), label=str(class_names[int(c)]))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"Test features of the frozen SSL backbone ({method}, coloured by class)")
+    if len(class_names) <= 20:
+        ax.legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def feature_figures(store: ArtifactStore, metrics: dict[str, Any], dataset, seed: int,
+                    queries_per_class: int = 1, neighbours: int = 8, projection_points: int = 1500) -> dict[str, bytes]:
+    """The figures that need the cached features and the images: retrieval grid and 2-D projection."""
+    from .features import load_cached_features
+
+    key = metrics.get("feature_keys", {}).get("ssl")
+    if not key or not store.is_complete("features", key):
+        return {}
+    cache = f"{key}-s{seed}-q{queries_per_class}-n{neighbours}-p{projection_points}"
+    if store.is_complete("figures", cache):  # same features: same figures (the t-SNE is the slow part)
+        return {name: store.read_bytes("figures", cache, name) for name in ("retrieval.png", "projection.png")}
+    tr_mask, te_mask = dataset.train_labels >= 0, dataset.test_labels >= 0
+    ftr, fte = load_cached_features(store, key, "train"), load_cached_features(store, key, "test")
+    ytr, yte = np.asarray(dataset.train_labels[tr_mask]), np.asarray(dataset.test_labels[te_mask])
+    names = [str(n) for n in metrics.get("class_names", range(dataset.num_classes))]
+    rng = np.random.default_rng(seed)
+    # retrieval: a seeded random test image of each class (up to 10 classes), its nearest training images
+    classes = np.unique(yte)[:10]
+    q = np.array([rng.choice(np.flatnonzero(yte == c)) for c in classes for _ in range(queries_per_class)])
+    a = fte[q] / (np.linalg.norm(fte[q], axis=1, keepdims=True) + 1e-12)
+    b = ftr / (np.linalg.norm(ftr, axis=1, keepdims=True) + 1e-12)
+    nn = np.argsort(-(a @ b.T), axis=1, kind="stable")[:, :neighbours]
+    train_imgs, test_imgs = dataset.train_images[tr_mask], dataset.test_images[te_mask]
+    figs = {"retrieval.png": retrieval_figure(np.asarray(test_imgs[q]), yte[q], np.asarray(train_imgs[nn.ravel()]).reshape(
+        nn.shape + train_imgs.shape[1:]), ytr[nn], names)}
+    # projection: t-SNE of a seeded sample of the test features (PCA when there are too few points)
+    sel = np.sort(rng.choice(len(fte), size=min(projection_points, len(fte)), replace=False))
+    x = (fte[sel] - fte[sel].mean(0)) / (fte[sel].std(0) + 1e-6)
+    if len(sel) > 60:
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        x = PCA(n_components=min(50, x.shape[1]), random_state=seed).fit_transform(x)
+        pts, method = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(x), "t-SNE"
+    else:
+        from sklearn.decomposition import PCA
+
+        pts, method = PCA(n_components=2, random_state=seed).fit_transform(x), "PCA"
+    figs["projection.png"] = projection_figure(pts, yte[sel], names, method)
+    for name, png in figs.items():
+        store.write_bytes(png, "figures", cache, name)
+    store.mark_complete("figures", cache)
+    return figs
+
+
+def _acc(r: dict[str, Any], key: str) -> str:
+    v = r.get(key)
+    if v is None:
+        return "-"
+    std = r.get(key + "_std")
+    return f"{v:.4f} ± {std:.4f}" if r.get("seeds", 1) > 1 and std is not None else f"{v:.4f}"
+
+
+def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
+    """(title, header, rows, figures shown under the table)."""
     m = manifest["metrics"]
     k = m["knn"]["k"]
     acc = [["SSL backbone (frozen)", f"{m['linear_top1']:.4f}", f"{m['knn_top1']:.4f}"]]
@@ -98,6 +288,29 @@ def _tables(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         if name in m.get("baselines", {}):
             b = m["baselines"][name]
             acc.append([label, f"{b['linear_top1']:.4f}", f"{b['knn_top1']:.4f}"])
+    sections = [("Probe accuracy, all labels (test top-1)", ["features", "linear", f"kNN k={k}"], acc,
+                 ["probe_accuracy.png", "confusion.png"])]
+
+    eff = m.get("label_efficiency", [])
+    if eff:
+        finetune = any(r.get("finetune_top1") is not None for r in eff)
+        header = ["labelled", "labels", "SSL linear", f"SSL kNN k={k}", "supervised from scratch",
+                  "random init linear", "pixels linear"] + (["SSL fine-tuned"] if finetune else [])
+        rows = [[_pct(r["fraction"]), str(r["num_labels"]), _acc(r, "ssl_linear_top1"), _acc(r, "ssl_knn_top1"),
+                 _acc(r, "supervised_top1"), _acc(r, "random_init_linear_top1"), _acc(r, "pixels_linear_top1")]
+                + ([_acc(r, "finetune_top1")] if finetune else []) for r in eff]
+        sections.append(("Label efficiency (test top-1)", header, rows, ["label_efficiency.png"]))
+
+    prev = manifest.get("previous_run")
+    if prev:
+        note = ("same data version and stage keys: nothing was retrained" if prev.get("same_keys") else
+                f"data version {prev['data_version']} -> {manifest['data_version']}")
+        rows = [[r["metric"], "-" if r["before"] is None else f"{r['before']:.4f}",
+                 "-" if r["after"] is None else f"{r['after']:.4f}",
+                 "-" if r["diff"] is None else f"{r['diff'] * 100:+.2f}"] for r in prev["comparison"]]
+        sections.append((f"Compared with the previous run {prev['run_id']} ({note})",
+                         ["metric", "previous", "this run", "change (points)"], rows, []))
+
     detail = manifest.get("metrics_detail", {})
     settings = [
         ["linear probe", f"standardised features, multinomial logistic regression (L-BFGS); weight decay chosen "
@@ -107,6 +320,21 @@ def _tables(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                 f"T={m['knn']['temperature']}, cosine similarity on L2-normalised features, weights exp(sim/T)"],
         ["labelled images", f"{m['num_train']} train / {m['num_test']} test (scored once, on test)"],
     ]
+    if eff:
+        seeds = max(r.get("seeds", 1) for r in eff)
+        settings.append(["label subsets", f"class-stratified, nested ({', '.join(_pct(r['fraction']) for r in eff)}), "
+                                          f"drawn with the run's seed; {seeds} draw(s) per fraction below 100%"
+                                          f"{' (mean ± std)' if seeds > 1 else ''}; the same subset for every method"])
+    recipe = m.get("supervised_recipe")
+    if recipe:
+        budget = "; ".join(f"{_pct(r['fraction'])}: {r['supervised']['steps']} steps ({r['supervised']['epochs']:.0f} "
+                           f"epochs), train top-1 {r['supervised']['train_top1']:.3f}"
+                           for r in eff if r.get("supervised"))
+        settings.append(["supervised from scratch", f"same architecture + linear head, cross-entropy (label smoothing "
+                         f"{recipe['label_smoothing']}), AdamW lr {recipe['lr']} wd {recipe['weight_decay']}, warm-up + "
+                         f"cosine, batch {recipe['batch_size']}, random resized crop (scale {recipe['crop_scale_min']}-1) "
+                         f"+ flip p={recipe['flip_p']}; budget max({recipe['epochs']} epochs, {recipe['min_steps']} "
+                         f"steps) — {budget}"])
     facts = [
         ["run", manifest["run_id"]],
         ["data version (data.dvc md5)", manifest["data_version"]],
@@ -127,43 +355,65 @@ def _tables(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         facts.append([f"stage {stage}", f"{info.get('seconds', 0):.1f}s{' (cached)' if info.get('cached') else ''}"])
     for stage, art in manifest["artifacts"].items():
         facts.append([f"artifact {stage}", art["uri"]])
-    return [("Probe accuracy (test top-1)", ["features", "linear", f"kNN k={k}"], acc),
-            ("Protocol", ["probe", "settings"], settings),
-            ("Manifest", ["fact", "value"], facts)]
+    sections += [("Pretraining", ["", ""], [], ["pretrain_loss.png"]),
+                 ("What the features capture", ["", ""], [], ["retrieval.png", "projection.png"]),
+                 ("Protocol", ["probe", "settings"], settings, []),
+                 ("Manifest", ["fact", "value"], facts, [])]
+    return sections
 
 
 def render_markdown(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
     out = [f"# pretextflow report: {manifest['name']}", "", headline(manifest), ""]
-    for title, header, rows in _tables(manifest):
-        out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        out.append("")
-        if title.startswith("Probe"):
-            out += [f"![{name}]({name})" for name in figures] + [""]
+    if manifest.get("regression"):
+        out += [f"**Regression: {manifest['regression']}**", ""]
+    for title, header, rows, figs in _sections(manifest):
+        figs = [f for f in figs if f in figures]
+        if not rows and not figs:
+            continue
+        out += [f"## {title}", ""]
+        if rows:
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+            out.append("")
+        out += [f"![{name}]({name})" for name in figs] + ([""] if figs else [])
     return "\n".join(out)
 
 
 def render_html(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow: {e(manifest['name'])}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#223}"
+             "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#223}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;"
-             "text-align:left;font-size:14px}th{background:#eef}.lead{font-size:1.2em}</style></head><body>",
+             "text-align:left;font-size:14px}th{background:#eef}.lead{font-size:1.2em}"
+             "img{max-width:100%;display:block;margin:0.5em 0}</style></head><body>",
              f"<h1>pretextflow report: {e(manifest['name'])}</h1>", f"<p class='lead'>{e(headline(manifest))}</p>"]
-    for title, header, rows in _tables(manifest):
-        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
-        if title.startswith("Probe"):
-            for name, png in figures.items():
-                b64 = base64.b64encode(png).decode()
-                parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{b64}' style='max-width:100%'>")
+    if manifest.get("regression"):
+        parts.append(f"<p style='color:#b00;font-weight:bold'>Regression: {e(manifest['regression'])}</p>")
+    for title, header, rows, figs in _sections(manifest):
+        figs = [f for f in figs if f in figures]
+        if not rows and not figs:
+            continue
+        parts.append(f"<h2>{e(title)}</h2>")
+        if rows:
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+        for name in figs:
+            b64 = base64.b64encode(figures[name]).decode()
+            parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{b64}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(store: ArtifactStore, run_id: str, manifest: dict[str, Any], history: dict, metrics: dict) -> str:
+def write_report(store: ArtifactStore, run_id: str, manifest: dict[str, Any], history: dict, metrics: dict,
+                 dataset=None) -> str:
     figures = {"pretrain_loss.png": loss_figure(history), "probe_accuracy.png": probe_figure(metrics)}
+    if metrics.get("label_efficiency"):
+        figures["label_efficiency.png"] = label_efficiency_figure(metrics)
+    if metrics.get("confusion_matrix"):
+        figures["confusion.png"] = confusion_figure(metrics)
+    if dataset is not None:
+        figures.update(feature_figures(store, metrics, dataset, manifest["seed"]))
     for name, png in figures.items():
         store.write_bytes(png, RUNS, run_id, name)
     manifest["artifacts"]["report"] = {"uri": store.uri_of(RUNS, run_id)}

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .keys import stage_key
+from .keys import source_digest, stage_key
 from .plugins import Registry, get_registry
 from .store import ArtifactStore
 from .train import resolved_pretext_params
@@ -47,6 +47,17 @@ class StageContext:
         return out
 
     # -- keys ----------------------------------------------------------------------------------
+    def code_version(self, stage: str) -> str:
+        """Content hash of the code a stage runs: its core modules and the plugins' modules."""
+        from . import augment, checkpoint, contracts, features, freeze, heads, probe, supervised, train
+
+        backbone = self.registry.backbone(self.cfg.backbone.name).build
+        modules = {"pretrain": [train, augment, heads, contracts, checkpoint, backbone,
+                                self.registry.pretext_task(self.cfg.pretext.name)],
+                   "freeze": [freeze, checkpoint],
+                   "probe": [probe, features, supervised, augment, train, backbone]}[stage]
+        return source_digest(*modules)
+
     def pretrain_key(self, ds: Dataset) -> str:
         cfg = self.cfg
         train = cfg.train.model_dump(mode="json", exclude=_TRAIN_FIELDS_NOT_IN_KEY)
@@ -54,11 +65,11 @@ class StageContext:
             "data": ds.fingerprint, "seed": cfg.seed, "train": train,
             "backbone": cfg.backbone.model_dump(mode="json"),
             "pretext": {"name": cfg.pretext.name, "params": resolved_pretext_params(cfg, self.registry)},
-            "plugins": self.plugin_versions(),
+            "plugins": self.plugin_versions(), "code": self.code_version("pretrain"),
         })
 
     def freeze_key(self, pretrain_key: str) -> str:
-        return stage_key("freeze", {"pretrain": pretrain_key})
+        return stage_key("freeze", {"pretrain": pretrain_key, "code": self.code_version("freeze")})
 
     def probe_key(self, ds: Dataset, freeze_key: str) -> str:
         cfg = self.cfg
@@ -66,6 +77,7 @@ class StageContext:
             "freeze": freeze_key, "data": ds.fingerprint, "seed": cfg.seed,
             "probe": cfg.probe.model_dump(mode="json"),
             "backbone": cfg.backbone.model_dump(mode="json"),  # the random-init baseline depends on it
+            "plugins": self.plugin_versions()["backbone"], "code": self.code_version("probe"),
         })
 
     def keys(self, ds: Dataset) -> dict[str, str]:
@@ -74,10 +86,11 @@ class StageContext:
         return {"pretrain": pk, "freeze": fk, "probe": self.probe_key(ds, fk)}
 
 
-def run_ingest(ctx: StageContext, push: bool = True, logger=log) -> dict[str, Any]:
-    """Ingest the config's source if it names one; otherwise describe the dataset already there."""
+def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool = False) -> dict[str, Any]:
+    """Ingest the config's source if it names one; otherwise describe the dataset already there
+    (after ``dvc pull`` when ``refresh``: a scheduled run takes the version data.dvc names)."""
     from .ingest import ingest, summary
-    from .versioning import data_version
+    from .versioning import data_version, dvc, workspace_lock
 
     d = ctx.cfg.data
     if d.source:
@@ -87,6 +100,13 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log) -> dict[str, An
             raise ConfigError("data.format is required when data.source is set (e.g. idx, imagefolder).")
         return ingest(ctx.ws, d.source, d.format, d.name, d.options, ctx.cfg.store.storage_options, push=push,
                       registry=ctx.registry, logger=logger)
+    if refresh:
+        before = data_version(ctx.ws) if ctx.ws.data_dvc.exists() else None
+        with workspace_lock(ctx.ws, "refresh: dvc pull"):
+            dvc(ctx.ws, "pull")
+        version = data_version(ctx.ws)
+        logger.info("refresh: dvc pull; data version %s", version)
+        return summary(ctx.dataset(), version, changed=version != before)
     return summary(ctx.dataset(), data_version(ctx.ws))
 
 
@@ -126,6 +146,7 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
     from .errors import StageInputError
     from .manifest import build_manifest, new_run_id
     from .report import write_report
+    from .runs import RegressionError, check_regression, compare_metrics, default_remote_url, previous_run
     from .versioning import data_version, read_data_dvc
 
     ds = ctx.dataset()
@@ -137,10 +158,19 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
     metrics = ctx.store.read_json("probe", keys["probe"], "metrics.json")
     history = ctx.store.read_json("pretrain", keys["pretrain"], "history.json")
     run_id = new_run_id(ctx.cfg.name, keys["probe"])
+    previous = previous_run(ctx.store, ctx.cfg.name)
     manifest = build_manifest(
         run_id=run_id, cfg=ctx.cfg, registry=ctx.registry, dataset=ds, data_version=data_version(ctx.ws),
         data_dvc=read_data_dvc(ctx.ws), keys=keys, store=ctx.store, metrics=metrics, history=history,
-        stage_times=stage_times or {})
-    run_uri = write_report(ctx.store, run_id, manifest, history, metrics)
+        stage_times=stage_times or {}, dvc_remote=default_remote_url(ctx.ws))
+    if previous is not None:
+        manifest["previous_run"] = {
+            "run_id": previous["run_id"], "created_at": previous["created_at"],
+            "data_version": previous["data_version"], "same_keys": previous["artifacts"].get("probe", {}).get("key")
+            == keys["probe"], "comparison": compare_metrics(previous["metrics"], metrics)}
+    manifest["regression"] = check_regression(manifest, previous, ctx.cfg.report.regression_threshold)
+    run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=ds)
     logger.info("report: %s", run_uri)
+    if manifest["regression"]:
+        raise RegressionError(manifest["regression"] + f" Report: {run_uri}")
     return {"run_id": run_id, "run_uri": run_uri, "manifest": manifest}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,18 +23,48 @@ from .workspace import DEFAULT_REMOTE_DIR, Workspace
 
 _ENV = {"DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
 
+# DVC remote options that hold credentials: they belong in the environment (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, read by boto) or in the untracked .dvc/config.local,
+# never in the committed .dvc/config, and never in an error message.
+SECRET_REMOTE_OPTIONS = frozenset({"access_key_id", "secret_access_key", "session_token", "sse_customer_key",
+                                   "password", "account_key", "sas_token", "connection_string",
+                                   "client_secret", "gdrive_client_secret"})
+_SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_OPTION_VALUE = re.compile(r"\b(" + "|".join(sorted(SECRET_REMOTE_OPTIONS, key=len, reverse=True))
+                           + r")(\s*[=:]\s*)(['\"]?)[^\s'\",]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` without secrets: credentials in URLs (``s3://KEY:SECRET@...``), values of secret DVC
+    options (``secret_access_key = ...``) and the values of secret-looking environment variables."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, "***")
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    return _OPTION_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
+
+
+def _redact_args(args: list[str]) -> list[str]:
+    out = list(args)
+    for i, a in enumerate(out[:-1]):
+        if a.lower() in SECRET_REMOTE_OPTIONS:
+            out[i + 1] = "***"
+    return [redact(a) for a in out]
+
 
 def _run(args: list[str], cwd: Path, what: str) -> str:
     env = {**os.environ, **_ENV}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise VersioningError(f"{what} failed in {cwd}: {' '.join(detail[-6:])}")
+        detail = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+                  if "Having any troubles" not in line]  # DVC's support banner, not the error
+        raise VersioningError(redact(f"{what} failed in {cwd}: {' '.join(detail[-6:])}"))
     return proc.stdout
 
 
 def dvc(ws: Workspace, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], ws.root, "dvc " + " ".join(args))
+    return _run([sys.executable, "-m", "dvc", *args], ws.root, "dvc " + " ".join(_redact_args(list(args))))
 
 
 def git(ws: Workspace, *args: str) -> str:
@@ -82,6 +113,26 @@ def init_workspace(root: str | Path, remote: str | None = None) -> Workspace:
     return ws
 
 
+def configure_s3_remote(ws: Workspace, url: str, endpoint_url: str | None = None, name: str = "storage",
+                        default: bool = True) -> None:
+    """Make ``url`` (``s3://bucket/path``) a DVC remote of ``ws`` (the default one unless told
+    otherwise), on AWS or on any S3-compatible server at ``endpoint_url`` (MinIO, Ceph, moto...).
+
+    Only the URL and the endpoint go into ``.dvc/config``; re-adding the remote drops any keys an
+    earlier config held. Credentials are never written: DVC (boto) reads them from the environment
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, or ``AWS_PROFILE`` and
+    ``~/.aws/credentials``), or from ``dvc remote modify --local`` (the untracked ``.dvc/config.local``)."""
+    if not url.startswith("s3://"):
+        raise VersioningError(f"not an S3 remote URL: {redact(url)!r} (expected s3://bucket/path)")
+    for what, value in (("remote URL", url), ("endpoint URL", endpoint_url or "")):
+        if _URL_USERINFO.search(value):
+            raise VersioningError(f"the {what} {redact(value)!r} holds credentials; remove them and set "
+                                  f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead")
+    dvc(ws, "remote", "add", "--force", *(["--default"] if default else []), name, url)
+    if endpoint_url:
+        dvc(ws, "remote", "modify", name, "endpointurl", endpoint_url)
+
+
 def _has_default_remote(ws: Workspace) -> bool:
     try:
         return bool(dvc(ws, "remote", "default").strip())
@@ -93,7 +144,7 @@ def track_and_push(ws: Workspace, push: bool = True) -> str:
     """``dvc add data`` then ``dvc push``; returns the new data version (caller holds the lock)."""
     dvc(ws, "add", "-q", "data")
     if push:
-        dvc(ws, "push", "-q")
+        dvc(ws, "push")  # not -q: a failed push must say why (e.g. NoSuchBucket)
     return data_version(ws)
 
 

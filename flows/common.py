@@ -1,11 +1,13 @@
 """What every stage task shares: config parsing, retries on transient faults, run logging."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from prefect.cache_policies import NONE
+from prefect.cache_policies import NONE, CachePolicy
 
 from pretextflow.core.config import load_config
 from pretextflow.core.errors import PretextflowError
@@ -25,11 +27,34 @@ def retry_transient(task, task_run, state) -> bool:
     return isinstance(exc, BaseException) and is_transient(exc)
 
 
-# The artifact store is the cache (one source of truth): a stage whose complete artifact exists
-# returns at once, and a deleted artifact is recomputed. Prefect's own result cache is off so it
-# can never serve a result whose artifact is gone.
+# Ingest and report always run (ingest decides itself whether the data changed; a report is a new
+# run). They keep no Prefect result.
 TASK_OPTIONS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
                                     cache_policy=NONE, persist_result=False)
+
+
+@dataclass
+class StageArtifactCache(CachePolicy):
+    """Prefect's cache key for a stage = the stage's own key (the folder of its artifact in the
+    store), offered only while that artifact is complete. So the Prefect UI shows a rerun's
+    stages as Cached, and a deleted artifact can never be served from a stale Prefect cache
+    entry: without the artifact there is no key, and the stage recomputes."""
+
+    stage: str = ""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        try:
+            ctx = context(inputs["config"], inputs.get("workspace"))
+            key = ctx.keys(ctx.dataset())[self.stage]
+        except Exception:  # no dataset yet, bad config...: no cache; the task itself reports the error
+            return None
+        if not ctx.store.is_complete(self.stage, key):
+            return None
+        return f"pretextflow-{self.stage}-{key}-{hashlib.sha256(ctx.store.uri.encode()).hexdigest()[:8]}"
+
+
+def stage_task_options(stage: str) -> dict[str, Any]:
+    return {**TASK_OPTIONS, "cache_policy": StageArtifactCache(stage=stage), "persist_result": True}
 
 
 class HideUserErrorTracebacks(logging.Filter):

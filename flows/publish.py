@@ -1,4 +1,5 @@
-"""Prefect artifacts for a finished run: the report as Markdown, the metrics as a table."""
+"""Prefect artifacts for a finished run: the report as Markdown, the probe metrics and the
+label-efficiency results as tables."""
 from __future__ import annotations
 
 import re
@@ -31,3 +32,11 @@ def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
                              description=f"pretextflow report {manifest['run_id']}")
     create_table_artifact(table=rows, key=artifact_key("metrics", manifest["name"]),
                           description=f"probe accuracies of {manifest['run_id']}")
+    efficiency = [{"fraction": r["fraction"], "labels": r["num_labels"], "seeds": r["seeds"],
+                   **{k: None if r.get(k) is None else round(r[k], 4)
+                      for k in ("ssl_linear_top1", "ssl_knn_top1", "supervised_top1", "random_init_linear_top1",
+                                "pixels_linear_top1", "finetune_top1")}}
+                  for r in m.get("label_efficiency", [])]
+    if efficiency:
+        create_table_artifact(table=efficiency, key=artifact_key("label-efficiency", manifest["name"]),
+                              description=f"test top-1 by labelled fraction, {manifest['run_id']}")

@@ -7,25 +7,26 @@ from prefect import flow, get_run_logger, task
 
 from pretextflow.core import stages
 
-from .common import TASK_OPTIONS, context
+from .common import TASK_OPTIONS, context, stage_task_options
 
 
 @task(name="ingest", **TASK_OPTIONS)
-def ingest_task(config: dict[str, Any], workspace: str | None = None, push: bool = True) -> dict[str, Any]:
-    return stages.run_ingest(context(config, workspace), push=push, logger=get_run_logger())
+def ingest_task(config: dict[str, Any], workspace: str | None = None, push: bool = True,
+                refresh: bool = False) -> dict[str, Any]:
+    return stages.run_ingest(context(config, workspace), push=push, logger=get_run_logger(), refresh=refresh)
 
 
-@task(name="pretrain", **TASK_OPTIONS)
+@task(name="pretrain", task_run_name="pretrain", **stage_task_options("pretrain"))
 def pretrain_task(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
     return stages.run_pretrain(context(config, workspace), logger=get_run_logger())
 
 
-@task(name="freeze", **TASK_OPTIONS)
+@task(name="freeze", task_run_name="freeze", **stage_task_options("freeze"))
 def freeze_task(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
     return stages.run_freeze(context(config, workspace), logger=get_run_logger())
 
 
-@task(name="probe", **TASK_OPTIONS)
+@task(name="probe", task_run_name="probe", **stage_task_options("probe"))
 def probe_task(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
     return stages.run_probe(context(config, workspace), logger=get_run_logger())
 

@@ -69,12 +69,17 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="print a JSON lis
 # -- workspace and data ------------------------------------------------------------------------
 @app.command()
 def init(directory: Path = typer.Argument(Path("."), help="folder to make a workspace"),
-         remote: Optional[str] = typer.Option(None, help="DVC remote URL (default: DIR/.dvc-remote)")) -> None:
+         remote: Optional[str] = typer.Option(None, help="DVC remote URL (default: DIR/.dvc-remote), e.g. s3://b/dvc"),
+         endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible server for an s3:// remote "
+                                                    "(credentials: AWS_* environment variables, never the config)")) -> None:
     """Make a folder a workspace: git repository, DVC, a default DVC remote."""
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.versioning import configure_s3_remote, init_workspace
 
     with user_errors():
-        ws = init_workspace(directory, remote)
+        s3 = bool(remote and remote.startswith("s3://"))
+        ws = init_workspace(directory, None if s3 else remote)
+        if s3:
+            configure_s3_remote(ws, remote, endpoint_url)
     typer.echo(f"workspace ready: {ws.root}")
 
 
@@ -154,6 +159,101 @@ def _stage_command(stage: str):
 
 for _stage in ("pretrain", "freeze", "probe", "report"):
     app.command(name=_stage)(_stage_command(_stage))
+
+
+# -- past runs, reruns, schedules --------------------------------------------------------------
+@app.command()
+def runs(store: Optional[str] = typer.Option(None, help="artifact store URI (default: the workspace's artifacts/)"),
+         workspace: Optional[Path] = WorkspaceOpt,
+         as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
+    """List past runs: id, time, data version, config name, headline metrics."""
+    from pretextflow.core.runs import list_runs
+    from pretextflow.core.store import ArtifactStore
+    from pretextflow.core.workspace import Workspace
+
+    with user_errors():
+        rows = list_runs(ArtifactStore(store or Workspace.at(_workspace(workspace)).store_uri("artifacts")))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run id", "created (UTC)", "name", "data version", "pretext", "linear", "kNN", "fewest labels")
+    for r in rows:
+        low = r["low_label"]
+        few = (f"{low['fraction'] * 100:g}%: {low['ssl_linear_top1']:.4f} vs sup. "
+               f"{low['supervised_top1']:.4f}" if low and low.get("supervised_top1") is not None else "-")
+        table.add_row(r["run_id"], r["created_at"], r["name"], r["data_version"][:12], r["pretext"],
+                      f"{r['linear_top1']:.4f}", f"{r['knn_top1']:.4f}", few)
+    Console().print(table)
+
+
+@app.command()
+def rerun(run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>) or its manifest.json"),
+          no_cache: bool = typer.Option(False, "--no-cache", help="recompute every stage in a fresh store"),
+          workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                                   help="empty folder to rerun in (default: a new temp folder)"),
+          tolerance: Optional[float] = typer.Option(None, help="allowed |difference| per metric "
+                                                    "(default: 0 on CPU, 0.005 on GPU)"),
+          remote: Optional[str] = typer.Option(None, help="DVC remote holding the data (default: the recorded one)")) -> None:
+    """Rerun a past run exactly (data version via DVC, recorded config and seed) and compare every
+    metric. Exit 0 only if all are identical (or within the tolerance)."""
+    _quiet_prefect()
+    from pretextflow.core.runs import rerun as do_rerun
+
+    with user_errors():
+        out = do_rerun(run, str(workspace) if workspace else None, no_cache, tolerance, remote)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", f"recorded ({out['before'][:15]})", "rerun", "difference", "")
+    for r in out["rows"]:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(r["metric"], fmt(r["before"]), fmt(r["after"]),
+                      "-" if r["diff"] is None else f"{r['diff']:+.6f}", "same" if r["ok"] else "DIFFERENT")
+    console = Console()
+    console.print(table)
+    for w in out["warnings"]:
+        typer.secho(f"warning: {w}", fg="yellow", err=True)
+    cached = [s for s in ("pretrain", "freeze", "probe") if out["stages"].get(s, {}).get("cached")]
+    typer.echo(f"rerun {out['after']} in {out['workspace']} ({'no cache' if out['no_cache'] else 'cached stages: ' + (', '.join(cached) or 'none')})")
+    if out["identical"]:
+        typer.echo(f"identical: every metric matches (tolerance {out['tolerance']:g})")
+    else:
+        n = sum(not r["ok"] for r in out["rows"])
+        typer.secho(f"different: {n} metric(s) differ by more than {out['tolerance']:g}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(config: Path = typer.Argument(..., help="experiment YAML"), set_: Optional[List[str]] = SetOpt,
+          cron: str = typer.Option(..., "--cron", help='schedule, e.g. "0 3 * * *" (03:00 every day)'),
+          name: Optional[str] = typer.Option(None, help="deployment name (default: the config's name)"),
+          workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Serve the pipeline on a schedule through Prefect (needs PREFECT_API_URL of a running
+    `prefect server start`). Each scheduled run first refreshes the data, then recomputes only
+    what changed, and compares its report with the previous run."""
+    _quiet_prefect()
+    with user_errors():
+        cfg = _config(config, set_)
+        from prefect.client.schemas.schedules import CronSchedule
+
+        from pretextflow.core.errors import ConfigError
+
+        try:
+            CronSchedule(cron=cron)
+        except ValueError:
+            raise ConfigError(f"--cron {cron!r} is not a cron expression; e.g. \"0 3 * * *\" runs at 03:00 daily.") from None
+        if not os.environ.get("PREFECT_API_URL"):
+            raise ConfigError("serving a schedule needs a Prefect server: run `prefect server start` and set "
+                              "PREFECT_API_URL=http://127.0.0.1:4200/api (see the README, Scheduled retraining).")
+        from pretextflow.flows.pipeline import pipeline_flow
+
+        deployment = name or cfg["name"]
+        typer.echo(f"serving pretextflow-pipeline/{deployment} on {cron!r}; Ctrl-C stops")
+        pipeline_flow.serve(name=deployment, cron=cron, parameters={
+            "config": cfg, "workspace": _workspace(workspace), "push": True, "refresh": True})
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def test_init_ingest_and_run_from_the_command_line(tmp_path):
     lines = run.stdout.strip().splitlines()
     folder = lines[0].removeprefix("run folder:").strip()
     assert folder.startswith(str(ws / "artifacts" / "runs"))
-    assert os.path.exists(os.path.join(folder, "report.html")) and "Features learned without labels" in lines[-1]
+    assert os.path.exists(os.path.join(folder, "report.html")) and "features learned without labels" in lines[-1]
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     assert manifest["config"]["train"]["epochs"] == 2
 

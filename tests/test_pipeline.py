@@ -46,7 +46,17 @@ def test_pipeline_writes_run_folder_manifest_and_report(first_run, digits_worksp
     assert metrics["knn"]["k"] == 20 and metrics["knn"]["temperature"] == 0.07
     html = run.read_bytes("report.html").decode()
     assert "data:image/png;base64," in html and m["data_version"] in html
-    assert "Features learned without labels" in run.read_bytes("report.md").decode()
+    report = run.read_bytes("report.md").decode()
+    assert report.splitlines()[2].startswith("With 1% of the labels (")  # the headline answers the question
+    assert "## Label efficiency" in report
+    rows = metrics["label_efficiency"]
+    assert [r["fraction"] for r in rows] == [0.01, 0.1, 1.0]
+    for r in rows:
+        assert {"fraction", "ssl_linear_top1", "supervised_top1", "random_init_linear_top1", "pixels_linear_top1",
+                "knn"} <= set(r)
+        assert r["knn"] == {"k": 20, "temperature": 0.07, "top1_by_k": r["knn"]["top1_by_k"]}
+    assert rows[-1]["ssl_linear_top1"] == metrics["linear_top1"]  # 100% of the labels is the main probe
+    assert set(run.listdir()) >= {"label_efficiency.png", "confusion.png", "retrieval.png", "projection.png"}
 
 
 def test_prefect_recorded_the_flow_run_and_artifacts(first_run):
@@ -56,12 +66,14 @@ def test_prefect_recorded_the_flow_run_and_artifacts(first_run):
     async def read():
         async with get_client() as client:
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["report-digits-smoke", "metrics-digits-smoke"])))
+                key=ArtifactFilterKey(any_=["report-digits-smoke", "metrics-digits-smoke",
+                                            "label-efficiency-digits-smoke"])))
             runs = await client.read_flow_runs()
             return arts, runs
 
     arts, runs = asyncio.run(read())
-    assert {a.type for a in arts} == {"markdown", "table"}
+    assert {(a.type, a.key) for a in arts} == {("markdown", "report-digits-smoke"), ("table", "metrics-digits-smoke"),
+                                               ("table", "label-efficiency-digits-smoke")}
     assert any(r.state and r.state.is_completed() for r in runs)
 
 
@@ -85,8 +97,13 @@ def test_same_seed_twice_gives_identical_metrics_without_cache(first_run, digits
     fresh = json.loads(json.dumps(cfg))
     fresh["store"]["uri"] = "artifacts-second"
     again = pipeline_flow(fresh, str(digits_workspace.root))
-    for key in ("linear_top1", "knn_top1", "baselines"):
+    def timeless(rows):  # wall-clock seconds are the only thing allowed to differ
+        return [{k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v)
+                 for k, v in r.items()} for r in rows]
+
+    for key in ("linear_top1", "knn_top1", "baselines", "confusion_matrix"):
         assert again["metrics"][key] == result["metrics"][key]
+    assert timeless(again["metrics"]["label_efficiency"]) == timeless(result["metrics"]["label_efficiency"])
 
 
 def test_stage_alone_without_upstream_says_what_to_run(digits_workspace, digits_config):

@@ -1,0 +1,214 @@
+"""Past runs: list them, load a manifest, compare two runs' metrics, and rerun one exactly.
+
+A rerun needs only the manifest: it holds the data version (the content of ``data.dvc``), the DVC
+remote that has the data, the validated config with every default filled in, and the seed. The
+data is restored into a fresh workspace with ``dvc pull`` (no git checkout of the original
+workspace is needed), the pipeline runs with the recorded config, and every metric is compared."""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import yaml
+
+from .errors import PretextflowError, StageInputError, VersioningError
+from .store import ArtifactStore
+from .workspace import Workspace
+
+log = logging.getLogger("pretextflow.runs")
+RUNS = "runs"
+METRIC_KEYS = ("ssl_linear_top1", "ssl_knn_top1", "supervised_top1", "random_init_linear_top1",
+               "pixels_linear_top1", "finetune_top1")
+
+
+class RegressionError(PretextflowError):
+    """The probe accuracy dropped by more than the configured threshold against the previous run."""
+
+
+# -- reading runs ------------------------------------------------------------------------------
+def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``ref``: a run folder (``artifacts/runs/<id>``) or its ``manifest.json``, any fsspec URI."""
+    uri = ref if ref.endswith(".json") else ref.rstrip("/") + "/manifest.json"
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if not fs.exists(path):
+        raise StageInputError(f"no manifest at {uri}. Pass a run folder (artifacts/runs/<run id>) or its "
+                              f"manifest.json; `pretextflow runs` lists the runs of a store.")
+    try:
+        return json.loads(fs.cat_file(path))
+    except json.JSONDecodeError as exc:
+        raise StageInputError(f"{uri} is not valid JSON ({exc}); it is not a pretextflow manifest.") from None
+
+
+def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every complete run in the store (a run is complete once its manifest.json exists), oldest first."""
+    out = []
+    for run_id in store.listdir(RUNS):
+        if not store.exists(RUNS, run_id, "manifest.json"):
+            continue
+        m = store.read_json(RUNS, run_id, "manifest.json")
+        eff = [r for r in m["metrics"].get("label_efficiency", []) if r["fraction"] < 1]
+        out.append({"run_id": m["run_id"], "created_at": m["created_at"], "name": m["name"],
+                    "data_version": m["data_version"], "pretext": m["config"]["pretext"]["name"],
+                    "backbone": m["config"]["backbone"]["name"], "linear_top1": m["metrics"]["linear_top1"],
+                    "knn_top1": m["metrics"]["knn_top1"],
+                    "low_label": ({"fraction": eff[0]["fraction"], "ssl_linear_top1": eff[0]["ssl_linear_top1"],
+                                   "supervised_top1": eff[0].get("supervised_top1")} if eff else None),
+                    "uri": store.uri_of(RUNS, run_id)})
+    return sorted(out, key=lambda r: (r["created_at"], r["run_id"]))
+
+
+def previous_run(store: ArtifactStore, name: str, before_run_id: str | None = None) -> dict[str, Any] | None:
+    """The latest earlier run of the same config name in this store, as its manifest."""
+    runs = [r for r in list_runs(store) if r["name"] == name and r["run_id"] != before_run_id]
+    return store.read_json(RUNS, runs[-1]["run_id"], "manifest.json") if runs else None
+
+
+# -- comparing ---------------------------------------------------------------------------------
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Every accuracy of a run under a stable name: ``linear_top1``, ``baselines.pixels.knn_top1``,
+    ``label_efficiency.1%.supervised_top1`` ..."""
+    flat = {k: metrics[k] for k in ("linear_top1", "linear_top5", "knn_top1") if metrics.get(k) is not None}
+    for name, b in sorted(metrics.get("baselines", {}).items()):
+        for k, v in sorted(b.items()):
+            flat[f"baselines.{name}.{k}"] = v
+    for row in metrics.get("label_efficiency", []):
+        for k in METRIC_KEYS:
+            if row.get(k) is not None:
+                flat[f"label_efficiency.{row['fraction'] * 100:g}%.{k}"] = row[k]
+    return flat
+
+
+def compare_metrics(before: dict[str, Any], after: dict[str, Any], tolerance: float = 0.0) -> list[dict[str, Any]]:
+    a, b = flatten_metrics(before), flatten_metrics(after)
+    rows = []
+    for name in list(a) + [n for n in b if n not in a]:
+        x, y = a.get(name), b.get(name)
+        diff = None if x is None or y is None else y - x
+        rows.append({"metric": name, "before": x, "after": y, "diff": diff,
+                     "ok": diff is not None and abs(diff) <= tolerance})
+    return rows
+
+
+def environment_differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Package, code and device differences between two manifests (warnings, not failures)."""
+    out = []
+    for pkg in sorted(set(before.get("packages", {})) | set(after.get("packages", {}))):
+        x, y = before.get("packages", {}).get(pkg), after.get("packages", {}).get(pkg)
+        if x != y:
+            out.append(f"package {pkg}: {x} -> {y}")
+    cb, ca = before.get("code_version", {}), after.get("code_version", {})
+    if (cb.get("pretextflow"), cb.get("commit")) != (ca.get("pretextflow"), ca.get("commit")):
+        out.append(f"code: pretextflow {cb.get('pretextflow')} @ {cb.get('commit')} -> "
+                   f"{ca.get('pretextflow')} @ {ca.get('commit')}")
+    if before.get("device") != after.get("device"):
+        out.append(f"device: {before.get('device')} -> {after.get('device')}")
+    return out
+
+
+def check_regression(manifest: dict[str, Any], previous: dict[str, Any] | None, threshold: float | None) -> str | None:
+    """A message when linear top-1 dropped by more than ``threshold`` (a fraction, 0.01 = 1 point)."""
+    if previous is None or threshold is None:
+        return None
+    drop = previous["metrics"]["linear_top1"] - manifest["metrics"]["linear_top1"]
+    if drop > threshold:
+        return (f"linear-probe top-1 fell from {previous['metrics']['linear_top1']:.4f} (run {previous['run_id']}, "
+                f"data {previous['data_version']}) to {manifest['metrics']['linear_top1']:.4f} (data "
+                f"{manifest['data_version']}): a drop of {drop * 100:.2f} points, more than the allowed "
+                f"report.regression_threshold={threshold * 100:g} points. The report is written; inspect it, then "
+                f"fix the data or raise the threshold.")
+    return None
+
+
+# -- DVC remote, recorded in the manifest ------------------------------------------------------
+def redact_url(url: str) -> str:
+    from .versioning import redact
+
+    return redact(url)
+
+
+def default_remote_url(ws: Workspace) -> str | None:
+    """The workspace's default DVC remote as an absolute URL (a local remote resolved against
+    ``.dvc/``, where DVC resolves it), credentials redacted; None when there is no remote."""
+    from .versioning import dvc
+
+    try:
+        name = dvc(ws, "remote", "default").strip()
+        listing = dvc(ws, "remote", "list").splitlines()
+    except VersioningError:
+        return None
+    for line in listing:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == name:
+            url = parts[1]
+            if "://" not in url and not url.startswith("/"):
+                url = str((ws.root / ".dvc" / url).resolve())
+            return redact_url(url)
+    return None
+
+
+def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = None) -> str:
+    """Make ``ws`` hold exactly the manifest's data version: write its data.dvc, ``dvc pull``."""
+    from .data import load_dataset
+    from .versioning import data_version, dvc, init_workspace, workspace_lock
+
+    remote = remote or manifest.get("dvc_remote")
+    if not remote:
+        raise StageInputError("the manifest records no DVC remote, so its data cannot be restored. "
+                              "Pass --remote URL (the DVC remote holding that data version).")
+    if ws.data_dvc.exists():
+        current = yaml.safe_load(ws.data_dvc.read_text())
+        if current.get("outs", [{}])[0].get("md5") != manifest["data_version"]:
+            raise StageInputError(f"{ws.root} already holds another data version; rerun into an empty folder "
+                                  f"(the default) so nothing of that workspace is overwritten.")
+    init_workspace(ws.root, remote)
+    with workspace_lock(ws, f"rerun {manifest['run_id']}: dvc pull"):
+        ws.data_dvc.write_text(yaml.safe_dump(manifest["data_dvc"], sort_keys=False))
+        dvc(ws, "pull")
+    version = data_version(ws)
+    ds = load_dataset(str(ws.data_dir), manifest["dataset"]["name"])
+    if version != manifest["data_version"] or ds.fingerprint != manifest["dataset"]["fingerprint"]:
+        raise VersioningError(f"restored data version {version} (fingerprint {ds.fingerprint}) does not match the "
+                              f"manifest's {manifest['data_version']} ({manifest['dataset']['fingerprint']}).")
+    return version
+
+
+def store_root(manifest: dict[str, Any]) -> str:
+    """The artifact store a run used, from the absolute URI of its pretrain artifact."""
+    uri = manifest["artifacts"]["pretrain"]["uri"]
+    return uri[: uri.rindex("/pretrain/")]
+
+
+def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolerance: float | None = None,
+          remote: str | None = None, storage_options: dict[str, Any] | None = None,
+          logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+    """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict)."""
+    from .config import load_config
+    from .train import select_device
+
+    before = load_manifest(ref, storage_options)
+    root = Path(workspace or tempfile.mkdtemp(prefix="pretextflow-rerun-")).resolve()
+    ws = Workspace.at(root)
+    restore_data(ws, before, remote)
+    raw = json.loads(json.dumps(before["config"]))
+    raw["data"]["source"] = None  # the data comes from DVC, exactly as recorded
+    options = raw["store"].get("storage_options") or {}
+    if any(v == "***" for v in options.values()):  # secrets are never recorded: take them from the caller
+        raw["store"]["storage_options"] = storage_options or {}
+    raw["store"]["uri"] = str(root / "artifacts-rerun") if no_cache else store_root(before)
+    cfg = load_config(raw=raw)
+    device = select_device(cfg.train.device)
+    if tolerance is None:  # CPU runs are bit-identical; GPU kernels are not (cuDNN autotuning, atomics)
+        tolerance = 0.0 if device.type == "cpu" and before.get("device") == "cpu" else 0.005
+    from pretextflow.flows.pipeline import pipeline_flow
+
+    result = pipeline_flow(cfg.model_dump(mode="json"), str(root), False)
+    after = ArtifactStore(result["run_uri"], cfg.store.storage_options).read_json("manifest.json")
+    rows = compare_metrics(before["metrics"], after["metrics"], tolerance)
+    return {"before": before["run_id"], "after": after["run_id"], "run_uri": result["run_uri"], "workspace": str(root),
+            "tolerance": tolerance, "identical": all(r["ok"] for r in rows), "rows": rows,
+            "warnings": environment_differences(before, after), "no_cache": no_cache,
+            "stages": after.get("stages", {})}
