@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: demo test install data browser lock clean
+.PHONY: demo test install example data browser lock clean
 
 # The environment: a venv with the pinned constraints (torch 2.14.1 / torchvision 0.29.1, ...).
 $(STAMP): pyproject.toml constraints.txt
@@ -17,6 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 install: $(STAMP)
+
+# The example third-party plugin package, installed with pip as a user would install it (not
+# editable): the tests check it and train with it through the pipeline (tests/test_example_plugin.py).
+EXAMPLE       := examples/pretextflow-denoising
+EXAMPLE_STAMP := $(VENV)/.example-installed
+$(EXAMPLE_STAMP): $(STAMP) $(EXAMPLE)/pyproject.toml $(wildcard $(EXAMPLE)/pretextflow_denoising/*.py)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -c constraints.txt ./$(EXAMPLE)
+	touch $@
+
+example: $(EXAMPLE_STAMP)
 
 data: install
 	@PRETEXTFLOW=$(BIN)/pretextflow sh scripts/fashion_mnist_dir.sh >/dev/null
@@ -31,7 +41,7 @@ demo: install
 	$(BIN)/pretextflow run configs/fashion_mnist.yaml --set data.source=$$dir
 
 # The test suite (Prefect and DVC run in temporary folders; nothing touches ~ or this repo's data/).
-test: install data browser
+test: install data browser example
 	$(BIN)/python -m pytest
 
 # Refresh the lock file from the current venv (after changing dependencies in pyproject.toml).

@@ -27,7 +27,8 @@ CONFIG = REPO / "configs" / "fashion_mnist.yaml"
 VIT = ["backbone.name=timm/vit_tiny_patch16_224", "backbone.kwargs={patch_size: 4}"]
 
 
-def run_one(method: str, budget_s: float, workspace: str, store: str, calib_steps: int) -> dict:
+def run_one(method: str, budget_s: float, workspace: str, store: str, calib_steps: int,
+            images_per_s: float | None = None) -> dict:
     import torch
 
     from pretextflow.core.config import load_config
@@ -63,7 +64,8 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
             rows["pixels"] = evaluate_features("pixels", pixel_features(xtr), ytr, pixel_features(xte), yte, 10,
                                                cfg.probe, 0, _log())
         return {name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"]["k200"]["top1"]} for name, r in rows.items()}
-    ips = run_pretrain(calib)["images_per_second"]  # measured over the training loop, not model building
+    # measured over the training loop, not model building; or given (a calibration from a quiet machine)
+    ips = images_per_s or run_pretrain(calib)["images_per_second"]
     epochs = max(1, int(budget_s * ips / 60000))
     ctx = StageContext.create(load_config(CONFIG, base + [f"train.epochs={epochs}"]), workspace)
     t = time.perf_counter()
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ALL))
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--calibration-steps", type=int, default=30)
+    ap.add_argument("--images-per-second", type=float, help="skip the calibration: this training speed (images/s, "
+                    "measured by an earlier run's training loop) fixes the epochs")
     ap.add_argument("--update", metavar="LOG", help="start from the results in a previous run's log (stderr) and "
                                                       "replace only the methods run now")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -103,7 +107,8 @@ def main() -> None:
     ap.add_argument("--store", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.budget_minutes * 60, args.workspace, args.store, args.calibration_steps)))
+        print(json.dumps(run_one(args.one, args.budget_minutes * 60, args.workspace, args.store, args.calibration_steps,
+                                 args.images_per_second)))
         return
 
     from pretextflow.core.ingest import ingest
@@ -122,6 +127,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", job, "--budget-minutes", str(args.budget_minutes),
                "--workspace", str(ws.root), "--store", str(tmp / "store"),
                "--calibration-steps", str(args.calibration_steps)]
+        if args.images_per_second and not job.startswith("baselines"):
+            cmd += ["--images-per-second", str(args.images_per_second)]
         print(f"[bench] {job} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -45,9 +45,17 @@ def _quiet_prefect() -> None:
 
 
 # -- plugins -----------------------------------------------------------------------------------
-@app.command()
-def plugins(as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects")) -> None:
+plugins_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                          help="List installed plugins; scaffold a new plugin package; check a plugin.")
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
+def plugins(ctx: typer.Context,
+            as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects")) -> None:
     """List installed plugins: name, kind, family (pretext tasks), providing package and version."""
+    if ctx.invoked_subcommand is not None:
+        return
     from pretextflow.core.plugins import get_registry
 
     with user_errors():
@@ -64,6 +72,72 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="print a JSON lis
         Console().print(table)
     for s in registry.skipped:
         typer.secho(f"skipped plugin {s.plugin} ({s.package}): {s.reason}", fg="yellow", err=True)
+
+
+@plugins_app.command("new")
+def plugins_new(name: str = typer.Argument(..., help="the plugin's name, e.g. my-task"),
+                kind: str = typer.Option("pretext", "--kind", "-k", help="pretext | backbone | dataset"),
+                directory: Optional[Path] = typer.Option(None, "--dir", "-d",
+                                                         help="folder to create (default: ./pretextflow-NAME)")) -> None:
+    """Scaffold an installable plugin package that passes its own tests as generated.
+
+    The package has a pyproject.toml with the entry point, a small working module, conformance
+    tests using pretextflow.testing, and a README."""
+    from pretextflow.scaffold import scaffold
+
+    with user_errors():
+        from pretextflow.core.plugins import get_registry
+
+        registry = get_registry()
+        taken = {"pretext": set(registry.pretext), "backbone": set(registry.backbones),
+                 "dataset": set(registry.formats)}.get(kind, set())
+        root = scaffold(name, kind, directory, taken)
+    typer.echo(f"created {root}")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        typer.echo(f"  {path.relative_to(root)}")
+    typer.echo(f"next: cd {root} && pip install -e '.[test]' && pytest && pretextflow plugins check {name}"
+               + (" --source DATA" if kind == "dataset" else ""))
+
+
+@plugins_app.command("check")
+def plugins_check(name: str = typer.Argument(..., help="an installed plugin's name (e.g. my-task, timm/resnet18)"),
+                  kind: Optional[str] = typer.Option(None, "--kind", "-k",
+                                                     help="pretext | backbone | dataset (default: found by name)"),
+                  option: Optional[List[str]] = typer.Option(
+                      None, "--option", "-o", help="key=value (YAML): the task's params, the backbone's kwargs or "
+                                                   "the dataset format's options (repeatable)"),
+                  source: Optional[str] = typer.Option(None, "--source", help="what a dataset format reads (path/URI)"),
+                  backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone for a pretext task's "
+                                                         "checks (default: a small convnet-s)"),
+                  pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline",
+                                                help="also pretrain -> freeze -> probe on digits (seconds)")) -> None:
+    """Check an installed plugin against its contract: one PASS/FAIL line per check.
+
+    The checks of pretextflow.testing, on tiny data in seconds. Exit 1 if any check fails, 2 if
+    there is no such plugin."""
+    from pretextflow.core.config import apply_overrides
+
+    with user_errors():
+        from pretextflow.testing import check_plugin, find_kind
+
+        kind = kind or find_kind(name)
+        values = apply_overrides({}, option or [])
+        options: dict = {"pipeline": pipeline}
+        if kind == "pretext":
+            options.update(params=values, backbone=backbone)
+        elif kind == "backbone":
+            options.update(kwargs=values)
+        else:
+            options.update(options=values, source=source)
+        results = check_plugin(name, kind, **options)
+    colours = {"pass": "green", "fail": "red", "skip": "yellow"}
+    for r in results:
+        typer.secho(r.line(), fg=colours[r.status])
+    failed = sum(r.failed for r in results)
+    passed = sum(r.passed for r in results)
+    typer.echo(f"{kind} {name!r}: {passed} passed, {failed} failed, {len(results) - passed - failed} skipped")
+    if failed:
+        raise typer.Exit(1)
 
 
 # -- workspace and data ------------------------------------------------------------------------

@@ -133,3 +133,16 @@ def test_prefect_yaml_deployments_point_at_a_loadable_flow():
         assert cfg.report.regression_threshold == 0.01
         for s in dep["schedules"]:
             CronSchedule(cron=s["cron"], timezone=s.get("timezone"))
+
+
+def test_serve_refuses_a_bad_cron_and_a_missing_server(monkeypatch):
+    from typer.testing import CliRunner
+
+    from pretextflow.cli import app
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    config = str(REPO / "configs" / "digits_smoke.yaml")
+    bad = CliRunner().invoke(app, ["serve", config, "--cron", "every night"])
+    assert bad.exit_code == 2 and "not a cron expression" in bad.output
+    no_server = CliRunner().invoke(app, ["serve", config, "--cron", "0 3 * * *"])
+    assert no_server.exit_code == 2 and "prefect server start" in no_server.output

@@ -1,0 +1,66 @@
+"""The stable public API for plugin authors: import everything a plugin needs from here.
+
+    from pretextflow.api import PretextTask, Params, StepOutput, Augmenter, ViewSpec, hookimpl
+
+Names in ``__all__`` keep their meaning and signatures across minor releases; the modules they
+come from (``pretextflow.core.*``) are internal and may move. The contracts and their invariants
+are documented in ``docs/plugins.md``; ``pretextflow.testing`` checks a plugin against them.
+"""
+from __future__ import annotations
+
+from pretextflow.core.augment import Augmenter, ViewSpec, to_float
+from pretextflow.core.contracts import (
+    FAMILIES,
+    Backbone,
+    BackboneParams,
+    BackboneSpec,
+    DatasetArrays,
+    DatasetFormat,
+    Family,
+    Params,
+    PretextTask,
+    Requirements,
+    StepOutput,
+    TokenAPI,
+)
+from pretextflow.core.errors import DataError, PluginError
+from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, linear_warmup, mlp, two_views
+from pretextflow.core.hookspecs import hookimpl
+
+#: The version of this API; bumped (major) only when a name in ``__all__`` changes incompatibly.
+API_VERSION = "1.0"
+
+__all__ = [
+    "API_VERSION",
+    # hooks
+    "hookimpl",
+    # pretext tasks
+    "PretextTask",
+    "Params",
+    "StepOutput",
+    "Requirements",
+    "Family",
+    "FAMILIES",
+    # views (batched, seeded, on-device augmentation)
+    "Augmenter",
+    "ViewSpec",
+    "to_float",
+    # heads and schedules shared by methods
+    "mlp",
+    "two_views",
+    "frozen_copy",
+    "ema_update",
+    "cosine_increase",
+    "linear_warmup",
+    # backbones
+    "Backbone",
+    "BackboneSpec",
+    "BackboneParams",
+    "TokenAPI",
+    # dataset formats
+    "DatasetFormat",
+    "DatasetArrays",
+    # errors a plugin may raise to tell the user what to fix (shown without a traceback)
+    "PluginError",
+    "DataError",
+]
