@@ -42,12 +42,21 @@ class ViewSpec:
 
 class Augmenter:
     """Draws per-sample parameters from its own generator, so augmentation is reproducible and
-    independent of the model's RNG use (resuming restores ``state_dict``)."""
+    independent of the model's RNG use (resuming restores ``state_dict``).
 
-    def __init__(self, seed: int, device: torch.device | str = "cpu"):
+    ``shard=(rank, world)`` (multi-process training): each draw for a local batch of n samples
+    draws the parameters of the global batch of ``n * world`` samples and keeps this rank's slice,
+    so the ranks together make exactly the views one process would make for the global batch.
+    Plugins get this by drawing through the methods below (``rand``, ``randn``, ``uniform``,
+    ``bernoulli``, ``randint``) with the batch as the first dimension."""
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1)):
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
+        self.rank, self.world = int(shard[0]), int(shard[1])
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"shard rank {self.rank} is outside world size {self.world}")
 
     # -- state, for checkpoint/resume ---------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -57,14 +66,30 @@ class Augmenter:
         self.generator.set_state(state["generator"].cpu())
 
     # -- random draws --------------------------------------------------------------------
+    def _local(self, draw, size: tuple[int, ...]) -> torch.Tensor:
+        """``draw(global_size)`` sliced to this rank's part of the first (batch) dimension."""
+        if self.world == 1:
+            return draw(size)
+        n = size[0]
+        return draw((n * self.world, *size[1:]))[self.rank * n:(self.rank + 1) * n]
+
+    def rand(self, *size: int) -> torch.Tensor:
+        """Uniform [0, 1) of shape ``size`` (batch first)."""
+        return self._local(lambda s: torch.rand(s, generator=self.generator, device=self.device), size)
+
+    def randn(self, *size: int) -> torch.Tensor:
+        """Standard normal of shape ``size`` (batch first)."""
+        return self._local(lambda s: torch.randn(s, generator=self.generator, device=self.device), size)
+
     def uniform(self, n: int, low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=self.generator, device=self.device) * (high - low) + low
+        return self.rand(n) * (high - low) + low
 
     def bernoulli(self, n: int, p: float) -> torch.Tensor:
-        return torch.rand(n, generator=self.generator, device=self.device) < p
+        return self.rand(n) < p
 
     def randint(self, high: int, size: tuple[int, ...]) -> torch.Tensor:
-        return torch.randint(high, size, generator=self.generator, device=self.device)
+        return self._local(lambda s: torch.randint(high, s, generator=self.generator, device=self.device),
+                           tuple(size))
 
     # -- transforms ------------------------------------------------------------------------
     def resized_crop(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:

@@ -19,12 +19,18 @@ def encode(groups: dict[str, dict[str, torch.Tensor]], info: dict[str, Any]) -> 
 
 
 def decode(data: bytes) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    flat = st_load(data)
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in flat.items():
-        g, k = name.split("/", 1)
-        groups.setdefault(g, {})[k] = tensor
-    info = json.loads(_metadata(data).get(META_KEY, "{}"))
+    try:
+        flat = st_load(data)
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in flat.items():
+            g, k = name.split("/", 1)
+            groups.setdefault(g, {})[k] = tensor
+        info = json.loads(_metadata(data).get(META_KEY, "{}"))
+    except Exception as exc:  # safetensors' own error type, a bad header, a name without a group...
+        from .errors import StageInputError
+
+        raise StageInputError(f"a checkpoint in the artifact store is corrupt ({exc.__class__.__name__}: {exc}). "
+                              f"Delete its folder (pretrain/<key> or freeze/<key>) to recompute it.") from None
     return groups, info
 
 

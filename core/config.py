@@ -2,21 +2,35 @@
 ``--set key=value``. Unknown keys and invalid values are errors that name the field."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys are errors; so are inf and nan (`lr: .inf` would pass gt=0 and train to nan)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# A dataset's folder name under data/: no '/', no '..', so a config can never name a path elsewhere.
+DATASET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class DataConfig(Strict):
     name: str = Field(description="dataset name in the workspace's data/ folder")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not DATASET_NAME_RE.match(v):
+            raise ValueError("use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit "
+                             "(e.g. fashion-mnist)")
+        return v
     source: str | None = Field(None, description="fsspec URI to ingest from; None = use the ingested dataset")
     format: str | None = Field(None, description="dataset-format plugin for `source`")
     options: dict[str, Any] = Field({}, description="options of the dataset format")
@@ -35,18 +49,38 @@ class PretextConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: int = Field(10, gt=0)
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(256, ge=2, description="the global batch; at least 2 (batch statistics: BatchNorm "
+                                                   "heads, variance and correlation losses)")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, gt=0, lt=1, description="SGD's Nesterov momentum (Nesterov needs it > 0)")
     warmup_epochs: float = Field(1.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported, else fp16 + scaling)")
     threads: int | None = Field(None, gt=0, description="CPU threads; None = all cores")
     max_train_samples: int | None = Field(None, gt=0, description="use only the first N training images")
     checkpoint_every: int = Field(1, gt=0, description="checkpoint every N epochs")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps, "
+                                               "mid-epoch (a crash then loses at most N steps); None = per epoch only")
+    on_nonfinite: Literal["stop", "rollback"] = Field(
+        "stop", description="after a non-finite loss (or weights): stop with an error, keeping the last good "
+                            "checkpoint; or roll back to it, multiply the lr by rollback_lr_factor and go on")
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="on_nonfinite: rollback multiplies the lr by this")
+    max_rollbacks: int = Field(3, gt=0, description="on_nonfinite: rollback stops with an error after this many")
     log_every: int = Field(50, gt=0, description="log the loss every N steps")
+    devices: int = Field(1, gt=0, description="processes for data-parallel training (DDP): gloo on the CPU, "
+                                              "one GPU each with NCCL; batch_size stays the global batch")
+    sync_batchnorm: bool = Field(True, description="with devices > 1: BatchNorm statistics over the global batch")
+    compile: bool = Field(False, description="torch.compile the backbone (worth it on GPUs; slow to start)")
+    channels_last: bool = Field(True, description="channels_last memory format for CNNs on CUDA")
+
+    @model_validator(mode="after")
+    def _global_batch_splits(self) -> "TrainConfig":
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices} "
+                             f"(it is the global batch; each process takes batch_size / devices)")
+        return self
 
 
 class SupervisedConfig(Strict):
@@ -84,7 +118,7 @@ class ProbeConfig(Strict):
     def _positive(cls, v: list[int]) -> list[int]:
         if any(k <= 0 for k in v):
             raise ValueError("every k must be positive")
-        return v
+        return list(dict.fromkeys(v))  # each k once, in order: the first is the headline k
 
     @field_validator("label_fractions")
     @classmethod
@@ -102,12 +136,25 @@ class ReportConfig(Strict):
 
 class StoreConfig(Strict):
     uri: str = Field("artifacts", description="artifact store: fsspec URI, or a path relative to the workspace")
-    storage_options: dict[str, Any] = Field({}, description="fsspec options (credentials come from the environment)")
+    storage_options: dict[str, Any] = Field({}, validate_default=True,
+                                            description="fsspec options (credentials come from the environment)")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _remember_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # any credential given here (key, secret, token...) is masked from then on in every message,
+        # log record and report of this process, not only in the manifest
+        from .versioning import register_secrets
+
+        register_secrets(v)
+        return v
+    min_free_mb: float = Field(100, ge=0, description="a stage that writes checks first that a local store has this "
+                                                     "much free space (MB), and stops with a clear error if not; 0 = no check")
 
 
 class RunConfig(Strict):
     name: str = "run"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2 ** 31 - 1, description="below 2^31: torch, numpy and scikit-learn all take it")
     data: DataConfig
     backbone: BackboneConfig = BackboneConfig()
     pretext: PretextConfig = PretextConfig()
@@ -148,7 +195,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError(f"{origin}: cannot read the config ({exc.strerror}).") from exc
+            raise ConfigError(f"{origin}: cannot read the config ({exc.strerror}). Check the path; configs/ "
+                              f"holds examples.") from exc
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -21,12 +21,13 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
+from .config import DATASET_NAME_RE
 from .contracts import DatasetArrays
 from .errors import DataError
 
 SCHEMA_VERSION = 1
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RE = DATASET_NAME_RE  # one rule for names in configs and on the command line
 
 
 def check_name(name: str) -> str:
@@ -40,6 +41,7 @@ def default_name(source: str) -> str:
     """A dataset name from its source: ``/usr/share/datasets/fashion-mnist`` -> ``fashion-mnist``,
     ``sklearn:digits`` -> ``digits``."""
     last = re.split(r"[/:]", source.rstrip("/"))[-1].lower()
+    last = re.sub(r"\.(zip|tar|tar\.gz|tgz|tar\.bz2|tbz2|tar\.xz|txz)$", "", last)  # pets.tar.gz -> pets
     return check_name(re.sub(r"[^a-z0-9._-]+", "-", last).strip("-._") or "dataset")
 
 
@@ -50,9 +52,11 @@ def validate_arrays(arrays: DatasetArrays, source: str) -> None:
         if imgs.dtype != np.uint8 or imgs.ndim != 4:
             raise DataError(f"{source}: {split} images must be uint8 (N, C, H, W), got {imgs.dtype} {imgs.shape}")
         if len(imgs) != len(labs):
-            raise DataError(f"{source}: {split} has {len(imgs)} images but {len(labs)} labels.")
+            raise DataError(f"{source}: {split} has {len(imgs)} images but {len(labs)} labels. Give every image "
+                            f"exactly one label (the files may come from different datasets, or one is truncated).")
     if len(arrays.train_images) == 0:
-        raise DataError(f"{source}: the training split is empty; there is nothing to learn from.")
+        raise DataError(f"{source}: the training split is empty; there is nothing to learn from. Check that the "
+                        f"source holds training images.")
     if arrays.test_images.size and arrays.train_images.shape[1:] != arrays.test_images.shape[1:]:
         raise DataError(f"{source}: train images are {arrays.train_images.shape[1:]} but test images are "
                         f"{arrays.test_images.shape[1:]}; they must match.")
@@ -64,11 +68,13 @@ def validate_arrays(arrays: DatasetArrays, source: str) -> None:
         labs = getattr(arrays, f"{split}_labels")
         bad = labs[(labs < -1) | (labs >= max(k, 0))] if k else labs[labs != -1]
         if bad.size:
-            raise DataError(f"{source}: {split} labels out of range: {int(bad[0])} (classes: {k}; -1 = unlabeled).")
+            raise DataError(f"{source}: {split} labels out of range: {int(bad[0])} (classes: {k}; -1 = unlabeled). "
+                            f"Fix the labels to 0..{max(k - 1, 0)}, or name every class (option class_names).")
     labelled = np.unique(arrays.train_labels[arrays.train_labels >= 0])
     if k and len(labelled) == 1:
         raise DataError(f"{source}: every labelled training image is class {arrays.class_names[labelled[0]]!r}; "
-                        f"probing needs at least two classes.")
+                        f"probing needs at least two classes. Add images of another class (or, for an image "
+                        f"folder, put the images directly in the source folder: unlabeled).")
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -114,6 +120,11 @@ class Dataset:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    location: tuple[str, dict[str, Any]] | None = None  # (data URI, storage options) it was loaded from
+
+    def reopen_args(self) -> tuple[str, str, dict[str, Any]] | None:
+        """What another process needs to open the same dataset (None: it exists only in memory)."""
+        return (self.location[0], self.name, self.location[1]) if self.location else None
 
     @property
     def fingerprint(self) -> str:
@@ -140,7 +151,14 @@ def load_dataset(data_uri: str, name: str, storage_options: dict[str, Any] | Non
     if not fs.exists(meta_path):
         raise DataError(f"dataset {name!r} is not in {data_uri}. Ingest it first: "
                         f"`pretextflow ingest SOURCE --format FORMAT --name {name}`.")
-    meta = json.loads(fs.cat_file(meta_path))
+    try:
+        meta = json.loads(fs.cat_file(meta_path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"dataset {name!r}: meta.json is not valid JSON ({exc}). Re-ingest it, or "
+                        f"`dvc checkout data` to restore the tracked version.") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("schema_version", 0), int):
+        raise DataError(f"dataset {name!r}: meta.json is not a pretextflow dataset description. Re-ingest it, or "
+                        f"`dvc checkout data` to restore the tracked version.")
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
         raise DataError(f"dataset {name!r} was written by a newer pretextflow (schema "
                         f"{meta['schema_version']} > {SCHEMA_VERSION}). Upgrade pretextflow.")
@@ -151,8 +169,16 @@ def load_dataset(data_uri: str, name: str, storage_options: dict[str, Any] | Non
         if not fs.exists(path):
             raise DataError(f"dataset {name!r} is incomplete: {key}.npy is missing. Re-ingest it, or "
                             f"`dvc checkout data` to restore the tracked version.")
-        if local:
-            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-        else:
-            arrays[key] = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
-    return Dataset(name=name, meta=meta, **arrays)
+        try:  # never unpickle: an object array in the store is refused, not executed
+            if local:
+                arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                arrays[key] = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise DataError(f"dataset {name!r}: {key}.npy is not a plain numeric array ({exc}). Re-ingest it, or "
+                            f"`dvc checkout data` to restore the tracked version.") from None
+        want = (np.uint8, 4) if key.endswith("images") else (np.int64, 1)
+        if arrays[key].dtype != want[0] or arrays[key].ndim != want[1]:
+            raise DataError(f"dataset {name!r}: {key}.npy is {arrays[key].dtype} with {arrays[key].ndim} dimensions, "
+                            f"expected {np.dtype(want[0])} with {want[1]}. Re-ingest it, or `dvc checkout data`.")
+    return Dataset(name=name, meta=meta, **arrays, location=(data_uri, dict(storage_options or {})))

@@ -38,7 +38,13 @@ def _npy(a: np.ndarray) -> bytes:
 def _from_npy(data: bytes) -> np.ndarray:
     import io
 
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    from .errors import StageInputError
+
+    try:  # never unpickled: an object array in the store is refused, not executed
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise StageInputError(f"stored features are not a plain numeric array ({exc}). Delete the features/ "
+                              f"folder of the artifact store; they are recomputed from the frozen backbone.") from None
 
 
 def cached_features(store, key: str, backbone_fn, splits: dict[str, np.ndarray], batch_size: int,

@@ -50,7 +50,7 @@ def load_frozen_backbone(store: ArtifactStore, key: str, registry: Registry) -> 
         raise StageInputError(f"probe needs the frozen backbone freeze/{key} in {store.uri}, which does not "
                               f"exist. Run `pretextflow freeze CONFIG` first (or `pretextflow run CONFIG`).")
     groups, spec = ckpt.decode(store.read_bytes(STAGE, key, "backbone.safetensors"))
-    cfg = RunConfig(data=DataConfig(name="-"), backbone=BackboneConfig(**spec["backbone"]))
+    cfg = RunConfig(data=DataConfig(name="frozen"), backbone=BackboneConfig(**spec["backbone"]))  # data unused
     backbone = build_backbone(cfg, {"image_shape": spec["image_shape"], "mean": spec["mean"], "std": spec["std"]},
                               registry)
     backbone.load_state_dict(groups["backbone"], strict=True)

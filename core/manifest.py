@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -10,18 +11,21 @@ from typing import Any
 from .config import RunConfig
 from .data import Dataset
 from .plugins import Registry
+from .runs import MANIFEST_SCHEMA
 from .store import ArtifactStore
 from .train import resolved_pretext_params
 from .versioning import git_commit, redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = MANIFEST_SCHEMA  # one number: written here, checked by core.runs when a manifest is read
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "prefect", "dvc", "pluggy", "fsspec", "pydantic",
             "safetensors", "scikit-learn", "matplotlib")
 
 
 def new_run_id(name: str, probe_key: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{probe_key[:8]}"
+    # + a random tag: two runs of one config finishing in the same second (a scheduled and a manual
+    # one) must not write their reports into one folder, each file overwriting the other's
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{probe_key[:8]}-{uuid.uuid4().hex[:4]}"
 
 
 def package_versions(extra: list[str] | None = None) -> dict[str, str]:
@@ -72,7 +76,7 @@ def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: 
         "plugins": plugins,
         "device": history.get("device"),
         "threads": history.get("threads"),
-        "artifacts": {stage: {"key": key, "uri": store.uri_of(stage, key)} for stage, key in keys.items()},
+        "artifacts": {stage: {"key": key, "uri": redact(store.uri_of(stage, key))} for stage, key in keys.items()},
         "stages": stage_times,
         "pretrain": {"epochs": len(history.get("epoch_loss", [])), "final_loss": (history.get("epoch_loss") or [None])[-1],
                      "images_per_second": history.get("images_per_second"),

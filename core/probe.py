@@ -215,6 +215,7 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
     feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}
     feats = {"ssl": cached_features(store, feature_keys["ssl"], lambda: load_frozen_backbone(store, freeze_key, registry),
                                     splits, pc.batch_size, logger)}
+    timings["features_ssl"] = time.perf_counter() - t
     if "random_init" in pc.baselines:
         feature_keys["random_init"] = stage_key("features", {
             "random_init": cfg.backbone.model_dump(mode="json"), "seed": cfg.seed, "data": dataset.fingerprint,
@@ -226,7 +227,7 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
             splits, pc.batch_size, logger)
     if "pixels" in pc.baselines:
         feats["pixels"] = {"train": pixel_features(xtr_img), "test": pixel_features(xte_img)}
-    timings["features"] = time.perf_counter() - t
+    timings["features"] = time.perf_counter() - t  # all three feature sets
 
     # -- all training labels: the main table --------------------------------------------------
     results = {}
@@ -251,19 +252,24 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
         for s in seeds:
             idx = draws[s][fraction]
             for name, f in feats.items():
+                t_probe = time.perf_counter()
                 if fraction >= 1:
                     r = results[name]
                 else:
                     r = {"linear": linear_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc, cfg.seed + s)}
                     if name == "ssl":
                         r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc)
+                part = "subsets_ssl" if name == "ssl" else "subsets_baselines"
+                timings[part] = timings.get(part, 0.0) + time.perf_counter() - t_probe
                 acc.setdefault(f"{name}_linear_top1", []).append(r["linear"]["top1"])
                 if name == "ssl":
                     for kk, v in r["knn"].items():
                         acc.setdefault(f"ssl_knn_{kk}", []).append(v["top1"])
             kinds = (["supervised"] if "supervised" in pc.baselines else []) + (["finetune"] if pc.finetune else [])
             for kind in kinds:
+                t_sup = time.perf_counter()
                 runs[kind].append(trainer.run(kind, fraction, cfg.seed + s, idx))
+                timings[kind] = timings.get(kind, 0.0) + time.perf_counter() - t_sup
                 acc.setdefault(f"{kind}_top1", []).append(runs[kind][-1]["top1"])
         row: dict[str, Any] = {"fraction": fraction, "num_labels": int(len(draws[0][fraction])), "seeds": len(seeds)}
         for name in ("ssl_linear_top1", "supervised_top1", "random_init_linear_top1", "pixels_linear_top1",

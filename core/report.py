@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .store import ArtifactStore
+from .versioning import redact
 
 RUNS = "runs"
 
@@ -416,7 +417,7 @@ def write_report(store: ArtifactStore, run_id: str, manifest: dict[str, Any], hi
         figures.update(feature_figures(store, metrics, dataset, manifest["seed"]))
     for name, png in figures.items():
         store.write_bytes(png, RUNS, run_id, name)
-    manifest["artifacts"]["report"] = {"uri": store.uri_of(RUNS, run_id)}
+    manifest["artifacts"]["report"] = {"uri": redact(store.uri_of(RUNS, run_id))}  # never credentials in a URI
     store.write_bytes(render_markdown(manifest, figures).encode(), RUNS, run_id, "report.md")
     store.write_bytes(render_html(manifest, figures).encode(), RUNS, run_id, "report.html")
     store.write_json(manifest, RUNS, run_id, "manifest.json")  # last: its presence means the run is complete

@@ -38,9 +38,33 @@ def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> di
         raise StageInputError(f"no manifest at {uri}. Pass a run folder (artifacts/runs/<run id>) or its "
                               f"manifest.json; `pretextflow runs` lists the runs of a store.")
     try:
-        return json.loads(fs.cat_file(path))
-    except json.JSONDecodeError as exc:
-        raise StageInputError(f"{uri} is not valid JSON ({exc}); it is not a pretextflow manifest.") from None
+        manifest = json.loads(fs.cat_file(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StageInputError(f"{uri} is not valid JSON ({exc}); it is not a pretextflow manifest. Pass the "
+                              f"manifest.json of a run (`pretextflow runs` lists them).") from None
+    return check_manifest(manifest, uri)
+
+
+# The manifest schema this version writes (core.manifest) and reads; defined here so that reading
+# runs does not import torch.
+MANIFEST_SCHEMA = 1
+_REQUIRED = ("run_id", "config", "metrics", "data_version", "data_dvc", "dataset", "artifacts")
+
+
+def check_manifest(manifest: Any, uri: str) -> dict[str, Any]:
+    """Refuse what this version cannot rerun: another program's JSON, or a newer schema."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("schema_version"), int):
+        raise StageInputError(f"{uri} is not a pretextflow manifest (no schema_version). Pass the manifest.json "
+                              f"of a run (`pretextflow runs` lists them).")
+    if manifest["schema_version"] > MANIFEST_SCHEMA:
+        raise StageInputError(f"{uri} was written by a newer pretextflow (manifest schema "
+                              f"{manifest['schema_version']}; this version reads up to {MANIFEST_SCHEMA}). "
+                              f"Upgrade pretextflow (pip install -U pretextflow) to rerun it.")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise StageInputError(f"{uri} is incomplete: it lacks {', '.join(missing)}. Pass the manifest.json of a "
+                              f"complete run (`pretextflow runs` lists them).")
+    return manifest
 
 
 def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
@@ -49,7 +73,11 @@ def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
     for run_id in store.listdir(RUNS):
         if not store.exists(RUNS, run_id, "manifest.json"):
             continue
-        m = store.read_json(RUNS, run_id, "manifest.json")
+        try:
+            m = check_manifest(store.read_json(RUNS, run_id, "manifest.json"), store.uri_of(RUNS, run_id))
+        except (StageInputError, ValueError) as exc:  # a newer or foreign manifest: list the others
+            log.warning("skipping run %s: %s", run_id, exc)
+            continue
         eff = [r for r in m["metrics"].get("label_efficiency", []) if r["fraction"] < 1]
         out.append({"run_id": m["run_id"], "created_at": m["created_at"], "name": m["name"],
                     "data_version": m["data_version"], "pretext": m["config"]["pretext"]["name"],

@@ -5,9 +5,11 @@ Each stage's key hashes what determines its output (see ``core.keys``); the key 
 artifact's folder in the store, and a stage whose complete artifact exists is not recomputed."""
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .config import RunConfig
 from .data import Dataset, load_dataset
@@ -20,7 +22,16 @@ from .workspace import Workspace
 log = logging.getLogger("pretextflow")
 
 # Training settings that do not change what is learned (only how it is logged or checkpointed).
-_TRAIN_FIELDS_NOT_IN_KEY = {"log_every", "checkpoint_every", "threads", "device"}
+_TRAIN_FIELDS_NOT_IN_KEY = {"log_every", "checkpoint_every", "checkpoint_every_steps", "threads", "device"}
+# ...except after a non-finite loss with train.on_nonfinite=rollback: then the checkpoint schedule decides
+# which state is "the last good one", and the factor and the limit decide the rest of the run.
+_ROLLBACK_FIELDS = {"checkpoint_every", "checkpoint_every_steps", "rollback_lr_factor", "max_rollbacks"}
+
+
+def _train_fields_not_in_key(cfg: RunConfig) -> set[str]:
+    if cfg.train.on_nonfinite == "rollback":
+        return _TRAIN_FIELDS_NOT_IN_KEY - _ROLLBACK_FIELDS
+    return _TRAIN_FIELDS_NOT_IN_KEY | _ROLLBACK_FIELDS  # "stop": a diverged run leaves no artifact
 
 
 @dataclass
@@ -37,6 +48,9 @@ class StageContext:
         return cls(ws, cfg, registry or get_registry(), store)
 
     def dataset(self) -> Dataset:
+        from .ingest import ensure_consistent
+
+        ensure_consistent(self.ws)  # an ingest that died half-way is rolled back before anyone reads
         return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
 
     def plugin_versions(self) -> dict[str, dict[str, str]]:
@@ -60,7 +74,7 @@ class StageContext:
 
     def pretrain_key(self, ds: Dataset) -> str:
         cfg = self.cfg
-        train = cfg.train.model_dump(mode="json", exclude=_TRAIN_FIELDS_NOT_IN_KEY)
+        train = cfg.train.model_dump(mode="json", exclude=_train_fields_not_in_key(cfg))
         return stage_key("pretrain", {
             "data": ds.fingerprint, "seed": cfg.seed, "train": train,
             "backbone": cfg.backbone.model_dump(mode="json"),
@@ -86,10 +100,37 @@ class StageContext:
         return {"pretrain": pk, "freeze": fk, "probe": self.probe_key(ds, fk)}
 
 
+def store_preflight(ctx: StageContext, stage: str) -> None:
+    """Before a stage that writes starts work: the store takes a write (and its removal) and, if it
+    is a local folder, has ``store.min_free_mb`` free. A full, read-only or unreachable store stops
+    the stage here with a StoreError naming the store and the fix, before any training is lost."""
+    from .store import StoreError
+
+    try:
+        ctx.store.check_writable(int(ctx.cfg.store.min_free_mb * 1e6))
+    except StoreError as exc:
+        raise StoreError(f"{stage} cannot start: {exc}", transient=exc.transient) from exc.__cause__
+
+
+def _timed_stage(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Adds ``compute_seconds``, the time spent inside the stage itself: what an orchestrator's
+    overhead is measured against (the flow's wall time minus the stages' compute time)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> dict[str, Any]:
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        out["compute_seconds"] = time.perf_counter() - t
+        return out
+
+    return wrapper
+
+
+@_timed_stage
 def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool = False) -> dict[str, Any]:
     """Ingest the config's source if it names one; otherwise describe the dataset already there
     (after ``dvc pull`` when ``refresh``: a scheduled run takes the version data.dvc names)."""
-    from .ingest import ingest, summary
+    from .ingest import ingest, recover_interrupted_ingest, summary
     from .versioning import data_version, dvc, workspace_lock
 
     d = ctx.cfg.data
@@ -101,8 +142,12 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
         return ingest(ctx.ws, d.source, d.format, d.name, d.options, ctx.cfg.store.storage_options, push=push,
                       registry=ctx.registry, logger=logger)
     if refresh:
+        from .ingest import ensure_consistent
+
+        ensure_consistent(ctx.ws, logger)
         before = data_version(ctx.ws) if ctx.ws.data_dvc.exists() else None
         with workspace_lock(ctx.ws, "refresh: dvc pull"):
+            recover_interrupted_ingest(ctx.ws, logger)
             dvc(ctx.ws, "pull")
         version = data_version(ctx.ws)
         logger.info("refresh: dvc pull; data version %s", version)
@@ -110,37 +155,45 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
     return summary(ctx.dataset(), data_version(ctx.ws))
 
 
-def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None) -> dict[str, Any]:
+@_timed_stage
+def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None) -> dict[str, Any]:
     from .train import pretrain
 
     ds = ctx.dataset()
     key = ctx.pretrain_key(ds)
-    outcome = pretrain(ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end)
+    store_preflight(ctx, "pretrain")
+    outcome = pretrain(ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end,
+                       on_step=on_step)
     return outcome.__dict__
 
 
+@_timed_stage
 def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
     from .freeze import freeze
 
     ds = ctx.dataset()
     pk = ctx.pretrain_key(ds)
     fk = ctx.freeze_key(pk)
+    store_preflight(ctx, "freeze")
     cached = ctx.store.is_complete("freeze", fk)
     uri = freeze(ctx.cfg, ds.meta, ctx.store, pk, fk, logger=logger)
     return {"key": fk, "uri": uri, "cached": cached}
 
 
+@_timed_stage
 def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
     from .probe import probe
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)
+    store_preflight(ctx, "probe")
     cached = ctx.store.is_complete("probe", keys["probe"])
     metrics = probe(ctx.cfg, ds, ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger)
     return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached,
             "metrics": metrics}
 
 
+@_timed_stage
 def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None = None, logger=log) -> dict[str, Any]:
     """Write the run folder (manifest.json, report.md, report.html, figures) from stored artifacts."""
     from .errors import StageInputError
@@ -151,6 +204,7 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)
+    store_preflight(ctx, "report")
     for stage in ("pretrain", "freeze", "probe"):
         if not ctx.store.is_complete(stage, keys[stage]):
             raise StageInputError(f"report needs {stage}/{keys[stage]} in {ctx.store.uri}, which does not exist. "

@@ -1,27 +1,56 @@
 """The artifact store: any fsspec URI (a local folder, ``memory://``, ``s3://``), laid out by stage
 and key (``pretrain/<key>/...``). Writes go to a temporary name and are renamed into place, so a
 crash never leaves half a file under the real name; a stage is complete only once its
-``_COMPLETE`` marker exists (written last)."""
+``_COMPLETE`` marker exists (written last).
+
+Every filesystem error is raised as a :class:`StoreError` naming the store and the fix, marked
+``transient`` when a retry can help (a dropped connection, an I/O hiccup) and not when it cannot
+(no space left, permission denied, a read-only filesystem): the Prefect tasks retry only the
+former (``flows.common.is_transient``)."""
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from .errors import PretextflowError
 
 COMPLETE = "_COMPLETE"
 
 
+# errno values a retry will not fix: a full disk or quota, a missing permission, a read-only
+# filesystem, a file where a folder must be. Any other filesystem error (EIO, a timeout, a reset
+# connection, an S3 5xx that s3fs maps to OSError, a file that vanished under a concurrent run)
+# may pass, and is worth a retry.
+PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                              errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def is_transient_io_error(exc: BaseException) -> bool:
+    """Whether an exception from a filesystem is worth retrying (see ``PERMANENT_ERRNOS``)."""
+    if isinstance(exc, PermissionError):  # s3fs raises it for AccessDenied, sometimes without an errno
+        return False
+    return isinstance(exc, OSError) and exc.errno not in PERMANENT_ERRNOS
+
+
 class StoreError(PretextflowError):
-    pass
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient  # kept when pickled (BaseException pickles __dict__)
 
 
 class ArtifactStore:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
         self.uri = uri.rstrip("/")
+        self.storage_options = dict(storage_options or {})
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self.root = self.root.rstrip("/")
 
@@ -31,11 +60,39 @@ class ArtifactStore:
     def uri_of(self, *parts: str) -> str:
         return "/".join([self.uri, *parts])
 
+    @contextmanager
+    def _io(self, action: str, *parts: str) -> Iterator[None]:
+        """Turn a filesystem error into a StoreError that says what failed, where, and the fix."""
+        try:
+            yield
+        except OSError as exc:
+            raise self.error(action, exc, *parts) from exc
+
+    def error(self, action: str, exc: OSError, *parts: str) -> StoreError:
+        where = self.uri_of(*parts) if parts else self.uri
+        code = getattr(exc, "errno", None)
+        if code in _NO_SPACE:
+            return StoreError(f"no space left on {self.uri} while trying to {action} {where} ({exc}). Free space "
+                              f"there, or set store.uri to a store with room; nothing was written under that name.")
+        if isinstance(exc, PermissionError) or code in _NOT_WRITABLE:
+            what = "writable" if action in ("write", "remove") else "readable"
+            return StoreError(f"the artifact store {self.uri} refused to {action} {where} ({exc}): it is not "
+                              f"{what} by this user. Fix its permissions, or set store.uri to a folder or bucket "
+                              f"you can write.")
+        if is_transient_io_error(exc):
+            return StoreError(f"cannot {action} {where}: {exc.__class__.__name__}: {exc}. A transient storage "
+                              f"error (the stage is retried); if it persists, check the store's connection and "
+                              f"health (store.uri).", transient=True)
+        return StoreError(f"cannot {action} {where}: {exc}. Check store.uri: it must name a folder or bucket "
+                          f"this user can write.")
+
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        with self._io("look up", *parts):
+            return self.fs.exists(self.path(*parts))
 
     def read_bytes(self, *parts: str) -> bytes:
-        return self.fs.cat_file(self.path(*parts))
+        with self._io("read", *parts):
+            return self.fs.cat_file(self.path(*parts))
 
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
@@ -49,14 +106,32 @@ class ArtifactStore:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, target)
         except OSError as exc:
-            try:
-                if self.fs.exists(tmp):
-                    self.fs.rm(tmp)
-            except OSError:
+            try:  # a partial temp file (disk full mid-write) must not stay behind
+                self.fs.rm(tmp)
+            except OSError:  # incl. FileNotFoundError: it was never created
                 pass
-            raise StoreError(f"cannot write {self.uri_of(*parts)}: {exc}. Check free space and permissions "
-                             f"of the artifact store (store.uri).") from exc
+            raise self.error("write", exc, *parts) from exc
         return self.uri_of(*parts)
+
+    def remove(self, *parts: str) -> None:
+        with self._io("remove", *parts):
+            self.fs.rm(self.path(*parts))
+
+    def check_writable(self, min_free_bytes: int = 0) -> None:
+        """Pre-flight, before a stage starts work: the store takes a small write and its removal
+        and, when it is a local folder, has at least ``min_free_bytes`` free. Raises a StoreError
+        naming the store and the fix, so a full or read-only store fails in a second, not after an
+        hour of training."""
+        probe = f".pretextflow-write-check-{uuid.uuid4().hex[:12]}"
+        self.write_bytes(b"pretextflow write check\n", probe)
+        self.remove(probe)
+        if min_free_bytes > 0 and isinstance(self.fs, LocalFileSystem):
+            free = shutil.disk_usage(self.root).free
+            if free < min_free_bytes:
+                raise StoreError(f"only {free / 1e6:.0f} MB free on the artifact store {self.uri}; at least "
+                                 f"{min_free_bytes / 1e6:.0f} MB are required before a stage starts "
+                                 f"(store.min_free_mb). Free space there, set store.uri to a store with room, or "
+                                 f"lower store.min_free_mb.")
 
     def write_json(self, obj: Any, *parts: str) -> str:
         return self.write_bytes((json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), *parts)
@@ -69,6 +144,7 @@ class ArtifactStore:
 
     def listdir(self, *parts: str) -> list[str]:
         p = self.path(*parts)
-        if not self.fs.exists(p):
-            return []
-        return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in self.fs.ls(p, detail=False))
+        with self._io("list", *parts):
+            if not self.fs.exists(p):
+                return []
+            return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in self.fs.ls(p, detail=False))

@@ -5,6 +5,7 @@ workspace fail on DVC's own lock."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -35,14 +36,71 @@ _OPTION_VALUE = re.compile(r"\b(" + "|".join(sorted(SECRET_REMOTE_OPTIONS, key=l
                            + r")(\s*[=:]\s*)(['\"]?)[^\s'\",]+", re.IGNORECASE)
 
 
+# Names of fsspec storage options (and nested client_kwargs...) whose values are credentials.
+_SECRET_OPTION_NAME = re.compile(r"key|secret|token|passw|credential|signature|sas|auth", re.IGNORECASE)
+_KNOWN_SECRETS: set[str] = set()  # values taken from configs; redact() masks them wherever they appear
+
+
+def register_secrets(options: object) -> None:
+    """Remember the credential values in ``options`` (``{"key": ..., "secret": ..., "client_kwargs":
+    {"aws_session_token": ...}}``) so that redact() masks them in every message, log and report, and
+    turn on the redaction of log records. Called whenever a config's storage options are validated."""
+    install_log_redaction()
+    stack = [options]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str) and _SECRET_OPTION_NAME.search(str(k)) and len(v) >= 6:
+                    _KNOWN_SECRETS.add(v)
+                elif isinstance(v, (dict, list, tuple)):
+                    stack.append(v)
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
 def redact(text: str) -> str:
     """``text`` without secrets: credentials in URLs (``s3://KEY:SECRET@...``), values of secret DVC
-    options (``secret_access_key = ...``) and the values of secret-looking environment variables."""
+    options (``secret_access_key = ...``), the values of secret-looking environment variables and
+    the credentials of storage options seen in a config (register_secrets)."""
     for name, value in os.environ.items():
         if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
             text = text.replace(value, "***")
+    for value in sorted(_KNOWN_SECRETS, key=len, reverse=True):  # longest first: no partial leftovers
+        if value in text:
+            text = text.replace(value, "***")
     text = _URL_USERINFO.sub(r"\1***@", text)
     return _OPTION_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
+
+
+_LOG_REDACTION = False
+
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is created (its message and any traceback), so
+    no handler (console, file, Prefect's API, pytest's capture) ever receives a secret. Idempotent."""
+    global _LOG_REDACTION
+    if _LOG_REDACTION:
+        return
+    _LOG_REDACTION = True
+    make_record = logging.getLogRecordFactory()
+
+    def redacting_record(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error report
+            return record
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if redact(text) != text:
+                record.exc_text = redact(text)
+        return record
+
+    logging.setLogRecordFactory(redacting_record)
 
 
 def _redact_args(args: list[str]) -> list[str]:
@@ -54,7 +112,7 @@ def _redact_args(args: list[str]) -> list[str]:
 
 
 def _run(args: list[str], cwd: Path, what: str) -> str:
-    env = {**os.environ, **_ENV}
+    env = {**os.environ, **_ENV, "PRETEXTFLOW_DVC_PARENT": str(os.getpid())}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
@@ -63,8 +121,27 @@ def _run(args: list[str], cwd: Path, what: str) -> str:
     return proc.stdout
 
 
+# DVC runs in a child process, which must not outlive us: a `dvc add` still running after this
+# process was killed could rewrite data.dvc after the next run rolled the interrupted ingest back
+# (core.ingest). On Linux the child asks the kernel to SIGKILL it when its parent dies
+# (prctl PR_SET_PDEATHSIG), then runs `python -m dvc`; elsewhere it just runs DVC.
+_DVC_MAIN = """\
+import os, runpy, sys
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes, signal
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != int(os.environ.get("PRETEXTFLOW_DVC_PARENT", os.getppid())):
+        sys.exit(70)  # the parent died before the request was made
+sys.argv[0] = "dvc"
+runpy.run_module("dvc", run_name="__main__", alter_sys=True)
+"""
+
+
 def dvc(ws: Workspace, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], ws.root, "dvc " + " ".join(_redact_args(list(args))))
+    return _run([sys.executable, "-c", _DVC_MAIN, *args], ws.root, "dvc " + " ".join(_redact_args(list(args))))
 
 
 def git(ws: Workspace, *args: str) -> str:
@@ -144,7 +221,14 @@ def track_and_push(ws: Workspace, push: bool = True) -> str:
     """``dvc add data`` then ``dvc push``; returns the new data version (caller holds the lock)."""
     dvc(ws, "add", "-q", "data")
     if push:
-        dvc(ws, "push")  # not -q: a failed push must say why (e.g. NoSuchBucket)
+        try:
+            dvc(ws, "push")  # not -q: a failed push must say why (e.g. NoSuchBucket)
+        except VersioningError as exc:
+            if "no remote specified" not in str(exc):
+                raise
+            raise VersioningError(f"dvc push failed: the workspace {ws.root} has no default DVC remote, so the data "
+                                  f"cannot be stored anywhere but here. Add one with `dvc remote add -d storage "
+                                  f"PATH_OR_URL` (or `pretextflow init --remote URL`), or ingest with --no-push.") from None
     return data_version(ws)
 
 

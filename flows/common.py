@@ -12,14 +12,21 @@ from prefect.cache_policies import NONE, CachePolicy
 from pretextflow.core.config import load_config
 from pretextflow.core.errors import PretextflowError
 from pretextflow.core.stages import StageContext
+from pretextflow.core.store import is_transient_io_error
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Storage and network hiccups are worth a retry; our own validation errors never are."""
+    """Storage and network hiccups are worth a retry; our own validation errors never are, nor a
+    full disk, a missing permission or a read-only store (``core.store.PERMANENT_ERRNOS``): those
+    fail at once with their message instead of after two pointless back-offs. An error that says
+    itself whether it is ``transient`` (StoreError) is taken at its word."""
     if isinstance(exc, PretextflowError):
+        flag = getattr(exc, "transient", None)
+        if flag is not None:
+            return bool(flag)
         cause = exc.__cause__
-        return bool(getattr(exc, "transient", False)) or (cause is not None and is_transient(cause))
-    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+        return cause is not None and is_transient(cause)
+    return is_transient_io_error(exc)  # OSError, incl. ConnectionError and TimeoutError
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -28,7 +35,8 @@ def retry_transient(task, task_run, state) -> bool:
 
 
 # Ingest and report always run (ingest decides itself whether the data changed; a report is a new
-# run). They keep no Prefect result.
+# run). They keep no Prefect result. Retries back off: 2 s, then 10 s (a store or network blip
+# usually passes within seconds); every stage is safe to retry (atomic writes, atomic ingest).
 TASK_OPTIONS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
                                     cache_policy=NONE, persist_result=False)
 
@@ -46,10 +54,10 @@ class StageArtifactCache(CachePolicy):
         try:
             ctx = context(inputs["config"], inputs.get("workspace"))
             key = ctx.keys(ctx.dataset())[self.stage]
-        except Exception:  # no dataset yet, bad config...: no cache; the task itself reports the error
-            return None
-        if not ctx.store.is_complete(self.stage, key):
-            return None
+            if not ctx.store.is_complete(self.stage, key):
+                return None
+        except Exception:  # no dataset yet, bad config, store unreachable...: no cache; the task itself
+            return None    # meets the error, reports it, and retries it if it is transient
         return f"pretextflow-{self.stage}-{key}-{hashlib.sha256(ctx.store.uri.encode()).hexdigest()[:8]}"
 
 
@@ -68,6 +76,9 @@ class HideUserErrorTracebacks(logging.Filter):
 
 
 def install_log_filter() -> None:
+    from pretextflow.core.versioning import install_log_redaction
+
+    install_log_redaction()  # no secret reaches a handler: console, Prefect's API, files
     for logger in (logging.getLogger(), logging.getLogger("prefect.task_runs"), logging.getLogger("prefect.flow_runs")):
         for handler in logger.handlers:
             if not any(isinstance(f, HideUserErrorTracebacks) for f in handler.filters):

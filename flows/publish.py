@@ -8,6 +8,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pretextflow.core.report import headline
+from pretextflow.core.versioning import redact
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -25,7 +26,7 @@ def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
         "| features | linear top-1 | kNN top-1 |", "|---|---|---|",
         *[f"| {r['features']} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} |" for r in rows], "",
         f"- data version: `{manifest['data_version']}`",
-        f"- run folder: `{run_uri}` (report.html, report.md, manifest.json)",
+        f"- run folder: `{redact(run_uri)}` (report.html, report.md, manifest.json)",
         f"- code: pretextflow {manifest['code_version']['pretextflow']} @ {manifest['code_version'].get('commit')}",
     ])
     create_markdown_artifact(markdown=md, key=artifact_key("report", manifest["name"]),

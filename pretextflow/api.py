@@ -23,12 +23,13 @@ from pretextflow.core.contracts import (
     StepOutput,
     TokenAPI,
 )
+from pretextflow.core.distributed import all_reduce_mean, gather, gather_with_grad
 from pretextflow.core.errors import DataError, PluginError
 from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, linear_warmup, mlp, two_views
 from pretextflow.core.hookspecs import hookimpl
 
 #: The version of this API; bumped (major) only when a name in ``__all__`` changes incompatibly.
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 __all__ = [
     "API_VERSION",
@@ -48,6 +49,10 @@ __all__ = [
     # heads and schedules shared by methods
     "mlp",
     "two_views",
+    # losses over the global batch when training on several processes (identity in one process)
+    "gather_with_grad",
+    "gather",
+    "all_reduce_mean",
     "frozen_copy",
     "ema_update",
     "cosine_increase",

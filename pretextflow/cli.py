@@ -26,7 +26,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except PretextflowError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
+        from pretextflow.core.versioning import redact
+
+        typer.secho(f"error: {redact(str(exc))}", fg="red", err=True)  # no credentials in what is printed
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -40,8 +42,20 @@ def _config(config: Path, overrides: Optional[List[str]]) -> dict:
     return load_config(config, overrides or []).model_dump(mode="json")
 
 
+def _checked_config(config: Path, overrides: Optional[List[str]]) -> dict:
+    """The config, also checked against the installed plugins, before anything runs."""
+    from pretextflow.core.config import load_config
+    from pretextflow.core.preflight import check_plugins
+
+    cfg = load_config(config, overrides or [])
+    check_plugins(cfg)
+    return cfg.model_dump(mode="json")
+
+
 def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server may need more than its default 20 s to start on a busy small machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 # -- plugins -----------------------------------------------------------------------------------
@@ -52,26 +66,27 @@ app.add_typer(plugins_app, name="plugins")
 
 @plugins_app.callback(invoke_without_command=True)
 def plugins(ctx: typer.Context,
-            as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects")) -> None:
+            as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects"),
+            refresh: bool = typer.Option(False, "--refresh", help="rebuild the cached listing (imports every plugin)")) -> None:
     """List installed plugins: name, kind, family (pretext tasks), providing package and version."""
     if ctx.invoked_subcommand is not None:
         return
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.plugin_listing import listing
 
     with user_errors():
-        registry = get_registry()
+        rows, skipped, _ = listing(refresh=refresh)  # cached: no torch import when nothing changed
     if as_json:
-        typer.echo(json.dumps(registry.as_rows(), indent=2))
+        typer.echo(json.dumps(rows, indent=2))
     else:
         from rich.console import Console
         from rich.table import Table
 
         table = Table("name", "kind", "family", "package", "version")
-        for i in registry.info:
-            table.add_row(i.name, i.kind, i.family or "", i.package, i.version)
+        for r in rows:
+            table.add_row(r["name"], r["kind"], r["family"] or "", r["package"], r["version"])
         Console().print(table)
-    for s in registry.skipped:
-        typer.secho(f"skipped plugin {s.plugin} ({s.package}): {s.reason}", fg="yellow", err=True)
+    for s in skipped:
+        typer.secho(f"skipped plugin {s['plugin']} ({s['package']}): {s['reason']}", fg="yellow", err=True)
 
 
 @plugins_app.command("new")
@@ -183,14 +198,17 @@ def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the sou
     from pretextflow.core.data import default_name
 
     _quiet_prefect()
-    name = name or default_name(source)
-    config = {"name": f"ingest-{name}", "data": {"name": name, "source": source, "format": fmt,
-                                                 "options": apply_overrides({}, option or [])}}
-    with user_errors():
+    with user_errors():  # a bad name or -o value is a user error too
+        name = name or default_name(source)
+        config = {"name": f"ingest-{name}", "data": {"name": name, "source": source, "format": fmt,
+                                                     "options": apply_overrides({}, option or [])}}
         from pretextflow.core.config import load_config
+        from pretextflow.core.preflight import check_plugins
         from pretextflow.flows.stages import ingest_flow
 
-        result = ingest_flow(load_config(raw=config).model_dump(mode="json"), _workspace(workspace), push)
+        cfg = load_config(raw=config)
+        check_plugins(cfg)  # the format and its options, before a flow starts
+        result = ingest_flow(cfg.model_dump(mode="json"), _workspace(workspace), push)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -202,15 +220,16 @@ def run(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/f
     """Run the whole pipeline (ingest, pretrain, freeze, probe, report); prints the run folder."""
     _quiet_prefect()
     with user_errors():
-        cfg = _config(config, set_)
+        cfg = _checked_config(config, set_)
         from pretextflow.core.report import headline
         from pretextflow.core.store import ArtifactStore
+        from pretextflow.core.versioning import redact
         from pretextflow.flows.pipeline import pipeline_flow
 
         result = pipeline_flow(cfg, _workspace(workspace), push)
-        manifest = ArtifactStore(result["run_uri"]).read_json("manifest.json")
-    typer.echo(f"run folder: {result['run_uri']}")
-    typer.echo(f"report:     {result['run_uri']}/report.html")
+        manifest = ArtifactStore(result["run_uri"], cfg["store"]["storage_options"]).read_json("manifest.json")
+    typer.echo(f"run folder: {redact(result['run_uri'])}")
+    typer.echo(f"report:     {redact(result['run_uri'])}/report.html")
     typer.echo(headline(manifest))
 
 
@@ -219,13 +238,14 @@ def _stage_command(stage: str):
                 workspace: Optional[Path] = WorkspaceOpt) -> None:
         _quiet_prefect()
         with user_errors():
-            cfg = _config(config, set_)
+            cfg = _checked_config(config, set_)
+            from pretextflow.core.versioning import redact
             from pretextflow.flows import stages as flows
 
             result = getattr(flows, f"{stage}_flow")(cfg, _workspace(workspace))
         if stage == "report":
             result = {"run_id": result["run_id"], "run_uri": result["run_uri"]}
-        typer.echo(json.dumps(result, indent=2, default=str))
+        typer.echo(redact(json.dumps(result, indent=2, default=str)))
 
     command.__doc__ = f"Run the {stage} stage alone (its upstream artifacts must exist)."
     return command
@@ -233,6 +253,65 @@ def _stage_command(stage: str):
 
 for _stage in ("pretrain", "freeze", "probe", "report"):
     app.command(name=_stage)(_stage_command(_stage))
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+@app.command()
+def sweep(config: Path = typer.Argument(..., help="experiment YAML: the base config of every point"),
+          grid: List[str] = typer.Option(..., "--grid", help="KEY=v1,v2 (repeatable; values are YAML): every "
+                                         "combination runs, e.g. --grid pretext=simclr,byol --grid seed=0,1"),
+          set_: Optional[List[str]] = SetOpt,
+          runner: str = typer.Option("process", "--runner", help="process | dask | thread (process and dask "
+                                     "reproduce a solo run exactly; thread points share torch's process-wide RNG "
+                                     "while building models, so their numbers can differ from a solo run)"),
+          workers: int = typer.Option(2, "--workers", help="points at once (dask: LocalCluster worker processes)"),
+          dask_address: Optional[str] = typer.Option(None, "--dask-address",
+                                                     help="a running Dask scheduler, tcp://host:8786 (--runner dask)"),
+          workspace: Optional[Path] = WorkspaceOpt,
+          push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest")) -> None:
+    """Run the pipeline for every combination of --grid values, in parallel through a Prefect task
+    runner, and write one comparison report (sweeps/<sweep id>/sweep.html in the artifact store).
+
+    Every point is validated before anything runs. A failing point does not stop the others: the
+    report of those that finished is written, then the command exits 1 naming the failed points."""
+    _quiet_prefect()
+    if runner == "dask":
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the cluster's start-up chatter
+    with user_errors():
+        cfg = _config(config, set_)
+        from pretextflow.core.sweep import SweepFailed, plan_sweep, table
+        from pretextflow.flows.sweep import point_threads, sweep_flow, task_runner
+
+        _, points = plan_sweep(cfg, grid)  # every point validated before Prefect starts
+        chosen = task_runner(runner, workers, dask_address)
+        threads = point_threads(runner, workers, dask_address)
+        typer.echo(f"sweep: {len(points)} points, --runner {runner}"
+                   f"{' at ' + dask_address if dask_address else f' x {workers}'}, train.threads "
+                   f"{threads or 'as configured'} unless set")
+        failed = None
+        try:
+            summary = sweep_flow.with_options(task_runner=chosen)(
+                cfg, grid, _workspace(workspace), push, threads, runner, None if dask_address else workers,
+                dask_address)
+        except SweepFailed as exc:
+            if exc.summary is None:
+                raise
+            summary, failed = exc.summary, exc
+    from rich.console import Console
+    from rich.table import Table
+
+    header, cells = table(summary)
+    out = Table(title=f"sweep {summary['sweep_id']}: best linear top-1 first (test set; nothing selected)")
+    for name in header:
+        out.add_column(name, overflow="fold")  # run ids and errors wrap, never cut
+    for row in cells:
+        out.add_row(*row)
+    console = Console()
+    (console if console.is_terminal else Console(width=240)).print(out)  # piped: no terminal width to fit
+    typer.echo(f"sweep report: {summary['uri']}/sweep.html (sweep.md, sweep.json)")
+    if failed is not None:
+        typer.secho(f"error: {failed}", fg="red", err=True)
+        raise typer.Exit(failed.exit_code)
 
 
 # -- past runs, reruns, schedules --------------------------------------------------------------
@@ -310,7 +389,7 @@ def serve(config: Path = typer.Argument(..., help="experiment YAML"), set_: Opti
     what changed, and compares its report with the previous run."""
     _quiet_prefect()
     with user_errors():
-        cfg = _config(config, set_)
+        cfg = _checked_config(config, set_)
         from prefect.client.schemas.schedules import CronSchedule
 
         from pretextflow.core.errors import ConfigError

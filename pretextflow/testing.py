@@ -684,7 +684,7 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
                 runs.append(_train_steps(t, images, seed))
         if runs[0] != runs[1]:
             raise _Fail(f"the same seed gave different losses: {runs[0]} vs {runs[1]}. Draw randomness from "
-                        f"`aug` (the seeded Augmenter: aug.uniform/randint/bernoulli, aug.generator) or torch's "
+                        f"`aug` (the seeded Augmenter: aug.rand/randn/uniform/randint/bernoulli) or torch's "
                         f"seeded global RNG, never Python's `random`, the clock or an unseeded generator")
         return f"two runs of 2 training steps: identical losses {[_fmt(x) for x in runs[0]]}"
 

@@ -13,9 +13,11 @@ import pytest
 _PREFECT_HOME = tempfile.mkdtemp(prefix="pretextflow-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # 20 s is tight on 2 busy cores
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["PRETEXTFLOW_CACHE_DIR"] = os.path.join(_PREFECT_HOME, "pretextflow-cache")  # the plugin listing cache
 os.environ.pop("PRETEXTFLOW_LOAD_PLUGINS", None)
 os.environ.pop("PRETEXTFLOW_BLOCK_PLUGINS", None)
 

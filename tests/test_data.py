@@ -180,3 +180,13 @@ def test_default_dataset_names():
     assert default_name("/usr/share/datasets/fashion-mnist/") == "fashion-mnist"
     assert default_name("sklearn:digits") == "digits"
     assert default_name("s3://bucket/My Photos") == "my-photos"
+
+
+def test_imagefolder_mixed_channel_counts_need_a_choice(tmp_path):
+    make_folder(tmp_path / "mixed" / "a", {".": 3})  # grayscale
+    make_folder(tmp_path / "mixed" / "b", {".": 3}, mode="RGB")
+    with pytest.raises(DataError, match="mixes channel counts.*channels=1.*channels=3"):
+        read_folder(tmp_path / "mixed")
+    for channels in (1, 3):  # either choice converts every image
+        out = read_folder(tmp_path / "mixed", channels=channels, test_fraction=0.0)
+        assert out.train_images.shape == (6, channels, 8, 8)

@@ -16,12 +16,21 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+def _bounded(value, what: str, lo: int, hi: int) -> int:
+    # a ValueError here becomes a PluginError naming backbone.kwargs (core.train.build_backbone)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{what} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
 def build_convnet(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
     kwargs = dict(params.kwargs)
-    width = int(kwargs.pop("width", 16))
-    depth = int(kwargs.pop("depth", 4))
+    width = _bounded(kwargs.pop("width", 16), "width", 1, 512)
+    depth = _bounded(kwargs.pop("depth", 4), "depth", 1, 8)
     if kwargs:
         raise ValueError(f"unknown option(s) for {name}: {sorted(kwargs)} (known: width, depth)")
+    if width * 2 ** (depth - 1) > 4096:  # the last block's channels: beyond this the model would not fit
+        raise ValueError(f"width x 2^(depth-1) = {width * 2 ** (depth - 1)} channels in the last block; at most 4096")
     chans = [width * 2 ** i for i in range(depth)]
     # a small-image stem keeps full resolution in the first block; otherwise downsample at once
     strides = [1 if params.small_image_stem else 2] + [2] * (depth - 1)

@@ -12,6 +12,9 @@ from pretextflow.core.contracts import BackboneParams, BackboneSpec
 from pretextflow.core.hookspecs import hookimpl
 
 PREFIX = "timm/"
+# Weights come only from pretraining: kwargs that make timm read a checkpoint file or download from a
+# hub are refused (timm itself would load them with torch.load(weights_only=True), still not wanted).
+WEIGHT_KWARGS = frozenset({"pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
 
 
 def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
@@ -25,10 +28,24 @@ def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
         raise PluginError(f"timm has no model {model_name!r} (backbone {name!r}). "
                           f"Similar: {', '.join(close) or 'none'}. See timm.list_models().")
     kwargs = dict(params.kwargs)
+    loads = sorted(WEIGHT_KWARGS & set(kwargs))
+    if loads:
+        from pretextflow.core.errors import PluginError
+
+        raise PluginError(f"backbone {name!r}: backbone.kwargs {', '.join(loads)} would load weights from a file or "
+                          f"a hub; backbones start from random weights and learn them by pretraining. Remove them.")
     is_vit = "vit" in model_name or "deit" in model_name
     if is_vit:
         kwargs.setdefault("img_size", params.image_size)
-    net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=params.in_chans, **kwargs)
+    try:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=params.in_chans, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, AttributeError, IndexError,
+            ZeroDivisionError) as exc:  # timm checks arguments with asserts and builds with them as given
+        from pretextflow.core.errors import PluginError
+
+        raise PluginError(f"timm model {model_name!r} could not be built with backbone.kwargs={params.kwargs} for "
+                          f"{params.in_chans}-channel {params.image_size}px images ({exc.__class__.__name__}: "
+                          f"{exc}). Fix backbone.kwargs or choose another model.") from None
     if params.small_image_stem and all(hasattr(net, a) for a in ("conv1", "bn1", "maxpool")):
         # the first BN's width is the stem's output width, whatever the stem type (plain or deep)
         out_ch = net.bn1.num_features

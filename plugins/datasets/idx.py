@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from typing import Any
 
@@ -41,7 +42,7 @@ def parse_idx(payload: bytes, name: str, ndim: int) -> np.ndarray:
         raise DataError(f"{name}: not an IDX file of unsigned bytes with {ndim} dimension(s) "
                         f"(magic {payload[:4].hex()}). Check the file name and source.")
     shape = tuple(int.from_bytes(payload[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # exact: numpy's product would wrap around for absurd headers
     body = payload[4 + 4 * ndim:]
     if len(body) != expected:
         raise DataError(f"{name}: header says shape {shape} ({expected} bytes) but the file holds "
@@ -63,7 +64,7 @@ def read_payload(source: str, stem: str, storage_options: dict[str, Any]) -> tup
                 raw = gzip.decompress(raw)
             except (OSError, EOFError, zlib.error) as exc:
                 raise DataError(f"{join_uri(source, fname)}: corrupt or truncated gzip ({exc}). "
-                                f"Re-download the file.") from exc
+                                f"Re-download the file.") from None  # not transient: no retry
         return fname, raw
     raise DataError(f"{source}: no {stem}.gz or {stem} found ({last_error}). An idx source is a folder "
                     f"holding {', '.join(v + '[.gz]' for v in FILES.values())}.")
@@ -85,8 +86,9 @@ class IdxFormat(DatasetFormat):
         for split in ("train", "test"):
             n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
             if n_img != n_lab:
-                raise DataError(f"{source}: {split} has {n_img} images but {n_lab} labels. "
-                                f"The files come from different datasets or one is truncated.")
+                raise DataError(f"{source}: {split} has {n_img} images but {n_lab} labels: the files come from "
+                                f"different datasets or one is truncated. Re-download the images and labels "
+                                f"of the same dataset.")
         num_classes = int(max(arrays["train_labels"].max(initial=0), arrays["test_labels"].max(initial=0))) + 1
         names = options.class_names or (known["class_names"] if known else [str(i) for i in range(num_classes)])
         return DatasetArrays(

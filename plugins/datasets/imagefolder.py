@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import warnings
 from typing import Any
 
 import fsspec
@@ -22,6 +24,9 @@ from pretextflow.core.hookspecs import hookimpl
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 4096 * 4096  # larger images are refused instead of exhausting memory
+MAX_FILE_BYTES = 256 * 2 ** 20  # an image file larger than this is refused before it is read
+# PIL modes without colour: mixing them with colour images needs an explicit `channels` choice
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
 class ImageFolderOptions(Params):
@@ -37,13 +42,16 @@ class ImageFolderFormat(DatasetFormat):
 
     def read(self, source: str, options: ImageFolderOptions, storage_options: dict[str, Any]) -> DatasetArrays:
         if options.channels not in (None, 1, 3):
-            raise DataError(f"imagefolder: channels must be 1 or 3, got {options.channels}")
+            raise DataError(f"imagefolder: channels must be 1 or 3, got {options.channels}. "
+                            f"Pass --option channels=1 (grayscale) or --option channels=3 (RGB).")
         fs, root = fsspec.core.url_to_fs(source, **storage_options)
         if not fs.isdir(root):
-            raise DataError(f"{source}: not a folder. An imagefolder source is a folder of images.")
-        files = sorted(p for p in fs.find(root) if p.lower().endswith(EXTENSIONS))
+            raise DataError(f"{source}: not a folder. An imagefolder source is a folder of images "
+                            f"(or a .zip / .tar[.gz] archive of one).")
+        files = _image_files(fs, root)
         if not files:
-            raise DataError(f"{source}: no image files ({', '.join(EXTENSIONS)}) found. The dataset would be empty.")
+            raise DataError(f"{source}: no image files ({', '.join(EXTENSIONS)}) found: the dataset would be empty. "
+                            f"Point the source at the folder that holds the images or their class folders.")
         rel = [p[len(root.rstrip('/')) + 1:] for p in files]
         explicit = all(r.split("/", 1)[0] in ("train", "test") for r in rel)
         entries = []  # (split, class or None, path)
@@ -79,6 +87,7 @@ class ImageFolderFormat(DatasetFormat):
         from PIL import Image, UnidentifiedImageError
 
         images, digests, channels, size = [], {}, options.channels, None
+        first: tuple[str, bool] | None = None  # (path, is gray) of the first image, when channels is not given
         for _, _, path in entries:
             rel = path[len(root.rstrip('/')) + 1:]
             raw = fs.cat_file(path)
@@ -86,18 +95,33 @@ class ImageFolderFormat(DatasetFormat):
                 raise DataError(f"{path}: empty file (0 bytes). Remove it or replace it with a valid image.")
             digests[rel] = hashlib.sha256(raw).hexdigest()
             try:
-                with Image.open(io.BytesIO(raw)) as im:
-                    if im.width * im.height > MAX_PIXELS:
-                        raise DataError(f"{path}: {im.width}x{im.height} is larger than the {MAX_PIXELS} "
-                                        f"pixel limit. Downscale it first.")
-                    if channels is None:
-                        channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-                    im = im.convert("L" if channels == 1 else "RGB")
-                    if options.image_size:
-                        im = im.resize((options.image_size, options.image_size), Image.Resampling.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
+                with warnings.catch_warnings():
+                    # PIL's decompression-bomb guard warns first and raises at twice its limit; ours is lower
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(raw)) as im:
+                        if im.width * im.height > MAX_PIXELS:
+                            raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the limit of "
+                                            f"{MAX_PIXELS} (4096x4096). Downscale it first, or remove it.")
+                        gray = im.mode in GRAY_MODES
+                        if channels is None and first is None:
+                            first = (path, gray)
+                        elif options.channels is None and gray != first[1]:
+                            kinds = {True: "grayscale", False: "colour"}
+                            raise DataError(f"{path} is {kinds[gray]} but {first[0]} is {kinds[first[1]]}: the folder "
+                                            f"mixes channel counts. Pass --option channels=1 (convert all to "
+                                            f"grayscale) or --option channels=3 (convert all to RGB).")
+                        if channels is None:
+                            channels = 1 if gray else 3
+                        im = im.convert("L" if channels == 1 else "RGB")
+                        if options.image_size:
+                            im = im.resize((options.image_size, options.image_size), Image.Resampling.BILINEAR)
+                        arr = np.asarray(im, dtype=np.uint8)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise DataError(f"{path}: refused as a decompression bomb ({exc}). Downscale it first, or "
+                                f"remove it.") from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise DataError(f"{path}: not a readable image ({exc}). Remove or replace it.") from exc
+                # from None: a broken file is not a transient I/O fault, so it must not be retried
+                raise DataError(f"{path}: not a readable image ({exc}). Remove or replace it.") from None
             arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
             if size is None:
                 size = arr.shape
@@ -109,6 +133,38 @@ class ImageFolderFormat(DatasetFormat):
                                 f"Pass --option image_size=N to resize to N x N.")
             images.append(arr)
         return images, digests
+
+
+def _image_files(fs, root: str) -> list[str]:
+    """The image files below ``root``, sorted. On a local disk a symlink is read only when it
+    resolves inside the source: one pointing elsewhere (``/etc/...``, another dataset) is refused,
+    naming it, before anything is read. Symlinked folders are not descended into."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    local = isinstance(fs, LocalFileSystem)
+    real_root = os.path.realpath(root) if local else root
+    out = []
+    for path, info in fs.find(root, detail=True).items():
+        is_image = path.lower().endswith(EXTENSIONS)
+        if local and (info.get("islink") or os.path.realpath(path) != os.path.abspath(path)):
+            target = os.path.realpath(path)
+            if not (is_image or os.path.isdir(target)):
+                continue  # a link to some other file (a README...): never read
+            if os.path.commonpath([real_root, target]) != real_root:
+                raise DataError(f"{path} is a symlink to {target}, outside the source {root}; it was not read. "
+                                f"Copy the {'folder' if os.path.isdir(target) else 'file'} into the source folder, "
+                                f"or remove the link.")
+            if not os.path.isfile(target):
+                continue  # a link to a folder inside the source: its images are listed where they are
+        elif not is_image:
+            continue
+        elif info.get("type") not in ("file", None):
+            raise DataError(f"{path}: not a regular file ({info.get('type')}). Remove it from the source.")
+        if (info.get("size") or 0) > MAX_FILE_BYTES:
+            raise DataError(f"{path}: {info['size']} bytes is more than the {MAX_FILE_BYTES} byte limit for one "
+                            f"image. Downscale it first, or remove it.")
+        out.append(path)
+    return sorted(out)
 
 
 def _hash_fraction(rel_path: str) -> float:

@@ -21,6 +21,7 @@ from torch import nn
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, linear_warmup
+from pretextflow.core.distributed import all_reduce_mean
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -110,7 +111,7 @@ class DINO(PretextTask):
                 loss = loss + torch.sum(-q * F.log_softmax(s, dim=-1), dim=-1).mean()
                 terms += 1
         with torch.no_grad():
-            self.center.mul_(p.center_momentum).add_(t_out.mean(0, keepdim=True), alpha=1 - p.center_momentum)
+            self.center.mul_(p.center_momentum).add_(all_reduce_mean(t_out.mean(0, keepdim=True)), alpha=1 - p.center_momentum)
         return StepOutput(loss / terms, {"teacher_temp": self.teacher_temperature()})
 
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -95,7 +95,7 @@ class Jigsaw(PretextTask):
         n = x.shape[0]
         cells = self.params.grid ** 2
         target = aug.randint(self.params.num_permutations, (n,))
-        offsets = torch.rand(n, cells, 2, generator=aug.generator, device=x.device)
+        offsets = aug.rand(n, cells, 2)
         puzzle = shuffle_tiles(x, self.permutations[target], self.params.grid, self.params.tile_fraction, offsets)
         logits = self.head(self.backbone(puzzle))
         loss = F.cross_entropy(logits, target)

@@ -69,7 +69,7 @@ class MAE(PretextTask):
         """Per-sample random masking by argsort of noise: (ids_keep, ids_restore, mask with 1 = masked)."""
         length = self.num_patches
         keep = int(round(length * (1 - self.params.mask_ratio)))
-        noise = torch.rand(n, length, generator=aug.generator, device=device)
+        noise = aug.rand(n, length)
         ids_shuffle = noise.argsort(dim=1)
         ids_restore = ids_shuffle.argsort(dim=1)
         mask = torch.ones(n, length, device=device)

@@ -13,6 +13,7 @@ from pydantic import Field
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import ema_update, frozen_copy, mlp
+from pretextflow.core.distributed import gather
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -57,7 +58,7 @@ class MoCo(PretextTask):
         l_neg = q @ self.queue.clone()
         logits = torch.cat([l_pos, l_neg], dim=1) / self.params.temperature
         loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
-        self.enqueue(k)
+        self.enqueue(gather(k))  # every rank's keys, in rank order: the queue stays identical across ranks
         return StepOutput(loss)
 
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -43,7 +43,7 @@ class RelativeLocation(PretextTask):
         """The jittered patch of cell (rows, cols) in a 3x3 grid, resampled to the image size."""
         n, frac = x.shape[0], self.params.patch_fraction
         cell = 2.0 / 3  # a cell's side in normalised [-1, 1] coordinates
-        jitter = (torch.rand(n, 2, generator=aug.generator, device=x.device) - 0.5) * (1 - frac) * cell
+        jitter = (aug.rand(n, 2) - 0.5) * (1 - frac) * cell
         cx = -1 + cell * (cols + 0.5) + jitter[:, 0]
         cy = -1 + cell * (rows + 0.5) + jitter[:, 1]
         half = torch.full((n,), frac / 3, device=x.device)  # box width as a fraction of the image side

@@ -14,6 +14,7 @@ from torch import nn
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import two_views
+from pretextflow.core.distributed import gather_with_grad
 from pretextflow.core.hookspecs import hookimpl
 
 
@@ -52,7 +53,7 @@ class SimCLR(PretextTask):
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
         z = self.projector(self.backbone(two_views(images, aug, self.view)))
-        z1, z2 = z.chunk(2)
+        z1, z2 = (gather_with_grad(t) for t in z.chunk(2))  # the global batch when training on N processes
         loss = nt_xent(z1, z2, self.params.temperature)
         return StepOutput(loss)
 

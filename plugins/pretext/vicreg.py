@@ -14,6 +14,7 @@ from pydantic import Field
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import mlp, two_views
+from pretextflow.core.distributed import gather_with_grad
 from pretextflow.core.hookspecs import hookimpl
 
 from .barlow_twins import off_diagonal
@@ -53,7 +54,7 @@ class VICReg(PretextTask):
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
         v = two_views(images, aug, self.view)
-        z1, z2 = self.projector(self.backbone(v)).chunk(2)
+        z1, z2 = (gather_with_grad(t) for t in self.projector(self.backbone(v)).chunk(2))  # global batch
         inv, var, cov = vicreg_terms(z1, z2)
         p = self.params
         loss = p.sim_coeff * inv + p.std_coeff * var + p.cov_coeff * cov

@@ -42,8 +42,8 @@ class Denoising(PretextTask):
 
     def corrupt(self, x: torch.Tensor, aug: Augmenter) -> torch.Tensor:
         """Masking noise then Gaussian noise, per pixel, drawn from the augmenter's generator."""
-        keep = torch.rand(x.shape, generator=aug.generator, device=x.device) >= self.params.drop_p
-        noise = torch.randn(x.shape, generator=aug.generator, device=x.device) * self.params.noise_std
+        keep = aug.rand(*x.shape) >= self.params.drop_p
+        noise = aug.randn(*x.shape) * self.params.noise_std
         return ((x + noise) * keep).clamp(0, 1)
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
