@@ -25,7 +25,7 @@ def new_run_id(name: str, probe_key: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
     # + a random tag: two runs of one config finishing in the same second (a scheduled and a manual
     # one) must not write their reports into one folder, each file overwriting the other's
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{probe_key[:8]}-{uuid.uuid4().hex[:4]}"
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{probe_key[:8]}-{uuid.uuid4().hex[:8]}"
 
 
 def package_versions(extra: list[str] | None = None) -> dict[str, str]:
