@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from . import credentials
 from .errors import ConfigError
 
 
@@ -19,6 +20,16 @@ class Strict(BaseModel):
 
 # A dataset's folder name under data/: no '/', no '..', so a config can never name a path elsewhere.
 DATASET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _resolve_uri(uri: str | None) -> str | None:
+    """A URI with its ``${env:NAME}`` references resolved and its ``USER:PASS@`` registered as a secret
+    (masked from then on in every message, log record and report: fsspec logs paths without the scheme)."""
+    from .versioning import register_url_secrets
+
+    uri = credentials.resolve(uri) if uri else uri
+    register_url_secrets(uri)
+    return uri
 
 
 class DataConfig(Strict):
@@ -34,6 +45,15 @@ class DataConfig(Strict):
     source: str | None = Field(None, description="fsspec URI to ingest from; None = use the ingested dataset")
     format: str | None = Field(None, description="dataset-format plugin for `source`")
     options: dict[str, Any] = Field({}, description="options of the dataset format")
+
+    @field_validator("source")
+    @classmethod
+    def _resolve_credentials(cls, v: str | None) -> str | None:
+        return _resolve_uri(v)
+
+    @field_serializer("source")
+    def _credentials_by_reference(self, v: str | None) -> str | None:
+        return credentials.protect_uri(v)
 
 
 class BackboneConfig(Strict):
@@ -142,12 +162,26 @@ class StoreConfig(Strict):
     @field_validator("storage_options")
     @classmethod
     def _remember_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
-        # any credential given here (key, secret, token...) is masked from then on in every message,
-        # log record and report of this process, not only in the manifest
+        # ${env:NAME} references are resolved, and any credential (key, secret, token...) is masked
+        # from then on in every message, log record and report of this process
         from .versioning import register_secrets
 
+        v = credentials.resolve_options(v)
         register_secrets(v)
         return v
+
+    @field_serializer("storage_options")
+    def _options_by_reference(self, v: dict[str, Any]) -> dict[str, Any]:
+        return credentials.protect_options(v)  # Prefect stores flow parameters: references only
+
+    @field_validator("uri")
+    @classmethod
+    def _resolve_credentials(cls, v: str) -> str:
+        return _resolve_uri(v)
+
+    @field_serializer("uri")
+    def _credentials_by_reference(self, v: str) -> str:
+        return credentials.protect_uri(v)
     min_free_mb: float = Field(100, ge=0, description="a stage that writes checks first that a local store has this "
                                                      "much free space (MB), and stops with a clear error if not; 0 = no check")
 
@@ -213,7 +247,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def format_validation_error(origin: str, exc: ValidationError, prefix: str = "") -> str:
     lines = [f"{origin}: invalid configuration"]
     for err in exc.errors():
-        field = prefix + ".".join(str(p) for p in err["loc"])
+        field = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".")  # a model-level check: its section
         got = err.get("input")
         got_text = "" if err["type"] == "missing" else f" (got {got!r})"
         if err["type"] == "extra_forbidden":

@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import credentials
 from .config import RunConfig
 from .data import Dataset
 from .plugins import Registry
@@ -49,10 +50,11 @@ def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: 
                    stage_times: dict[str, dict[str, Any]], dvc_remote: str | None = None) -> dict[str, Any]:
     config = cfg.model_dump(mode="json")
     config["pretext"]["params"] = resolved_pretext_params(cfg, registry)
-    config["store"]["storage_options"] = {k: "***" for k in config["store"]["storage_options"]}  # never secrets
-    config["store"]["uri"] = redact(config["store"]["uri"])
+    # never a secret: references the user wrote (${env:NAME}) stay, so a rerun can resolve them again
+    config["store"]["storage_options"] = credentials.for_record(cfg.store.storage_options)
+    config["store"]["uri"] = redact(credentials.for_record(cfg.store.uri))
     if config["data"].get("source"):
-        config["data"]["source"] = redact(config["data"]["source"])
+        config["data"]["source"] = redact(credentials.for_record(cfg.data.source))
     plugins = {}
     for kind, name in (("pretext", cfg.pretext.name), ("backbone", cfg.backbone.name),
                        ("dataset", dataset.meta["format"])):
@@ -76,11 +78,13 @@ def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: 
         "plugins": plugins,
         "device": history.get("device"),
         "threads": history.get("threads"),
-        "artifacts": {stage: {"key": key, "uri": redact(store.uri_of(stage, key))} for stage, key in keys.items()},
+        "artifacts": {stage: {"key": key, "uri": redact(credentials.for_record(store.uri_of(stage, key)))} for stage, key in keys.items()},
         "stages": stage_times,
         "pretrain": {"epochs": len(history.get("epoch_loss", [])), "final_loss": (history.get("epoch_loss") or [None])[-1],
                      "images_per_second": history.get("images_per_second"),
-                     "seconds": sum(history.get("epoch_seconds", []))},
+                     "seconds": sum(history.get("epoch_seconds", [])),
+                     # train.on_nonfinite: rollback: each time the loss went non-finite and training went back
+                     "rollbacks": history.get("rollbacks", [])},
         "metrics": {k: v for k, v in metrics.items() if k not in ("detail",)},
         "metrics_detail": metrics.get("detail", {}),
     }

@@ -349,7 +349,8 @@ def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[
                                f"{manifest['plugins']['backbone']['name']}"],
         ["seed / device / threads", f"{manifest['seed']} / {manifest['device']} / {manifest['threads']}"],
         ["pretraining", f"{manifest['pretrain']['epochs']} epochs, final loss {manifest['pretrain']['final_loss']:.4f}, "
-                        f"{(manifest['pretrain']['images_per_second'] or 0):.0f} images/s"],
+                        f"{(manifest['pretrain']['images_per_second'] or 0):.0f} images/s"
+                        + _rollback_text(manifest['pretrain'].get('rollbacks') or [])],
         ["packages", ", ".join(f"{k} {v}" for k, v in manifest["packages"].items())],
     ]
     for stage, info in manifest.get("stages", {}).items():
@@ -378,6 +379,16 @@ def render_markdown(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
             out.append("")
         out += [f"![{name}]({name})" for name in figs] + ([""] if figs else [])
     return "\n".join(out)
+
+
+def _rollback_text(rollbacks: list[dict[str, Any]]) -> str:
+    """``; 2 rollbacks (non-finite loss at step 40 -> back to step 30, lr x0.5; ...)``: a run that
+    needed them is not the same as one that did not, and the report says so."""
+    if not rollbacks:
+        return ""
+    each = "; ".join(f"{r['problem']} at step {r['step']} -> back to step {r['restored_step']}, lr x{r['lr_scale']:g}"
+                     for r in rollbacks)
+    return f"; {len(rollbacks)} rollback{'s' if len(rollbacks) > 1 else ''} ({each})"
 
 
 def render_html(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:

@@ -32,6 +32,12 @@ class RegressionError(PretextflowError):
 # -- reading runs ------------------------------------------------------------------------------
 def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """``ref``: a run folder (``artifacts/runs/<id>``) or its ``manifest.json``, any fsspec URI."""
+    from .credentials import resolve
+
+    try:
+        ref = resolve(ref)  # memory://${env:USERINFO}@bucket/runs/<id>, as a manifest records it
+    except ValueError as exc:
+        raise StageInputError(f"{ref}: {exc}") from None
     uri = ref if ref.endswith(".json") else ref.rstrip("/") + "/manifest.json"
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if not fs.exists(path):
@@ -165,17 +171,15 @@ def default_remote_url(ws: Workspace) -> str | None:
 
     try:
         name = dvc(ws, "remote", "default").strip()
-        listing = dvc(ws, "remote", "list").splitlines()
+        # `dvc config`, not `dvc remote list`: the latter wraps long lines to the terminal's width
+        url = dvc(ws, "config", f"remote.{name}.url").strip()
     except VersioningError:
         return None
-    for line in listing:
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == name:
-            url = parts[1]
-            if "://" not in url and not url.startswith("/"):
-                url = str((ws.root / ".dvc" / url).resolve())
-            return redact_url(url)
-    return None
+    if not url:
+        return None
+    if "://" not in url and not url.startswith("/"):
+        url = str((ws.root / ".dvc" / url).resolve())
+    return redact_url(url)
 
 
 def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = None) -> str:
@@ -204,10 +208,22 @@ def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = N
     return version
 
 
-def store_root(manifest: dict[str, Any]) -> str:
-    """The artifact store a run used, from the absolute URI of its pretrain artifact."""
+def store_root(manifest: dict[str, Any], ref: str | None = None) -> str:
+    """The artifact store a run used, from the absolute URI of its pretrain artifact. A store whose
+    credentials were written literally is recorded as ``scheme://***@...``: then the store is the one
+    ``ref`` (the run folder the caller named, credentials included) lies in."""
     uri = manifest["artifacts"]["pretrain"]["uri"]
-    return uri[: uri.rindex("/pretrain/")]
+    root = uri[: uri.rindex("/pretrain/")]
+    if "***@" not in root:
+        return root
+    run_folder = (ref or "").removesuffix("/manifest.json").rstrip("/")
+    derived = run_folder.rpartition("/runs/")[0]
+    if derived and redact_url(derived) == root:
+        return derived
+    raise StageInputError(f"the run's artifact store {root} needs credentials, which the manifest does not record. "
+                          f"Name the run by its full URI with credentials (.../runs/<run id>), or rerun with "
+                          f"--no-cache. Writing them as a reference in the config (store.uri: "
+                          f"s3://${{env:NAME}}@bucket/...) lets the manifest keep the reference.")
 
 
 def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolerance: float | None = None,
@@ -224,9 +240,9 @@ def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolera
     raw = json.loads(json.dumps(before["config"]))
     raw["data"]["source"] = None  # the data comes from DVC, exactly as recorded
     options = raw["store"].get("storage_options") or {}
-    if any(v == "***" for v in options.values()):  # secrets are never recorded: take them from the caller
+    if '"***"' in json.dumps(options):  # literal secrets are never recorded: take them from the caller
         raw["store"]["storage_options"] = storage_options or {}
-    raw["store"]["uri"] = str(root / "artifacts-rerun") if no_cache else store_root(before)
+    raw["store"]["uri"] = str(root / "artifacts-rerun") if no_cache else store_root(before, ref)
     cfg = load_config(raw=raw)
     device = select_device(cfg.train.device)
     if tolerance is None:  # CPU runs are bit-identical; GPU kernels are not (cuDNN autotuning, atomics)

@@ -6,9 +6,7 @@ archives' own md5s are checked too when they are what was downloaded.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -18,7 +16,7 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import fsspec
 
@@ -54,14 +52,43 @@ def join_uri(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def read_source_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """All bytes of one source file. Raises FileNotFoundError if absent, DataError if unreachable.
+def read_source_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None,
+                      too_large_hint: str = "") -> bytes:
+    """All bytes of one source file. Raises FileNotFoundError if absent, DataError if unreachable or
+    larger than ``max_bytes`` (read no further than that: a bound on memory, whatever the file holds).
     Messages are redacted: a URI or a library's error may hold credentials (``https://user:pw@...``)."""
+    def read(f) -> bytes:
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise DataError(f"{uri}: larger than {max_bytes} bytes; refused before reading it all. "
+                            f"{too_large_hint}".rstrip())
+        return data
+
+    return _with_source(uri, storage_options, read)
+
+
+def copy_source(uri: str, storage_options: dict[str, Any] | None, target: IO[bytes]) -> int:
+    """Stream one source file into ``target`` in 1 MiB chunks (never all in memory); returns its size.
+    Errors as read_source_bytes."""
+    return _with_source(uri, storage_options, lambda f: _copy_chunks(f, target))
+
+
+def _copy_chunks(f, target: IO[bytes]) -> int:
+    size = 0
+    while chunk := f.read(1 << 20):
+        target.write(chunk)
+        size += len(chunk)
+    return size
+
+
+def _with_source(uri: str, storage_options: dict[str, Any] | None, use: Callable[[Any], Any]) -> Any:
     from .versioning import redact
 
     try:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            return f.read()
+            return use(f)
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         cause = _network_cause(exc)  # fsspec's http reports a refused connection as "not found"
         if cause is None:
@@ -80,6 +107,29 @@ def read_source_bytes(uri: str, storage_options: dict[str, Any] | None = None) -
             raise FileNotFoundError(redact(uri)) from None
         raise _unreachable(f"{uri}: cannot reach the source ({exc.__class__.__name__}: {exc}). "
                            f"Check the URL and your network.") from None
+
+
+def gunzip_bounded(data: bytes, name: str, max_bytes: int, hint: str = "") -> bytes:
+    """``gzip.decompress`` that stops at ``max_bytes`` of output: a 10 MB gzip bomb that expands to
+    10 GB is refused after ``max_bytes``, not after exhausting the memory. Concatenated gzip
+    members are joined, as gzip does."""
+    out = bytearray()
+    pending = data
+    try:
+        inflater = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer (CRC, size) checked
+        while pending:
+            if inflater.eof:  # another gzip member follows
+                inflater = zlib.decompressobj(wbits=31)
+            out += inflater.decompress(pending, max_bytes + 1 - len(out))
+            if len(out) > max_bytes:
+                raise DataError(f"{name}: decompresses to more than {max_bytes} bytes; refused there (a gzip "
+                                f"bomb or the wrong file). {hint}".rstrip())
+            pending = inflater.unconsumed_tail or inflater.unused_data
+        if not inflater.eof:
+            raise EOFError("the compressed stream ends before its end marker")
+    except (zlib.error, EOFError) as exc:
+        raise DataError(f"{name}: corrupt or truncated gzip ({exc}). Re-download the file.") from None  # no retry
+    return bytes(out)
 
 
 def _unreachable(message: str) -> DataError:
@@ -147,8 +197,13 @@ def extract_archive(source: str, storage_options: dict[str, Any], dest: str) -> 
     try:
         if isinstance(fs, LocalFileSystem):  # read in place: a large archive is not loaded into memory
             fileobj: Any = open(path, "rb")
-        else:
-            fileobj = io.BytesIO(read_source_bytes(source, storage_options))
+        else:  # streamed to an unnamed temporary file beside dest (the disk, not memory, holds it)
+            fileobj = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(dest)))
+            try:
+                copy_source(source, storage_options, fileobj)
+            except BaseException:
+                fileobj.close()
+                raise
     except FileNotFoundError:
         raise DataError(f"{shown}: no such archive. Check the path or URL.") from None
     except IsADirectoryError:
@@ -256,8 +311,8 @@ def fetch_known(name: str, dest: str | Path, mirror: str | None = None,
     return dest
 
 
-def _payload_sha256(archive: bytes) -> str:
-    try:
-        return hashlib.sha256(gzip.decompress(archive)).hexdigest()
-    except Exception:
+def _payload_sha256(archive: bytes, max_bytes: int = 2048 << 20) -> str:
+    try:  # bounded: a mirror's file may be anything, a gzip bomb included
+        return hashlib.sha256(gunzip_bounded(archive, "download", max_bytes)).hexdigest()
+    except DataError:
         return ""

@@ -100,14 +100,20 @@ class StageContext:
         return {"pretrain": pk, "freeze": fk, "probe": self.probe_key(ds, fk)}
 
 
-def store_preflight(ctx: StageContext, stage: str) -> None:
+def store_preflight(ctx: StageContext, stage: str, key: str | None = None, logger=log) -> None:
     """Before a stage that writes starts work: the store takes a write (and its removal) and, if it
     is a local folder, has ``store.min_free_mb`` free. A full, read-only or unreachable store stops
-    the stage here with a StoreError naming the store and the fix, before any training is lost."""
+    the stage here with a StoreError naming the store and the fix, before any training is lost.
+    Temporary files that a killed earlier attempt left in the stage's folder are removed."""
     from .store import StoreError
 
     try:
         ctx.store.check_writable(int(ctx.cfg.store.min_free_mb * 1e6))
+        if key is not None:
+            removed = ctx.store.remove_stale_temp_files(stage, key)
+            if removed:
+                logger.info("%s %s: removed %d temporary file(s) left by an interrupted writer: %s", stage, key,
+                            len(removed), ", ".join(removed))
     except StoreError as exc:
         raise StoreError(f"{stage} cannot start: {exc}", transient=exc.transient) from exc.__cause__
 
@@ -161,7 +167,7 @@ def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None)
 
     ds = ctx.dataset()
     key = ctx.pretrain_key(ds)
-    store_preflight(ctx, "pretrain")
+    store_preflight(ctx, "pretrain", key, logger)
     outcome = pretrain(ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end,
                        on_step=on_step)
     return outcome.__dict__
@@ -174,7 +180,7 @@ def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
     ds = ctx.dataset()
     pk = ctx.pretrain_key(ds)
     fk = ctx.freeze_key(pk)
-    store_preflight(ctx, "freeze")
+    store_preflight(ctx, "freeze", fk, logger)
     cached = ctx.store.is_complete("freeze", fk)
     uri = freeze(ctx.cfg, ds.meta, ctx.store, pk, fk, logger=logger)
     return {"key": fk, "uri": uri, "cached": cached}
@@ -186,7 +192,7 @@ def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)
-    store_preflight(ctx, "probe")
+    store_preflight(ctx, "probe", keys["probe"], logger)
     cached = ctx.store.is_complete("probe", keys["probe"])
     metrics = probe(ctx.cfg, ds, ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger)
     return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached,

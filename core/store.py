@@ -9,9 +9,15 @@ Every filesystem error is raised as a :class:`StoreError` naming the store and t
 former (``flows.common.is_transient``)."""
 from __future__ import annotations
 
+import datetime
 import errno
+import hashlib
 import json
+import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -34,11 +40,47 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
+def _modified(entry: dict[str, Any]) -> float:
+    """A listing entry's modification time (seconds since the epoch) across fsspec backends; now
+    when the backend reports none (then only the dead-writer rule applies)."""
+    value = entry.get("mtime", entry.get("LastModified", entry.get("last_modified", entry.get("created"))))
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    return time.time()
+
+
 def is_transient_io_error(exc: BaseException) -> bool:
     """Whether an exception from a filesystem is worth retrying (see ``PERMANENT_ERRNOS``)."""
     if isinstance(exc, PermissionError):  # s3fs raises it for AccessDenied, sometimes without an errno
         return False
     return isinstance(exc, OSError) and exc.errno not in PERMANENT_ERRNOS
+
+
+# A temporary file's name says who writes it: .tmp-<uuid>-<pid>.<host hash>-<name>. A process killed
+# mid-write (SIGKILL, OOM, power) leaves it behind; the next stage in that folder removes the ones
+# whose writer is gone (same host, pid no longer running) or that are older than a day.
+_TEMP_NAME = re.compile(r"^\.tmp-[0-9a-f]{32}-(?:(\d+)\.([0-9a-f]{8})-)?")
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_prefix() -> str:
+    return f".tmp-{uuid.uuid4().hex}-{os.getpid()}.{_host_tag()}-"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 class StoreError(PretextflowError):
@@ -100,7 +142,7 @@ class ArtifactStore:
     def write_bytes(self, data: bytes, *parts: str) -> str:
         target = self.path(*parts)
         parent = target.rsplit("/", 1)[0]
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{target.rsplit('/', 1)[1]}"
+        tmp = f"{parent}/{temp_prefix()}{target.rsplit('/', 1)[1]}"
         try:
             self.fs.makedirs(parent, exist_ok=True)
             self.fs.pipe_file(tmp, data)
@@ -132,6 +174,35 @@ class ArtifactStore:
                                  f"{min_free_bytes / 1e6:.0f} MB are required before a stage starts "
                                  f"(store.min_free_mb). Free space there, set store.uri to a store with room, or "
                                  f"lower store.min_free_mb.")
+
+    def remove_stale_temp_files(self, *parts: str) -> list[str]:
+        """Remove the temporary files a killed writer left in the folder ``parts``: those written on
+        this host by a process that is no longer running, and any older than STALE_TEMP_SECONDS (a
+        writer on another host). A live writer's file, here or elsewhere, is left alone. Returns the
+        names removed."""
+        folder = self.path(*parts)
+        removed = []
+        with self._io("clean up", *parts):
+            if not self.fs.exists(folder):
+                return []
+            entries = self.fs.ls(folder, detail=True)
+        now = time.time()
+        for entry in entries:
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            match = _TEMP_NAME.match(name)
+            if not match or entry.get("type") == "directory":
+                continue
+            pid, host = match.group(1), match.group(2)
+            dead = pid is not None and host == _host_tag() and not _pid_running(int(pid))
+            if dead or now - _modified(entry) > STALE_TEMP_SECONDS:
+                try:
+                    self.fs.rm(entry["name"])
+                    removed.append(name)
+                except FileNotFoundError:  # another run cleaned it first
+                    pass
+                except OSError as exc:
+                    raise self.error("remove", exc, *parts, name) from exc
+        return removed
 
     def write_json(self, obj: Any, *parts: str) -> str:
         return self.write_bytes((json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), *parts)

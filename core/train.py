@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import credentials
 from . import checkpoint as ckpt
 from . import distributed
 from .augment import Augmenter
@@ -240,8 +241,10 @@ def _pretrain_multiprocess(cfg: RunConfig, dataset: Dataset, store: ArtifactStor
                 threads)
     t0 = time.perf_counter()
     distributed.launch(tc.devices, device.type, {
-        "config": cfg.model_dump(mode="json"), "data": list(reopen), "key": key, "threads": threads,
-        "store": [store.uri, store.storage_options]})
+        "config": cfg.model_dump(mode="json"), "key": key, "threads": threads,
+        # credentials by reference (the ranks inherit the environment): no secret in the payload file
+        "data": [credentials.protect_uri(reopen[0]), reopen[1], credentials.protect_options(reopen[2])],
+        "store": [credentials.protect_uri(store.uri), credentials.protect_options(store.storage_options)]})
     hist = store.read_json(STAGE, key, "history.json")
     for epoch, (loss, seconds) in enumerate(zip(hist["epoch_loss"], hist["epoch_seconds"]), 1):
         logger.info("pretrain %s: epoch %d/%d mean loss %.4f (%.1fs)", key, epoch, tc.epochs, loss, seconds)
@@ -259,8 +262,9 @@ def rank_main(shard: "distributed.Shard", payload: dict) -> None:
     if payload.get("threads"):
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": payload["threads"]})})
     data_uri, name, options = payload["data"]
-    dataset = load_dataset(data_uri, name, options)
-    store = ArtifactStore(*payload["store"])
+    dataset = load_dataset(credentials.resolve(data_uri), name, credentials.resolve_options(options))
+    store_uri, store_options = payload["store"]
+    store = ArtifactStore(credentials.resolve(store_uri), credentials.resolve_options(store_options))
     rank_log = logging.getLogger("pretextflow.train")
     if shard.rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s rank 0/%(process)d | %(message)s")

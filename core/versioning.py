@@ -31,32 +31,52 @@ SECRET_REMOTE_OPTIONS = frozenset({"access_key_id", "secret_access_key", "sessio
                                    "password", "account_key", "sas_token", "connection_string",
                                    "client_secret", "gdrive_client_secret"})
 _SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+# scheme://USER:PASS@ -> scheme://***@; a reference (scheme://${env:NAME}@) names no secret and stays
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?!\$\{env:[A-Za-z_][A-Za-z0-9_]*\}@)[^/\s@]+@")
 _OPTION_VALUE = re.compile(r"\b(" + "|".join(sorted(SECRET_REMOTE_OPTIONS, key=len, reverse=True))
                            + r")(\s*[=:]\s*)(['\"]?)[^\s'\",]+", re.IGNORECASE)
 
 
-# Names of fsspec storage options (and nested client_kwargs...) whose values are credentials.
-_SECRET_OPTION_NAME = re.compile(r"key|secret|token|passw|credential|signature|sas|auth", re.IGNORECASE)
 _KNOWN_SECRETS: set[str] = set()  # values taken from configs; redact() masks them wherever they appear
+
+
+def register_secret_value(value: str) -> None:
+    """Mask ``value`` from now on in every message, log record and report of this process."""
+    install_log_redaction()
+    if len(value) >= 6:  # shorter values would mask ordinary words
+        _KNOWN_SECRETS.add(value)
 
 
 def register_secrets(options: object) -> None:
     """Remember the credential values in ``options`` (``{"key": ..., "secret": ..., "client_kwargs":
     {"aws_session_token": ...}}``) so that redact() masks them in every message, log and report, and
     turn on the redaction of log records. Called whenever a config's storage options are validated."""
+    from .credentials import SECRET_OPTION_NAME
+
     install_log_redaction()
     stack = [options]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             for k, v in node.items():
-                if isinstance(v, str) and _SECRET_OPTION_NAME.search(str(k)) and len(v) >= 6:
-                    _KNOWN_SECRETS.add(v)
+                if isinstance(v, str) and SECRET_OPTION_NAME.search(str(k)):
+                    register_secret_value(v)
                 elif isinstance(v, (dict, list, tuple)):
                     stack.append(v)
         elif isinstance(node, (list, tuple)):
             stack.extend(node)
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Remember the credentials in ``scheme://USER:PASSWORD@host/...`` so that redact() masks them
+    even where a library prints the URL without its scheme (fsspec logs ``/USER:PASSWORD@host/...``)."""
+    from .credentials import url_userinfo
+
+    install_log_redaction()
+    userinfo = url_userinfo(url)
+    if userinfo:
+        register_secret_value(userinfo)
+        register_secret_value(userinfo.partition(":")[2])
 
 
 def redact(text: str) -> str:

@@ -75,14 +75,28 @@ class HideUserErrorTracebacks(logging.Filter):
         return True
 
 
+_TRACEBACKS_HIDDEN = False
+
+
 def install_log_filter() -> None:
+    """User errors lose their tracebacks, and secrets are redacted, as each log record is created:
+    a handler-level filter would be lost whenever Prefect sets up its logging again (new handlers)."""
+    global _TRACEBACKS_HIDDEN
     from pretextflow.core.versioning import install_log_redaction
 
     install_log_redaction()  # no secret reaches a handler: console, Prefect's API, files
-    for logger in (logging.getLogger(), logging.getLogger("prefect.task_runs"), logging.getLogger("prefect.flow_runs")):
-        for handler in logger.handlers:
-            if not any(isinstance(f, HideUserErrorTracebacks) for f in handler.filters):
-                handler.addFilter(HideUserErrorTracebacks())
+    if _TRACEBACKS_HIDDEN:
+        return
+    _TRACEBACKS_HIDDEN = True
+    make_record = logging.getLogRecordFactory()
+    hide = HideUserErrorTracebacks()
+
+    def record_without_user_error_traceback(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        hide.filter(record)
+        return record
+
+    logging.setLogRecordFactory(record_without_user_error_traceback)
 
 
 install_log_filter()

@@ -131,6 +131,57 @@ def test_disk_full_mid_write_leaves_the_previous_file_and_no_partial_one(tmp_pat
     assert store.listdir("pretrain", "k") == ["task.safetensors"]  # no .tmp-* file left behind
 
 
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_stage(kind, tmp_path, digits_workspace,
+                                                                         digits_config, monkeypatch):
+    """A writer SIGKILLed mid-write leaves its .tmp-* file; the next stage in that folder removes it,
+    and the temporary files of a live writer (another run of the same key) are left alone."""
+    from pretextflow.core import store as store_module
+    from pretextflow.core.stages import StageContext, store_preflight
+
+    uri = str(tmp_path / "s") if kind == "local" else f"memory://stale-{os.getpid()}-{time.time_ns()}/s"
+    ctx = StageContext.create(digits_config(f"store.uri={uri}"), str(digits_workspace.root))
+    store = ctx.store
+    # a real writer, killed in the middle of pipe_file: its temporary file stays
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    real_prefix = store_module.temp_prefix
+    fs_class = type(store.fs)  # patched on the class: fsspec shares filesystem instances between tests
+    real_pipe = fs_class.pipe_file
+
+    def killed_half_way(self, path, value, *a, **k):
+        real_pipe(self, path, value[:10])
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        raise KeyboardInterrupt  # what the killed process would never get to handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fs_class, "pipe_file", killed_half_way)
+        patch.setattr(store_module, "temp_prefix",
+                      lambda: real_prefix().replace(f"-{os.getpid()}.", f"-{child.pid}."))
+        with pytest.raises(KeyboardInterrupt):
+            store.write_bytes(b"x" * 100, "pretrain", "k1", "checkpoint.safetensors")
+    dead = [n for n in store.listdir("pretrain", "k1") if n.startswith(".tmp-")]
+    assert len(dead) == 1 and f"-{child.pid}." in dead[0]
+    # a live writer on this host (this very process), a legacy name, and a day-old foreign one
+    live = store_module.temp_prefix() + "history.json"
+    store.write_bytes(b"in flight", "pretrain", "k1", live)
+    store.write_bytes(b"legacy", "pretrain", "k1", ".tmp-" + "0" * 32 + "-history.json")
+    foreign = ".tmp-" + "1" * 32 + "-4242.deadbeef-history.json"
+    store.write_bytes(b"another host", "pretrain", "k1", foreign)
+    store.write_bytes(b"real", "pretrain", "k1", "history.json")
+
+    store_preflight(ctx, "pretrain", "k1")
+    left = set(store.listdir("pretrain", "k1"))
+    assert dead[0] not in left
+    assert {live, ".tmp-" + "0" * 32 + "-history.json", foreign, "history.json"} <= left
+
+    if kind == "local":  # a day later, files of writers elsewhere are stale too
+        old = time.time() - store_module.STALE_TEMP_SECONDS - 60
+        os.utime(store.path("pretrain", "k1", foreign), (old, old))
+        assert store.remove_stale_temp_files("pretrain", "k1") == [foreign]
+    assert store.read_bytes("pretrain", "k1", "history.json") == b"real"
+
+
 def test_retry_policy_backs_off_and_only_for_transient_faults():
     from pretextflow.flows import stages
 

@@ -325,6 +325,22 @@ def test_rollback_before_any_checkpoint_goes_back_to_the_start(digits_workspace,
     assert [(e["step"], e["restored_step"]) for e in _history(ctx)["rollbacks"]] == [(2, 0)]
 
 
+def test_rollbacks_are_recorded_in_the_manifest_and_the_report(digits_workspace, digits_config, monkeypatch):
+    from pretextflow.core.stages import run_freeze, run_probe, run_report
+
+    _nan_at(monkeypatch, lambda call: call == 2)
+    ctx = _ctx(digits_workspace, digits_config, "memory://rb-report", *NAN_RUN, "train.on_nonfinite=rollback",
+               "probe.baselines=[]", "probe.label_fractions=[1.0]", "probe.linear_max_iter=20")
+    run_pretrain(ctx)
+    run_freeze(ctx)
+    run_probe(ctx)
+    out = run_report(ctx)
+    manifest = out["manifest"]
+    assert [(r["step"], r["restored_step"], r["lr_scale"]) for r in manifest["pretrain"]["rollbacks"]] == [(2, 0, 0.5)]
+    report = ctx.store.read_bytes("runs", manifest["run_id"], "report.md").decode()
+    assert "1 rollback (non-finite loss (nan) at step 2 -> back to step 0, lr x0.5)" in report
+
+
 def test_rollback_survives_a_crash_with_its_lower_lr(digits_workspace, digits_config, monkeypatch):
     """The lowered lr and the rollback record are in the checkpoints: rollback at step 9, crash after
     step 14, resume from step 12 => the same weights as the run that never crashed."""

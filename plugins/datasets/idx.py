@@ -5,10 +5,8 @@ Remote (http/https) sources must verify: every file's payload must match a known
 (Fashion-MNIST is built in) or one given in ``checksums``."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
-import zlib
 from typing import Any
 
 import numpy as np
@@ -17,7 +15,7 @@ from pydantic import Field
 from pretextflow.core.contracts import DatasetArrays, DatasetFormat, Params
 from pretextflow.core.errors import DataError
 from pretextflow.core.hookspecs import hookimpl
-from pretextflow.core.sources import KNOWN_IDX_DATASETS, join_uri, read_source_bytes
+from pretextflow.core.sources import KNOWN_IDX_DATASETS, gunzip_bounded, join_uri, read_source_bytes
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -31,6 +29,9 @@ _IDX_UBYTE = 0x08
 class IdxOptions(Params):
     class_names: list[str] | None = Field(None, description="names of the classes; default from a known dataset or 0..K-1")
     checksums: dict[str, str] = Field({}, description="file name -> sha256 of the uncompressed payload")
+    max_file_mb: float = Field(2048, gt=0, le=1 << 20,
+                               description="largest file, compressed or uncompressed, read (MB): a gzip bomb or a "
+                                           "wrong file stops there instead of filling the memory")
 
 
 def parse_idx(payload: bytes, name: str, ndim: int) -> np.ndarray:
@@ -50,21 +51,21 @@ def parse_idx(payload: bytes, name: str, ndim: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
-def read_payload(source: str, stem: str, storage_options: dict[str, Any]) -> tuple[str, bytes]:
-    """Read ``stem.gz`` or ``stem`` below ``source``; returns (file name, uncompressed bytes)."""
+def read_payload(source: str, stem: str, storage_options: dict[str, Any],
+                 max_bytes: int = 2048 << 20) -> tuple[str, bytes]:
+    """Read ``stem.gz`` or ``stem`` below ``source``; returns (file name, uncompressed bytes). Neither
+    the file nor its decompressed payload may exceed ``max_bytes``."""
     last_error: Exception | None = None
+    hint = (f"If the file is genuine, raise the limit (--option max_file_mb={2 * max_bytes / 2 ** 20:g}); "
+            f"otherwise it is not an IDX file of this dataset.")
     for fname in (stem + ".gz", stem):
         try:
-            raw = read_source_bytes(join_uri(source, fname), storage_options)
+            raw = read_source_bytes(join_uri(source, fname), storage_options, max_bytes, hint)
         except FileNotFoundError as exc:
             last_error = exc
             continue
         if fname.endswith(".gz"):
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise DataError(f"{join_uri(source, fname)}: corrupt or truncated gzip ({exc}). "
-                                f"Re-download the file.") from None  # not transient: no retry
+            raw = gunzip_bounded(raw, join_uri(source, fname), max_bytes, hint)
         return fname, raw
     raise DataError(f"{source}: no {stem}.gz or {stem} found ({last_error}). An idx source is a folder "
                     f"holding {', '.join(v + '[.gz]' for v in FILES.values())}.")
@@ -79,7 +80,7 @@ class IdxFormat(DatasetFormat):
         arrays: dict[str, np.ndarray] = {}
         digests: dict[str, str] = {}
         for key, stem in FILES.items():
-            fname, payload = read_payload(source, stem, storage_options)
+            fname, payload = read_payload(source, stem, storage_options, int(options.max_file_mb * 2 ** 20))
             digests[stem] = hashlib.sha256(payload).hexdigest()
             arrays[key] = parse_idx(payload, fname, 3 if key.endswith("images") else 1)
         known = _verify(source, digests, options)

@@ -17,7 +17,7 @@ from pretextflow.core.hookspecs import hookimpl
 
 
 class BarlowTwinsParams(Params):
-    proj_dim: int = Field(0, ge=0, description="0 = 4x backbone width")
+    proj_dim: int = Field(0, ge=0, le=16384, description="0 = 4x backbone width")
     lambd: float = Field(0.0051, ge=0, description="weight of the off-diagonal (redundancy) term")
     crop_scale_min: float = Field(0.2, gt=0, le=1)
 

@@ -18,8 +18,8 @@ from pretextflow.core.hookspecs import hookimpl
 
 
 class BYOLParams(Params):
-    proj_hidden: int = Field(0, ge=0, description="0 = 4x backbone width")
-    proj_dim: int = Field(128, gt=0)
+    proj_hidden: int = Field(0, ge=0, le=16384, description="0 = 4x backbone width")
+    proj_dim: int = Field(128, gt=0, le=16384)
     base_momentum: float = Field(0.99, ge=0, le=1)
     final_momentum: float = Field(1.0, ge=0, le=1)
     crop_scale_min: float = Field(0.2, gt=0, le=1)

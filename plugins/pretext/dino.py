@@ -26,11 +26,11 @@ from pretextflow.core.hookspecs import hookimpl
 
 
 class DINOParams(Params):
-    out_dim: int = Field(1024, gt=0, description="prototypes in the last layer")
-    head_hidden: int = Field(512, gt=0)
+    out_dim: int = Field(1024, gt=0, le=65536, description="prototypes in the last layer")
+    head_hidden: int = Field(512, gt=0, le=16384)
     head_bn: bool = Field(True, description="BatchNorm in the head's MLP (the reference code's use_bn_in_head)")
-    bottleneck: int = Field(128, gt=0)
-    n_local: int = Field(4, ge=0)
+    bottleneck: int = Field(128, gt=0, le=16384)
+    n_local: int = Field(4, ge=0, le=16)
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
     local_size_fraction: float = Field(0.5, gt=0, le=1, description="local crop side / image side")

@@ -18,7 +18,7 @@ from pretextflow.core.hookspecs import hookimpl
 
 class InpaintingParams(Params):
     mask_side: float = Field(0.5, gt=0, lt=1, description="side of the hidden square, as a fraction of the image side")
-    decoder_hidden: int = Field(512, gt=0)
+    decoder_hidden: int = Field(512, gt=0, le=16384)
     masked_weight: float = Field(0.99, ge=0, le=1, description="loss weight of the hidden region (rest: context)")
     crop_scale_min: float = Field(0.6, gt=0, le=1)
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
@@ -25,10 +25,17 @@ from pretextflow.core.hookspecs import hookimpl
 
 class JigsawParams(Params):
     grid: int = Field(3, ge=2, le=4)
-    num_permutations: int = Field(100, ge=2)
+    num_permutations: int = Field(100, ge=2, le=1000)
     tile_fraction: float = Field(0.75, gt=0, le=1, description="tile side / cell side; the rest is jitter")
-    head_hidden: int = Field(512, ge=0)
+    head_hidden: int = Field(512, ge=0, le=16384)
     crop_scale_min: float = Field(0.6, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _enough_permutations(self) -> "JigsawParams":
+        if self.num_permutations > math.factorial(self.grid ** 2):
+            raise ValueError(f"num_permutations {self.num_permutations} is more than the "
+                             f"{math.factorial(self.grid ** 2)} orders of a {self.grid}x{self.grid} grid")
+        return self
 
 
 @lru_cache(maxsize=8)

@@ -9,7 +9,7 @@ augmentation."""
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from pretextflow.core.augment import Augmenter, ViewSpec
@@ -19,11 +19,17 @@ from pretextflow.core.hookspecs import hookimpl
 
 class MAEParams(Params):
     mask_ratio: float = Field(0.75, gt=0, lt=1)
-    decoder_dim: int = Field(128, gt=0)
-    decoder_depth: int = Field(2, ge=1)
-    decoder_heads: int = Field(4, ge=1)
+    decoder_dim: int = Field(128, gt=0, le=16384)
+    decoder_depth: int = Field(2, ge=1, le=24)
+    decoder_heads: int = Field(4, ge=1, le=64)
     norm_pix_loss: bool = True
     crop_scale_min: float = Field(0.2, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "MAEParams":
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_dim {self.decoder_dim} must be divisible by decoder_heads {self.decoder_heads}")
+        return self
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -19,10 +19,10 @@ from pretextflow.core.hookspecs import hookimpl
 
 class MoCoParams(Params):
     temperature: float = Field(0.2, gt=0)
-    queue_size: int = Field(4096, gt=0)
+    queue_size: int = Field(4096, gt=0, le=2 ** 20)
     momentum: float = Field(0.99, ge=0, le=1)
-    proj_hidden: int = Field(0, ge=0, description="0 = backbone width")
-    proj_dim: int = Field(128, gt=0)
+    proj_hidden: int = Field(0, ge=0, le=16384, description="0 = backbone width")
+    proj_dim: int = Field(128, gt=0, le=16384)
     crop_scale_min: float = Field(0.2, gt=0, le=1)
 
 

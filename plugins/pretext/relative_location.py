@@ -22,7 +22,7 @@ NEIGHBOURS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 
 
 class RelativeLocationParams(Params):
     patch_fraction: float = Field(0.75, gt=0, le=1, description="patch side / cell side; the rest is jitter")
-    head_hidden: int = Field(512, gt=0)
+    head_hidden: int = Field(512, gt=0, le=16384)
     crop_scale_min: float = Field(0.7, gt=0, le=1)
 
 

@@ -17,7 +17,7 @@ from pretextflow.core.hookspecs import hookimpl
 
 class RotationParams(Params):
     all_rotations: bool = Field(True, description="all 4 rotations of each image per batch (RotNet) vs one random")
-    head_hidden: int = Field(0, ge=0, description="hidden width of the head; 0 = linear head")
+    head_hidden: int = Field(0, ge=0, le=16384, description="hidden width of the head; 0 = linear head")
     crop_scale_min: float = Field(0.6, gt=0, le=1)
     flip_p: float = Field(0.5, ge=0, le=1)
 

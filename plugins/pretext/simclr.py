@@ -20,8 +20,8 @@ from pretextflow.core.hookspecs import hookimpl
 
 class SimCLRParams(Params):
     temperature: float = Field(0.5, gt=0)
-    proj_hidden: int = Field(0, ge=0, description="hidden width of the projection MLP; 0 = backbone width")
-    proj_dim: int = Field(128, gt=0)
+    proj_hidden: int = Field(0, ge=0, le=16384, description="hidden width of the projection MLP; 0 = backbone width")
+    proj_dim: int = Field(128, gt=0, le=16384)
     crop_scale_min: float = Field(0.2, gt=0, le=1)
     jitter_strength: float = Field(0.4, ge=0, le=1)
 

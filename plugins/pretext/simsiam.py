@@ -17,8 +17,8 @@ from pretextflow.core.hookspecs import hookimpl
 
 
 class SimSiamParams(Params):
-    proj_dim: int = Field(0, ge=0, description="0 = 4x backbone width")
-    pred_hidden: int = Field(0, ge=0, description="0 = a quarter of proj_dim")
+    proj_dim: int = Field(0, ge=0, le=16384, description="0 = 4x backbone width")
+    pred_hidden: int = Field(0, ge=0, le=16384, description="0 = a quarter of proj_dim")
     crop_scale_min: float = Field(0.2, gt=0, le=1)
 
 

@@ -21,7 +21,7 @@ from .barlow_twins import off_diagonal
 
 
 class VICRegParams(Params):
-    proj_dim: int = Field(0, ge=0, description="0 = 4x backbone width")
+    proj_dim: int = Field(0, ge=0, le=16384, description="0 = 4x backbone width")
     sim_coeff: float = Field(25.0, ge=0)
     std_coeff: float = Field(25.0, ge=0)
     cov_coeff: float = Field(1.0, ge=0)

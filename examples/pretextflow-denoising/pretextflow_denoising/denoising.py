@@ -23,7 +23,7 @@ from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput
 class DenoisingParams(Params):
     noise_std: float = Field(0.3, ge=0, le=1, description="std of the additive Gaussian noise (pixels in [0, 1])")
     drop_p: float = Field(0.25, ge=0, lt=1, description="fraction of pixels set to 0 (masking noise)")
-    decoder_hidden: int = Field(256, gt=0, description="hidden width of the decoder")
+    decoder_hidden: int = Field(256, gt=0, le=16384, description="hidden width of the decoder")
     crop_scale_min: float = Field(0.6, gt=0, le=1, description="smallest crop of the clean view (area fraction)")
 
 
