@@ -205,8 +205,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
+        if key.strip().startswith(_MAY_HOLD_CREDENTIALS):  # the value may hold a credential: not echoed
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "parse error"
+            raise ConfigError(f"--set {key.strip()}=...: the value is not valid YAML ({problem}{where}). "
+                              "Quote values such as \"${env:NAME}\".") from None
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
     return key.strip().split("."), value
+
+
+_MAY_HOLD_CREDENTIALS = ("store.storage_options", "store.uri", "data.source")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -581,3 +581,15 @@ def test_rerun_of_a_store_with_literal_credentials_takes_them_from_the_run_folde
             store_root(manifest, ref)
     plain = {"artifacts": {"pretrain": {"uri": "s3://bucket/store/pretrain/abc"}}}
     assert store_root(plain, None) == "s3://bucket/store"
+
+
+def test_a_malformed_credential_override_is_not_echoed(secrets):
+    from pretextflow.core.config import load_config
+    from pretextflow.core.errors import ConfigError
+
+    for override in ("store.storage_options={key: ${env:K}, secret: %s" % secrets["secret"],
+                     "store.uri=[s3://alice:%s@bucket" % secrets["urlpass"]):
+        with pytest.raises(ConfigError) as err:
+            load_config(REPO / "configs" / "digits_smoke.yaml", [override])
+        assert "is not valid YAML" in str(err.value) and override.split("=", 1)[0] + "=..." in str(err.value)
+        assert secrets["secret"] not in str(err.value) and secrets["urlpass"] not in str(err.value)
