@@ -27,7 +27,7 @@ def decode(data: bytes) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, A
             groups.setdefault(g, {})[k] = tensor
         info = json.loads(_metadata(data).get(META_KEY, "{}"))
     except Exception as exc:  # safetensors' own error type, a bad header, a name without a group...
-        from .errors import StageInputError
+        from pretextflow.core.errors import StageInputError
 
         raise StageInputError(f"a checkpoint in the artifact store is corrupt ({exc.__class__.__name__}: {exc}). "
                               f"Delete its folder (pretrain/<key> or freeze/<key>) to recompute it.") from None

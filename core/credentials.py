@@ -32,7 +32,7 @@ _NAME_OF: dict[str, str] = {}  # a secret's value -> the environment variable th
 def resolve(text: str) -> str:
     """``text`` with every ``${env:NAME}`` replaced by the variable's value (registered for redaction).
     A ValueError names an unset variable and says how to set it."""
-    from .versioning import register_secret_value
+    from pretextflow.core.versioning import register_secret_value
 
     def value_of(match: re.Match) -> str:
         name = match.group(1)

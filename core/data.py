@@ -21,9 +21,9 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import DATASET_NAME_RE
-from .contracts import DatasetArrays
-from .errors import DataError
+from pretextflow.core.config import DATASET_NAME_RE
+from pretextflow.core.contracts import DatasetArrays
+from pretextflow.core.errors import DataError
 
 SCHEMA_VERSION = 1
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")

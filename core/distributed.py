@@ -118,7 +118,7 @@ def launch(world: int, device_type: str, payload: dict[str, Any], timeout: float
     import sys
     import tempfile
 
-    from .errors import PretextflowError
+    from pretextflow.core.errors import PretextflowError
 
     with tempfile.TemporaryDirectory(prefix="pretextflow-ddp-") as tmp:
         payload_path = os.path.join(tmp, "payload.json")
@@ -148,7 +148,7 @@ def launch(world: int, device_type: str, payload: dict[str, Any], timeout: float
         if os.path.exists(err_path):
             with open(err_path) as f:
                 err = json.load(f)
-            from . import errors
+            from pretextflow.core import errors
 
             cls = _ERROR_TYPES.get(err["type"]) or getattr(errors, err["type"], None)
             if isinstance(cls, type) and issubclass(cls, PretextflowError):
@@ -192,7 +192,7 @@ def _rank_entry(payload_path: str) -> int:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(payload["backend"], rank=r, world_size=world)
     try:
-        from .train import rank_main
+        from pretextflow.core.train import rank_main
 
         rank_main(Shard(r, world), payload)
         dist.barrier()

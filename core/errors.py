@@ -12,7 +12,7 @@ class PretextflowError(Exception):
         # No credential travels inside an error: not in its message, nor in a traceback, a log record
         # or a Prefect state made from it (URL user:password, secret environment values, the storage
         # options of a validated config: core.versioning.redact).
-        from .versioning import redact
+        from pretextflow.core.versioning import redact
 
         super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 

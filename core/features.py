@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import to_float
-from .contracts import Backbone
+from pretextflow.core.augment import to_float
+from pretextflow.core.contracts import Backbone
 
 
 @torch.inference_mode()
@@ -38,7 +38,7 @@ def _npy(a: np.ndarray) -> bytes:
 def _from_npy(data: bytes) -> np.ndarray:
     import io
 
-    from .errors import StageInputError
+    from pretextflow.core.errors import StageInputError
 
     try:  # never unpickled: an object array in the store is refused, not executed
         return np.load(io.BytesIO(data), allow_pickle=False)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from . import checkpoint as ckpt
-from .config import RunConfig
-from .contracts import Backbone
-from .errors import StageInputError
-from .plugins import Registry
-from .store import ArtifactStore
-from .train import build_backbone
+from pretextflow.core import checkpoint as ckpt
+from pretextflow.core.config import RunConfig
+from pretextflow.core.contracts import Backbone
+from pretextflow.core.errors import StageInputError
+from pretextflow.core.plugins import Registry
+from pretextflow.core.store import ArtifactStore
+from pretextflow.core.train import build_backbone
 
 STAGE = "freeze"
 log = logging.getLogger("pretextflow.freeze")
@@ -44,7 +44,7 @@ def freeze(cfg: RunConfig, dataset_meta: dict, store: ArtifactStore, pretrain_ke
 
 def load_frozen_backbone(store: ArtifactStore, key: str, registry: Registry) -> Backbone:
     """Rebuild the backbone from its spec and load the frozen weights; eval mode, no gradients."""
-    from .config import BackboneConfig, DataConfig
+    from pretextflow.core.config import BackboneConfig, DataConfig
 
     if not store.is_complete(STAGE, key):
         raise StageInputError(f"probe needs the frozen backbone freeze/{key} in {store.uri}, which does not "

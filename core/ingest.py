@@ -24,14 +24,14 @@ import shutil
 import uuid
 from typing import Any
 
-from .config import validate_plugin_params
-from .data import Dataset, check_name, encode_dataset, load_dataset, validate_arrays
-from .errors import DataError
-from .plugins import Registry, get_registry
-from .store import PERMANENT_ERRNOS
-from .sources import local_source
-from .versioning import redact, track_and_push, workspace_lock
-from .workspace import Workspace
+from pretextflow.core.config import validate_plugin_params
+from pretextflow.core.data import Dataset, check_name, encode_dataset, load_dataset, validate_arrays
+from pretextflow.core.errors import DataError
+from pretextflow.core.plugins import Registry, get_registry
+from pretextflow.core.store import PERMANENT_ERRNOS
+from pretextflow.core.sources import local_source
+from pretextflow.core.versioning import redact, track_and_push, workspace_lock
+from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow.ingest")
 

@@ -90,7 +90,7 @@ def listing(refresh: bool = False) -> tuple[list[dict[str, Any]], list[dict[str,
             return data["rows"], [], True
         except (OSError, ValueError, KeyError):
             pass
-    from .plugins import get_registry
+    from pretextflow.core.plugins import get_registry
 
     registry = get_registry()
     rows = registry.as_rows()

@@ -20,9 +20,9 @@ from typing import Any, Callable
 import pluggy
 from pydantic import BaseModel
 
-from . import hookspecs
-from .contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask
-from .errors import PluginError
+from pretextflow.core import hookspecs
+from pretextflow.core.contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask
+from pretextflow.core.errors import PluginError
 
 ENTRY_POINT_GROUP = "pretextflow"
 ENV_LOAD = "PRETEXTFLOW_LOAD_PLUGINS"

@@ -6,14 +6,14 @@ Plugin names are only ever looked up in the registry (built-ins + installed entr
 value such as ``os:system`` or ``package.module.Class`` is an unknown name, never an import."""
 from __future__ import annotations
 
-from .config import RunConfig, validate_plugin_params
-from .errors import ConfigError
-from .plugins import Registry, get_registry
+from pretextflow.core.config import RunConfig, validate_plugin_params
+from pretextflow.core.errors import ConfigError
+from pretextflow.core.plugins import Registry, get_registry
 
 
 def check_plugins(cfg: RunConfig, registry: Registry | None = None) -> None:
     """Raises ConfigError / PluginError naming the field and the fix; returns None when all is known."""
-    from .train import resolved_pretext_params
+    from pretextflow.core.train import resolved_pretext_params
 
     registry = registry or get_registry()
     d = cfg.data

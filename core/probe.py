@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ProbeConfig, RunConfig
-from .data import Dataset
-from .features import cached_features, pixel_features
-from .freeze import load_frozen_backbone
-from .keys import source_digest, stage_key
-from .plugins import Registry
-from .store import ArtifactStore
-from .train import build_backbone, configure_runtime
+from pretextflow.core.config import ProbeConfig, RunConfig
+from pretextflow.core.data import Dataset
+from pretextflow.core.features import cached_features, pixel_features
+from pretextflow.core.freeze import load_frozen_backbone
+from pretextflow.core.keys import source_digest, stage_key
+from pretextflow.core.plugins import Registry
+from pretextflow.core.store import ArtifactStore
+from pretextflow.core.train import build_backbone, configure_runtime
 
 STAGE = "probe"
 log = logging.getLogger("pretextflow.probe")
@@ -158,12 +158,12 @@ class _Supervised:
         self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
-        from . import augment, supervised, train
+        from pretextflow.core import augment, supervised, train
 
         self.code = source_digest(supervised, augment, train, registry.backbone(cfg.backbone.name).build)
 
     def run(self, kind: str, fraction: float, subset_seed: int, idx: np.ndarray) -> dict[str, Any]:
-        from .supervised import train_supervised
+        from pretextflow.core.supervised import train_supervised
 
         cfg = self.cfg
         finetune = kind == "finetune"
@@ -197,7 +197,7 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
     pc = cfg.probe
     tr_mask, te_mask = dataset.train_labels >= 0, dataset.test_labels >= 0
     if not tr_mask.any() or not te_mask.any():
-        from .errors import DataError
+        from pretextflow.core.errors import DataError
 
         raise DataError(f"dataset {dataset.name!r} has no labelled {'train' if not tr_mask.any() else 'test'} "
                         f"images; probing needs labels (pretraining does not).")
@@ -209,7 +209,7 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
 
     # -- features: once per (frozen backbone, dataset version), kept in the store ----------------
     t = time.perf_counter()
-    from . import features as features_module
+    from pretextflow.core import features as features_module
 
     code = source_digest(features_module)
     feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}

@@ -15,9 +15,9 @@ from typing import Any
 import fsspec
 import yaml
 
-from .errors import PretextflowError, StageInputError, VersioningError
-from .store import ArtifactStore
-from .workspace import Workspace
+from pretextflow.core.errors import PretextflowError, StageInputError, VersioningError
+from pretextflow.core.store import ArtifactStore
+from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow.runs")
 RUNS = "runs"
@@ -32,7 +32,7 @@ class RegressionError(PretextflowError):
 # -- reading runs ------------------------------------------------------------------------------
 def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """``ref``: a run folder (``artifacts/runs/<id>``) or its ``manifest.json``, any fsspec URI."""
-    from .credentials import resolve
+    from pretextflow.core.credentials import resolve
 
     try:
         ref = resolve(ref)  # memory://${env:USERINFO}@bucket/runs/<id>, as a manifest records it
@@ -159,7 +159,7 @@ def check_regression(manifest: dict[str, Any], previous: dict[str, Any] | None, 
 
 # -- DVC remote, recorded in the manifest ------------------------------------------------------
 def redact_url(url: str) -> str:
-    from .versioning import redact
+    from pretextflow.core.versioning import redact
 
     return redact(url)
 
@@ -167,7 +167,7 @@ def redact_url(url: str) -> str:
 def default_remote_url(ws: Workspace) -> str | None:
     """The workspace's default DVC remote as an absolute URL (a local remote resolved against
     ``.dvc/``, where DVC resolves it), credentials redacted; None when there is no remote."""
-    from .versioning import dvc
+    from pretextflow.core.versioning import dvc
 
     try:
         name = dvc(ws, "remote", "default").strip()
@@ -184,8 +184,8 @@ def default_remote_url(ws: Workspace) -> str | None:
 
 def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = None) -> str:
     """Make ``ws`` hold exactly the manifest's data version: write its data.dvc, ``dvc pull``."""
-    from .data import load_dataset
-    from .versioning import data_version, dvc, init_workspace, workspace_lock
+    from pretextflow.core.data import load_dataset
+    from pretextflow.core.versioning import data_version, dvc, init_workspace, workspace_lock
 
     remote = remote or manifest.get("dvc_remote")
     if not remote:
@@ -230,8 +230,8 @@ def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolera
           remote: str | None = None, storage_options: dict[str, Any] | None = None,
           logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
     """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict)."""
-    from .config import load_config
-    from .train import select_device
+    from pretextflow.core.config import load_config
+    from pretextflow.core.train import select_device
 
     before = load_manifest(ref, storage_options)
     root = Path(workspace or tempfile.mkdtemp(prefix="pretextflow-rerun-")).resolve()

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import RunConfig
-from .data import Dataset, load_dataset
-from .keys import source_digest, stage_key
-from .plugins import Registry, get_registry
-from .store import ArtifactStore
-from .train import resolved_pretext_params
-from .workspace import Workspace
+from pretextflow.core.config import RunConfig
+from pretextflow.core.data import Dataset, load_dataset
+from pretextflow.core.keys import source_digest, stage_key
+from pretextflow.core.plugins import Registry, get_registry
+from pretextflow.core.store import ArtifactStore
+from pretextflow.core.train import resolved_pretext_params
+from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow")
 
@@ -48,7 +48,7 @@ class StageContext:
         return cls(ws, cfg, registry or get_registry(), store)
 
     def dataset(self) -> Dataset:
-        from .ingest import ensure_consistent
+        from pretextflow.core.ingest import ensure_consistent
 
         ensure_consistent(self.ws)  # an ingest that died half-way is rolled back before anyone reads
         return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
@@ -63,7 +63,7 @@ class StageContext:
     # -- keys ----------------------------------------------------------------------------------
     def code_version(self, stage: str) -> str:
         """Content hash of the code a stage runs: its core modules and the plugins' modules."""
-        from . import augment, checkpoint, contracts, features, freeze, heads, probe, supervised, train
+        from pretextflow.core import augment, checkpoint, contracts, features, freeze, heads, probe, supervised, train
 
         backbone = self.registry.backbone(self.cfg.backbone.name).build
         modules = {"pretrain": [train, augment, heads, contracts, checkpoint, backbone,
@@ -105,7 +105,7 @@ def store_preflight(ctx: StageContext, stage: str, key: str | None = None, logge
     is a local folder, has ``store.min_free_mb`` free. A full, read-only or unreachable store stops
     the stage here with a StoreError naming the store and the fix, before any training is lost.
     Temporary files that a killed earlier attempt left in the stage's folder are removed."""
-    from .store import StoreError
+    from pretextflow.core.store import StoreError
 
     try:
         ctx.store.check_writable(int(ctx.cfg.store.min_free_mb * 1e6))
@@ -136,19 +136,19 @@ def _timed_stage(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, A
 def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool = False) -> dict[str, Any]:
     """Ingest the config's source if it names one; otherwise describe the dataset already there
     (after ``dvc pull`` when ``refresh``: a scheduled run takes the version data.dvc names)."""
-    from .ingest import ingest, recover_interrupted_ingest, summary
-    from .versioning import data_version, dvc, workspace_lock
+    from pretextflow.core.ingest import ingest, recover_interrupted_ingest, summary
+    from pretextflow.core.versioning import data_version, dvc, workspace_lock
 
     d = ctx.cfg.data
     if d.source:
         if not d.format:
-            from .errors import ConfigError
+            from pretextflow.core.errors import ConfigError
 
             raise ConfigError("data.format is required when data.source is set (e.g. idx, imagefolder).")
         return ingest(ctx.ws, d.source, d.format, d.name, d.options, ctx.cfg.store.storage_options, push=push,
                       registry=ctx.registry, logger=logger)
     if refresh:
-        from .ingest import ensure_consistent
+        from pretextflow.core.ingest import ensure_consistent
 
         ensure_consistent(ctx.ws, logger)
         before = data_version(ctx.ws) if ctx.ws.data_dvc.exists() else None
@@ -163,7 +163,7 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
 
 @_timed_stage
 def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None) -> dict[str, Any]:
-    from .train import pretrain
+    from pretextflow.core.train import pretrain
 
     ds = ctx.dataset()
     key = ctx.pretrain_key(ds)
@@ -175,7 +175,7 @@ def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None)
 
 @_timed_stage
 def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
-    from .freeze import freeze
+    from pretextflow.core.freeze import freeze
 
     ds = ctx.dataset()
     pk = ctx.pretrain_key(ds)
@@ -188,7 +188,7 @@ def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
 
 @_timed_stage
 def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
-    from .probe import probe
+    from pretextflow.core.probe import probe
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)
@@ -202,11 +202,11 @@ def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
 @_timed_stage
 def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None = None, logger=log) -> dict[str, Any]:
     """Write the run folder (manifest.json, report.md, report.html, figures) from stored artifacts."""
-    from .errors import StageInputError
-    from .manifest import build_manifest, new_run_id
-    from .report import write_report
-    from .runs import RegressionError, check_regression, compare_metrics, default_remote_url, previous_run
-    from .versioning import data_version, read_data_dvc
+    from pretextflow.core.errors import StageInputError
+    from pretextflow.core.manifest import build_manifest, new_run_id
+    from pretextflow.core.report import write_report
+    from pretextflow.core.runs import RegressionError, check_regression, compare_metrics, default_remote_url, previous_run
+    from pretextflow.core.versioning import data_version, read_data_dvc
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)

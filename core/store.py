@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import PretextflowError
+from pretextflow.core.errors import PretextflowError
 
 COMPLETE = "_COMPLETE"
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import Augmenter, ViewSpec, to_float
-from .config import RunConfig, SupervisedConfig
-from .features import extract_features
-from .plugins import Registry
-from .train import build_backbone, lr_at
+from pretextflow.core.augment import Augmenter, ViewSpec, to_float
+from pretextflow.core.config import RunConfig, SupervisedConfig
+from pretextflow.core.features import extract_features
+from pretextflow.core.plugins import Registry
+from pretextflow.core.train import build_backbone, lr_at
 
 log = logging.getLogger("pretextflow.supervised")
 

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import RunConfig, load_config, parse_override
-from .errors import ConfigError, PretextflowError
+from pretextflow.core.config import RunConfig, load_config, parse_override
+from pretextflow.core.errors import ConfigError, PretextflowError
 
 # Grid keys a user types most often; anything else is a dotted config path (train.lr, probe.knn_k).
 SHORTHANDS = {"pretext": "pretext.name", "backbone": "backbone.name"}
@@ -190,8 +190,8 @@ def _blamed(axes: list[GridAxis], values: dict[str, Any], message: str) -> list[
 def validate_point(raw: dict[str, Any], registry=None) -> tuple[RunConfig, dict[str, Any]]:
     """The config loader, then the plugins: the task and backbone exist and the task's params are
     valid. Returns the config and its signature (the dump with the task's params resolved)."""
-    from .plugins import get_registry
-    from .train import resolved_pretext_params
+    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.train import resolved_pretext_params
 
     cfg = load_config(raw=copy.deepcopy(raw))
     registry = registry or get_registry()

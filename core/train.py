@@ -18,16 +18,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import credentials
-from . import checkpoint as ckpt
-from . import distributed
-from .augment import Augmenter
-from .config import RunConfig, validate_plugin_params
-from .contracts import Backbone, BackboneParams, PretextTask
-from .data import Dataset
-from .errors import ConfigError, PluginError, PretextflowError
-from .plugins import Registry
-from .store import ArtifactStore
+from pretextflow.core import credentials
+from pretextflow.core import checkpoint as ckpt
+from pretextflow.core import distributed
+from pretextflow.core.augment import Augmenter
+from pretextflow.core.config import RunConfig, validate_plugin_params
+from pretextflow.core.contracts import Backbone, BackboneParams, PretextTask
+from pretextflow.core.data import Dataset
+from pretextflow.core.errors import ConfigError, PluginError, PretextflowError
+from pretextflow.core.plugins import Registry
+from pretextflow.core.store import ArtifactStore
 
 log = logging.getLogger("pretextflow.train")
 STAGE = "pretrain"
@@ -254,9 +254,9 @@ def _pretrain_multiprocess(cfg: RunConfig, dataset: Dataset, store: ArtifactStor
 
 def rank_main(shard: "distributed.Shard", payload: dict) -> None:
     """One rank of a multi-process run (a new process: everything is rebuilt from plain data)."""
-    from .config import load_config
-    from .data import load_dataset
-    from .plugins import get_registry
+    from pretextflow.core.config import load_config
+    from pretextflow.core.data import load_dataset
+    from pretextflow.core.plugins import get_registry
 
     cfg = load_config(raw=payload["config"])
     if payload.get("threads"):

@@ -19,8 +19,8 @@ from typing import Iterator
 import yaml
 from filelock import FileLock, Timeout
 
-from .errors import VersioningError
-from .workspace import DEFAULT_REMOTE_DIR, Workspace
+from pretextflow.core.errors import VersioningError
+from pretextflow.core.workspace import DEFAULT_REMOTE_DIR, Workspace
 
 _ENV = {"DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
 
@@ -51,7 +51,7 @@ def register_secrets(options: object) -> None:
     """Remember the credential values in ``options`` (``{"key": ..., "secret": ..., "client_kwargs":
     {"aws_session_token": ...}}``) so that redact() masks them in every message, log and report, and
     turn on the redaction of log records. Called whenever a config's storage options are validated."""
-    from .credentials import SECRET_OPTION_NAME
+    from pretextflow.core.credentials import SECRET_OPTION_NAME
 
     install_log_redaction()
     stack = [options]
@@ -70,7 +70,7 @@ def register_secrets(options: object) -> None:
 def register_url_secrets(url: str | None) -> None:
     """Remember the credentials in ``scheme://USER:PASSWORD@host/...`` so that redact() masks them
     even where a library prints the URL without its scheme (fsspec logs ``/USER:PASSWORD@host/...``)."""
-    from .credentials import url_userinfo
+    from pretextflow.core.credentials import url_userinfo
 
     install_log_redaction()
     userinfo = url_userinfo(url)

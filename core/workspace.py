@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PretextflowError
+from pretextflow.core.errors import PretextflowError
 
 DEFAULT_REMOTE_DIR = ".dvc-remote"  # the default DVC remote: a local folder inside the workspace
 
