@@ -9,8 +9,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from pretextflow.core import credentials
+from pretextflow.core.security import credentials
 from pretextflow.core.errors import ConfigError
+from pretextflow.core.security.redaction import register_secrets, register_url_secrets
 
 
 class Strict(BaseModel):
@@ -25,8 +26,6 @@ DATASET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def _resolve_uri(uri: str | None) -> str | None:
     """A URI with its ``${env:NAME}`` references resolved and its ``USER:PASS@`` registered as a secret
     (masked from then on in every message, log record and report: fsspec logs paths without the scheme)."""
-    from pretextflow.core.versioning import register_url_secrets
-
     uri = credentials.resolve(uri) if uri else uri
     register_url_secrets(uri)
     return uri
@@ -164,8 +163,6 @@ class StoreConfig(Strict):
     def _remember_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
         # ${env:NAME} references are resolved, and any credential (key, secret, token...) is masked
         # from then on in every message, log record and report of this process
-        from pretextflow.core.versioning import register_secrets
-
         v = credentials.resolve_options(v)
         register_secrets(v)
         return v

@@ -2,6 +2,8 @@
 exits non-zero without a traceback."""
 from __future__ import annotations
 
+from pretextflow.core.security.redaction import redact
+
 
 class PretextflowError(Exception):
     """Base class: anything raised as this is shown to the user as-is (no traceback)."""
@@ -11,9 +13,7 @@ class PretextflowError(Exception):
     def __init__(self, *args):
         # No credential travels inside an error: not in its message, nor in a traceback, a log record
         # or a Prefect state made from it (URL user:password, secret environment values, the storage
-        # options of a validated config: core.versioning.redact).
-        from pretextflow.core.versioning import redact
-
+        # options of a validated config: core.security.redaction).
         super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 

@@ -30,7 +30,8 @@ from pretextflow.core.errors import DataError
 from pretextflow.core.plugins import Registry, get_registry
 from pretextflow.core.store import PERMANENT_ERRNOS
 from pretextflow.core.sources import local_source
-from pretextflow.core.versioning import redact, track_and_push, workspace_lock
+from pretextflow.core.security.redaction import redact
+from pretextflow.core.versioning import track_and_push, workspace_lock
 from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow.ingest")

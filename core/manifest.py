@@ -8,14 +8,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pretextflow.core import credentials
+from pretextflow.core.security import credentials
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data import Dataset
 from pretextflow.core.plugins import Registry
 from pretextflow.core.runs import MANIFEST_SCHEMA
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.train import resolved_pretext_params
-from pretextflow.core.versioning import git_commit, redact
+from pretextflow.core.versioning import git_commit
+from pretextflow.core.security.redaction import redact
 
 SCHEMA_VERSION = MANIFEST_SCHEMA  # one number: written here, checked by core.runs when a manifest is read
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "prefect", "dvc", "pluggy", "fsspec", "pydantic",

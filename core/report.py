@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.versioning import redact
+from pretextflow.core.security.redaction import redact
 
 RUNS = "runs"
 

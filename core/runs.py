@@ -32,7 +32,7 @@ class RegressionError(PretextflowError):
 # -- reading runs ------------------------------------------------------------------------------
 def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """``ref``: a run folder (``artifacts/runs/<id>``) or its ``manifest.json``, any fsspec URI."""
-    from pretextflow.core.credentials import resolve
+    from pretextflow.core.security.credentials import resolve
 
     try:
         ref = resolve(ref)  # memory://${env:USERINFO}@bucket/runs/<id>, as a manifest records it
@@ -159,7 +159,7 @@ def check_regression(manifest: dict[str, Any], previous: dict[str, Any] | None, 
 
 # -- DVC remote, recorded in the manifest ------------------------------------------------------
 def redact_url(url: str) -> str:
-    from pretextflow.core.versioning import redact
+    from pretextflow.core.security.redaction import redact
 
     return redact(url)
 

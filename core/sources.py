@@ -82,7 +82,7 @@ def _copy_chunks(f, target: IO[bytes]) -> int:
 
 
 def _with_source(uri: str, storage_options: dict[str, Any] | None, use: Callable[[Any], Any]) -> Any:
-    from pretextflow.core.versioning import redact
+    from pretextflow.core.security.redaction import redact
 
     try:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
@@ -136,7 +136,7 @@ def _unreachable(message: str) -> DataError:
     """A network or I/O failure: redacted (the URI or the library's message may hold credentials),
     and transient, so the stage is retried (flows.common.is_transient); not chained, for the same
     reason."""
-    from pretextflow.core.versioning import redact
+    from pretextflow.core.security.redaction import redact
 
     err = DataError(redact(message))
     err.transient = True
@@ -171,7 +171,7 @@ def local_source(source: str, storage_options: dict[str, Any]) -> Iterator[tuple
     if not is_archive(source):
         yield source, storage_options
         return
-    from pretextflow.core.versioning import redact
+    from pretextflow.core.security.redaction import redact
 
     with tempfile.TemporaryDirectory(prefix="pretextflow-archive-") as tmp:
         extract_archive(source, storage_options, tmp)
@@ -190,7 +190,7 @@ def extract_archive(source: str, storage_options: dict[str, Any], dest: str) -> 
     One unsafe member refuses the whole archive before anything is written."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from pretextflow.core.versioning import redact
+    from pretextflow.core.security.redaction import redact
 
     shown = redact(source)
     fs, path = fsspec.core.url_to_fs(source, **storage_options)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pretextflow.core import credentials
+from pretextflow.core.security import credentials
 from pretextflow.core import checkpoint as ckpt
 from pretextflow.core import distributed
 from pretextflow.core.augment import Augmenter

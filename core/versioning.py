@@ -3,7 +3,6 @@ remote, read the data version. DVC is driven through its CLI (its documented int
 ``Repo`` class is internal), serialised by a workspace lock because parallel DVC commands in one
 workspace fail on DVC's own lock."""
 from __future__ import annotations
-
 import json
 import logging
 import os
@@ -15,112 +14,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
 import yaml
 from filelock import FileLock, Timeout
-
 from pretextflow.core.errors import VersioningError
+from pretextflow.core.security.redaction import SECRET_REMOTE_OPTIONS, redact
 from pretextflow.core.workspace import DEFAULT_REMOTE_DIR, Workspace
 
+
 _ENV = {"DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
-
-# DVC remote options that hold credentials: they belong in the environment (AWS_ACCESS_KEY_ID,
-# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, read by boto) or in the untracked .dvc/config.local,
-# never in the committed .dvc/config, and never in an error message.
-SECRET_REMOTE_OPTIONS = frozenset({"access_key_id", "secret_access_key", "session_token", "sse_customer_key",
-                                   "password", "account_key", "sas_token", "connection_string",
-                                   "client_secret", "gdrive_client_secret"})
-_SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
-# scheme://USER:PASS@ -> scheme://***@; a reference (scheme://${env:NAME}@) names no secret and stays
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?!\$\{env:[A-Za-z_][A-Za-z0-9_]*\}@)[^/\s@]+@")
-_OPTION_VALUE = re.compile(r"\b(" + "|".join(sorted(SECRET_REMOTE_OPTIONS, key=len, reverse=True))
-                           + r")(\s*[=:]\s*)(['\"]?)[^\s'\",]+", re.IGNORECASE)
-
-
-_KNOWN_SECRETS: set[str] = set()  # values taken from configs; redact() masks them wherever they appear
-
-
-def register_secret_value(value: str) -> None:
-    """Mask ``value`` from now on in every message, log record and report of this process."""
-    install_log_redaction()
-    if len(value) >= 6:  # shorter values would mask ordinary words
-        _KNOWN_SECRETS.add(value)
-
-
-def register_secrets(options: object) -> None:
-    """Remember the credential values in ``options`` (``{"key": ..., "secret": ..., "client_kwargs":
-    {"aws_session_token": ...}}``) so that redact() masks them in every message, log and report, and
-    turn on the redaction of log records. Called whenever a config's storage options are validated."""
-    from pretextflow.core.credentials import SECRET_OPTION_NAME
-
-    install_log_redaction()
-    stack = [options]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if isinstance(v, str) and SECRET_OPTION_NAME.search(str(k)):
-                    register_secret_value(v)
-                elif isinstance(v, (dict, list, tuple)):
-                    stack.append(v)
-        elif isinstance(node, (list, tuple)):
-            stack.extend(node)
-
-
-def register_url_secrets(url: str | None) -> None:
-    """Remember the credentials in ``scheme://USER:PASSWORD@host/...`` so that redact() masks them
-    even where a library prints the URL without its scheme (fsspec logs ``/USER:PASSWORD@host/...``)."""
-    from pretextflow.core.credentials import url_userinfo
-
-    install_log_redaction()
-    userinfo = url_userinfo(url)
-    if userinfo:
-        register_secret_value(userinfo)
-        register_secret_value(userinfo.partition(":")[2])
-
-
-def redact(text: str) -> str:
-    """``text`` without secrets: credentials in URLs (``s3://KEY:SECRET@...``), values of secret DVC
-    options (``secret_access_key = ...``), the values of secret-looking environment variables and
-    the credentials of storage options seen in a config (register_secrets)."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
-            text = text.replace(value, "***")
-    for value in sorted(_KNOWN_SECRETS, key=len, reverse=True):  # longest first: no partial leftovers
-        if value in text:
-            text = text.replace(value, "***")
-    text = _URL_USERINFO.sub(r"\1***@", text)
-    return _OPTION_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
-
-
-_LOG_REDACTION = False
-
-
-def install_log_redaction() -> None:
-    """Redact every log record of this process as it is created (its message and any traceback), so
-    no handler (console, file, Prefect's API, pytest's capture) ever receives a secret. Idempotent."""
-    global _LOG_REDACTION
-    if _LOG_REDACTION:
-        return
-    _LOG_REDACTION = True
-    make_record = logging.getLogRecordFactory()
-
-    def redacting_record(*args, **kwargs) -> logging.LogRecord:
-        record = make_record(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging's own error report
-            return record
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            if redact(text) != text:
-                record.exc_text = redact(text)
-        return record
-
-    logging.setLogRecordFactory(redacting_record)
 
 
 def _redact_args(args: list[str]) -> list[str]:

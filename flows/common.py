@@ -11,6 +11,7 @@ from prefect.cache_policies import NONE, CachePolicy
 
 from pretextflow.core.config import load_config
 from pretextflow.core.errors import PretextflowError
+from pretextflow.core.security.redaction import add_record_transform, install_log_redaction
 from pretextflow.core.stages import StageContext
 from pretextflow.core.store import is_transient_io_error
 
@@ -65,38 +66,19 @@ def stage_task_options(stage: str) -> dict[str, Any]:
     return {**TASK_OPTIONS, "cache_policy": StageArtifactCache(stage=stage), "persist_result": True}
 
 
-class HideUserErrorTracebacks(logging.Filter):
+def hide_user_error_traceback(record: logging.LogRecord) -> None:
     """A user error (bad config, bad data) is reported as one clear line, in the console and the
     Prefect UI alike; Prefect's engine would otherwise attach the traceback from deep inside."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PretextflowError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-_TRACEBACKS_HIDDEN = False
+    if record.exc_info and isinstance(record.exc_info[1], PretextflowError):
+        record.exc_info, record.exc_text = None, None
 
 
 def install_log_filter() -> None:
-    """User errors lose their tracebacks, and secrets are redacted, as each log record is created:
-    a handler-level filter would be lost whenever Prefect sets up its logging again (new handlers)."""
-    global _TRACEBACKS_HIDDEN
-    from pretextflow.core.versioning import install_log_redaction
-
+    """User errors lose their tracebacks, and secrets are redacted, as each log record is created
+    (one record factory, ``core.security.redaction``): a handler-level filter would be lost whenever
+    Prefect sets up its logging again (new handlers)."""
     install_log_redaction()  # no secret reaches a handler: console, Prefect's API, files
-    if _TRACEBACKS_HIDDEN:
-        return
-    _TRACEBACKS_HIDDEN = True
-    make_record = logging.getLogRecordFactory()
-    hide = HideUserErrorTracebacks()
-
-    def record_without_user_error_traceback(*args, **kwargs) -> logging.LogRecord:
-        record = make_record(*args, **kwargs)
-        hide.filter(record)
-        return record
-
-    logging.setLogRecordFactory(record_without_user_error_traceback)
+    add_record_transform(hide_user_error_traceback)
 
 
 install_log_filter()

@@ -8,7 +8,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pretextflow.core.report import headline
-from pretextflow.core.versioning import redact
+from pretextflow.core.security.redaction import redact
 
 
 def artifact_key(prefix: str, name: str) -> str:

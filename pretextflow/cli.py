@@ -26,7 +26,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except PretextflowError as exc:
-        from pretextflow.core.versioning import redact
+        from pretextflow.core.security.redaction import redact
 
         typer.secho(f"error: {redact(str(exc))}", fg="red", err=True)  # no credentials in what is printed
         raise typer.Exit(exc.exit_code) from None
@@ -223,7 +223,7 @@ def run(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/f
         cfg = _checked_config(config, set_)
         from pretextflow.core.report import headline
         from pretextflow.core.store import ArtifactStore
-        from pretextflow.core.versioning import redact
+        from pretextflow.core.security.redaction import redact
         from pretextflow.flows.pipeline import pipeline_flow
 
         result = pipeline_flow(cfg, _workspace(workspace), push)
@@ -239,7 +239,7 @@ def _stage_command(stage: str):
         _quiet_prefect()
         with user_errors():
             cfg = _checked_config(config, set_)
-            from pretextflow.core.versioning import redact
+            from pretextflow.core.security.redaction import redact
             from pretextflow.flows import stages as flows
 
             result = getattr(flows, f"{stage}_flow")(cfg, _workspace(workspace))

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from string import Template
 
-from .core.errors import PluginError
+from pretextflow.core.errors import PluginError
 
 KINDS = ("pretext", "backbone", "dataset")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")

@@ -55,8 +55,7 @@ from torch import nn
 
 from pretextflow.core import checkpoint as ckpt
 from pretextflow.core.augment import Augmenter
-from pretextflow.core.contracts import (Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat,
-                                        PretextTask, StepOutput)
+from pretextflow.core.contracts import Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, PretextTask, StepOutput
 from pretextflow.core.errors import PluginError
 from pretextflow.core.hookspecs import hookimpl
 from pretextflow.core.plugins import PluginInfo, Registry, build_registry, get_registry

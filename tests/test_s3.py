@@ -22,11 +22,10 @@ if _MISSING:
         pytest.fail(_why + " (required in CI)", pytrace=False)
     pytest.skip(_why, allow_module_level=True)
 
-from pretextflow.core.errors import VersioningError  # noqa: E402
-from pretextflow.core.store import ArtifactStore  # noqa: E402
-from pretextflow.core.versioning import (  # noqa: E402
-    configure_s3_remote, data_version, dvc, init_workspace, redact, track_and_push, workspace_lock,
-)
+from pretextflow.core.errors import VersioningError
+from pretextflow.core.store import ArtifactStore
+from pretextflow.core.versioning import configure_s3_remote, data_version, dvc, init_workspace, track_and_push, workspace_lock
+from pretextflow.core.security.redaction import redact
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "pretextflow-test"

@@ -404,7 +404,7 @@ def test_a_symlink_out_of_an_image_folder_is_refused_and_not_read(tmp_path, monk
 
 # -- secrets -------------------------------------------------------------------------------------
 def test_redact_masks_registered_storage_options_and_url_credentials():
-    from pretextflow.core.versioning import redact, register_secrets
+    from pretextflow.core.security.redaction import redact, register_secrets
 
     token = f"tok-{uuid.uuid4().hex}"
     register_secrets({"anon": False, "client_kwargs": {"aws_session_token": token, "region_name": "eu-west-1"}})

@@ -20,11 +20,9 @@ import os
 import re
 from typing import Any
 
-ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+from pretextflow.core.security.redaction import ENV_REF, SECRET_OPTION_NAME, is_reference, register_secret_value, split_url_userinfo, url_userinfo
+
 GENERATED_PREFIX = "PRETEXTFLOW_SECRET_"
-# Names of fsspec storage options (and nested client_kwargs...) whose values are credentials.
-SECRET_OPTION_NAME = re.compile(r"key|secret|token|passw|credential|signature|sas|auth", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@]+)@")
 
 _NAME_OF: dict[str, str] = {}  # a secret's value -> the environment variable that holds it
 
@@ -32,8 +30,6 @@ _NAME_OF: dict[str, str] = {}  # a secret's value -> the environment variable th
 def resolve(text: str) -> str:
     """``text`` with every ``${env:NAME}`` replaced by the variable's value (registered for redaction).
     A ValueError names an unset variable and says how to set it."""
-    from pretextflow.core.versioning import register_secret_value
-
     def value_of(match: re.Match) -> str:
         name = match.group(1)
         if name not in os.environ:
@@ -59,10 +55,6 @@ def reference(value: str) -> str:
     return "${env:" + name + "}"
 
 
-def is_reference(value: object) -> bool:
-    return isinstance(value, str) and ENV_REF.fullmatch(value) is not None
-
-
 def resolve_options(options: Any) -> Any:
     """Storage options with the references in their string values resolved (nested dicts/lists too)."""
     if isinstance(options, dict):
@@ -86,15 +78,10 @@ def protect_uri(uri: str | None) -> str | None:
     """``scheme://USER:PASS@host/...`` -> ``scheme://${env:...}@host/...``; other URIs unchanged."""
     if not uri:
         return uri
-    match = _URL_USERINFO.match(uri)
-    if not match or is_reference(match.group(2)):
+    parts = split_url_userinfo(uri)
+    if parts is None or is_reference(parts[1]):
         return uri
-    return match.group(1) + reference(match.group(2)) + "@" + uri[match.end():]
-
-
-def url_userinfo(uri: str | None) -> str | None:
-    match = _URL_USERINFO.match(uri or "")
-    return match.group(2) if match else None
+    return parts[0] + reference(parts[1]) + "@" + parts[2]
 
 
 def for_record(value: Any) -> Any:
@@ -109,9 +96,9 @@ def for_record(value: Any) -> Any:
         return [for_record(v) for v in value]
     if isinstance(value, str):
         protected = protect_uri(value)
-        match = _URL_USERINFO.match(protected or "")
-        if match and _recordable(match.group(2)) == "***":
-            return match.group(1) + "***@" + protected[match.end():]
+        parts = split_url_userinfo(protected or "")
+        if parts and _recordable(parts[1]) == "***":
+            return parts[0] + "***@" + parts[2]
         return protected
     return value
 
