@@ -425,7 +425,7 @@ def main() -> None:
 
     import torch
 
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.train import build_backbone, build_task
 
     t_run = time.perf_counter()

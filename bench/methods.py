@@ -32,7 +32,7 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
     import torch
 
     from pretextflow.core.config import load_config
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe
 
     base = [f"pretext.name={method}", "pretext.params={}", f"store.uri={store}", "data.source=null",

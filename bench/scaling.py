@@ -177,7 +177,7 @@ def main() -> None:
 
     import torch
 
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     t0 = time.perf_counter()
     default_threads = args.base_threads or torch.get_num_threads()

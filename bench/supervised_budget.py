@@ -34,7 +34,7 @@ def main() -> None:
     from pretextflow.core.config import load_config
     from pretextflow.core.data import load_dataset
     from pretextflow.core.ingest import ingest
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.probe import label_subsets
     from pretextflow.core.sources import DEBIAN_FASHION_MNIST
     from pretextflow.core.supervised import schedule, train_supervised

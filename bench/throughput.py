@@ -219,7 +219,7 @@ def main() -> None:
 
     import torch
 
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="pretextflow-throughput-"))

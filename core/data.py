@@ -22,7 +22,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from pretextflow.core.config import DATASET_NAME_RE
-from pretextflow.core.contracts import DatasetArrays
+from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.errors import DataError
 
 SCHEMA_VERSION = 1

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pretextflow.core.augment import to_float
-from pretextflow.core.contracts import Backbone
+from pretextflow.core.registry.contracts import Backbone
 
 
 @torch.inference_mode()

@@ -6,9 +6,9 @@ import logging
 
 from pretextflow.core import checkpoint as ckpt
 from pretextflow.core.config import RunConfig
-from pretextflow.core.contracts import Backbone
+from pretextflow.core.registry.contracts import Backbone
 from pretextflow.core.errors import StageInputError
-from pretextflow.core.plugins import Registry
+from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.train import build_backbone
 

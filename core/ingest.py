@@ -27,7 +27,7 @@ from typing import Any
 from pretextflow.core.config import validate_plugin_params
 from pretextflow.core.data import Dataset, check_name, encode_dataset, load_dataset, validate_arrays
 from pretextflow.core.errors import DataError
-from pretextflow.core.plugins import Registry, get_registry
+from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import PERMANENT_ERRNOS
 from pretextflow.core.sources import local_source
 from pretextflow.core.security.redaction import redact

@@ -11,10 +11,10 @@ from typing import Any
 from pretextflow.core.security import credentials
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data import Dataset
-from pretextflow.core.plugins import Registry
+from pretextflow.core.registry.registry import Registry
 from pretextflow.core.runs import MANIFEST_SCHEMA
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.train import resolved_pretext_params
+from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.versioning import git_commit
 from pretextflow.core.security.redaction import redact
 

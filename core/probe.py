@@ -24,7 +24,7 @@ from pretextflow.core.data import Dataset
 from pretextflow.core.features import cached_features, pixel_features
 from pretextflow.core.freeze import load_frozen_backbone
 from pretextflow.core.keys import source_digest, stage_key
-from pretextflow.core.plugins import Registry
+from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.train import build_backbone, configure_runtime
 

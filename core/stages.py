@@ -14,9 +14,9 @@ from typing import Any, Callable
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data import Dataset, load_dataset
 from pretextflow.core.keys import source_digest, stage_key
-from pretextflow.core.plugins import Registry, get_registry
+from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.train import resolved_pretext_params
+from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow")
@@ -63,7 +63,8 @@ class StageContext:
     # -- keys ----------------------------------------------------------------------------------
     def code_version(self, stage: str) -> str:
         """Content hash of the code a stage runs: its core modules and the plugins' modules."""
-        from pretextflow.core import augment, checkpoint, contracts, features, freeze, heads, probe, supervised, train
+        from pretextflow.core import augment, checkpoint, features, freeze, heads, probe, supervised, train
+        from pretextflow.core.registry import contracts
 
         backbone = self.registry.backbone(self.cfg.backbone.name).build
         modules = {"pretrain": [train, augment, heads, contracts, checkpoint, backbone,

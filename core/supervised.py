@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pretextflow.core.augment import Augmenter, ViewSpec, to_float
 from pretextflow.core.config import RunConfig, SupervisedConfig
 from pretextflow.core.features import extract_features
-from pretextflow.core.plugins import Registry
+from pretextflow.core.registry.registry import Registry
 from pretextflow.core.train import build_backbone, lr_at
 
 log = logging.getLogger("pretextflow.supervised")

@@ -190,8 +190,8 @@ def _blamed(axes: list[GridAxis], values: dict[str, Any], message: str) -> list[
 def validate_point(raw: dict[str, Any], registry=None) -> tuple[RunConfig, dict[str, Any]]:
     """The config loader, then the plugins: the task and backbone exist and the task's params are
     valid. Returns the config and its signature (the dump with the task's params resolved)."""
-    from pretextflow.core.plugins import get_registry
-    from pretextflow.core.train import resolved_pretext_params
+    from pretextflow.core.registry.registry import get_registry
+    from pretextflow.core.registry.preflight import resolved_pretext_params
 
     cfg = load_config(raw=copy.deepcopy(raw))
     registry = registry or get_registry()

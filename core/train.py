@@ -23,10 +23,10 @@ from pretextflow.core import checkpoint as ckpt
 from pretextflow.core import distributed
 from pretextflow.core.augment import Augmenter
 from pretextflow.core.config import RunConfig, validate_plugin_params
-from pretextflow.core.contracts import Backbone, BackboneParams, PretextTask
+from pretextflow.core.registry.contracts import Backbone, BackboneParams, PretextTask
 from pretextflow.core.data import Dataset
 from pretextflow.core.errors import ConfigError, PluginError, PretextflowError
-from pretextflow.core.plugins import Registry
+from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
 
 log = logging.getLogger("pretextflow.train")
@@ -116,11 +116,6 @@ def build_task(cfg: RunConfig, backbone: Backbone, registry: Registry) -> Pretex
     params = validate_plugin_params(task_cls.Params, cfg.pretext.params, "pretext.params")
     return task_cls(backbone, params)
 
-
-def resolved_pretext_params(cfg: RunConfig, registry: Registry) -> dict:
-    """The task's params with defaults filled in: what the key and the manifest record."""
-    task_cls = registry.pretext_task(cfg.pretext.name)
-    return validate_plugin_params(task_cls.Params, cfg.pretext.params, "pretext.params").model_dump(mode="json")
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -256,7 +251,7 @@ def rank_main(shard: "distributed.Shard", payload: dict) -> None:
     """One rank of a multi-process run (a new process: everything is rebuilt from plain data)."""
     from pretextflow.core.config import load_config
     from pretextflow.core.data import load_dataset
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     cfg = load_config(raw=payload["config"])
     if payload.get("threads"):

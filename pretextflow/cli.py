@@ -45,7 +45,7 @@ def _config(config: Path, overrides: Optional[List[str]]) -> dict:
 def _checked_config(config: Path, overrides: Optional[List[str]]) -> dict:
     """The config, also checked against the installed plugins, before anything runs."""
     from pretextflow.core.config import load_config
-    from pretextflow.core.preflight import check_plugins
+    from pretextflow.core.registry.preflight import check_plugins
 
     cfg = load_config(config, overrides or [])
     check_plugins(cfg)
@@ -71,7 +71,7 @@ def plugins(ctx: typer.Context,
     """List installed plugins: name, kind, family (pretext tasks), providing package and version."""
     if ctx.invoked_subcommand is not None:
         return
-    from pretextflow.core.plugin_listing import listing
+    from pretextflow.core.registry.listing import listing
 
     with user_errors():
         rows, skipped, _ = listing(refresh=refresh)  # cached: no torch import when nothing changed
@@ -101,7 +101,7 @@ def plugins_new(name: str = typer.Argument(..., help="the plugin's name, e.g. my
     from pretextflow.scaffold import scaffold
 
     with user_errors():
-        from pretextflow.core.plugins import get_registry
+        from pretextflow.core.registry.registry import get_registry
 
         registry = get_registry()
         taken = {"pretext": set(registry.pretext), "backbone": set(registry.backbones),
@@ -203,7 +203,7 @@ def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the sou
         config = {"name": f"ingest-{name}", "data": {"name": name, "source": source, "format": fmt,
                                                      "options": apply_overrides({}, option or [])}}
         from pretextflow.core.config import load_config
-        from pretextflow.core.preflight import check_plugins
+        from pretextflow.core.registry.preflight import check_plugins
         from pretextflow.flows.stages import ingest_flow
 
         cfg = load_config(raw=config)

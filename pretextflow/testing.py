@@ -55,10 +55,10 @@ from torch import nn
 
 from pretextflow.core import checkpoint as ckpt
 from pretextflow.core.augment import Augmenter
-from pretextflow.core.contracts import Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, PretextTask, StepOutput
 from pretextflow.core.errors import PluginError
-from pretextflow.core.hookspecs import hookimpl
-from pretextflow.core.plugins import PluginInfo, Registry, build_registry, get_registry
+from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.core.registry.registry import PluginInfo, Registry, build_registry, get_registry
 
 __all__ = ["CheckResult", "ConformanceError", "PRETEXT_CHECKS", "BACKBONE_CHECKS", "DATASET_CHECKS",
            "check_pretext_task", "check_backbone", "check_dataset_format", "check_plugin", "assert_conforms",

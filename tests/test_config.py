@@ -56,8 +56,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_pretext_params_are_validated_by_the_plugin(digits_config):
-    from pretextflow.core.plugins import get_registry
-    from pretextflow.core.train import resolved_pretext_params
+    from pretextflow.core.registry.registry import get_registry
+    from pretextflow.core.registry.preflight import resolved_pretext_params
 
     with pytest.raises(ConfigError, match=r"pretext\.params\.temperature"):
         resolved_pretext_params(digits_config("pretext.params.temperature=-1"), get_registry())

@@ -204,7 +204,7 @@ def cheap_run(raw: dict, ws, registry) -> None:
 
     from pretextflow.core.config import load_config
     from pretextflow.core.data import load_dataset
-    from pretextflow.core.preflight import check_plugins
+    from pretextflow.core.registry.preflight import check_plugins
     from pretextflow.core.probe import evaluate_features, label_subsets
     from pretextflow.core.stages import StageContext
     from pretextflow.core.store import ArtifactStore
@@ -251,7 +251,7 @@ def test_random_configs_run_or_are_refused_with_a_validation_error(digits_worksp
     import torch
 
     from pretextflow.core.errors import PretextflowError
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     global _THREADS
     _THREADS = torch.get_num_threads()

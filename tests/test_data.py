@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretextflow.core.contracts import DatasetArrays
+from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.data import check_name, encode_dataset, validate_arrays
 from pretextflow.core.errors import DataError
-from pretextflow.core.plugins import get_registry
+from pretextflow.core.registry.registry import get_registry
 from pretextflow.plugins.datasets.idx import FILES, IdxOptions, parse_idx
 
 

@@ -11,7 +11,7 @@ from pretextflow.core import distributed
 from pretextflow.core.augment import Augmenter, ViewSpec
 from pretextflow.core.data import load_dataset
 from pretextflow.core.errors import ConfigError
-from pretextflow.core.plugins import get_registry
+from pretextflow.core.registry.registry import get_registry
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.train import TrainingDiverged, amp_dtype, pretrain, select_device
 

@@ -100,7 +100,7 @@ def test_features_are_extracted_once_and_reused(probed, monkeypatch):
 
 def test_supervised_baseline_is_deterministic(digits_workspace):
     from pretextflow.core.config import load_config
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.supervised import train_supervised
     from pretextflow.core.train import configure_runtime
 

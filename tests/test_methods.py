@@ -89,7 +89,7 @@ def test_mae_masks_exactly_the_ratio_and_learns_only_masked_patches(digits_confi
 
 
 def test_mae_is_refused_on_a_cnn_naming_both_plugins(digits_config):
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.train import build_backbone, build_task
 
     cfg = digits_config("pretext.name=mae", "pretext.params={}")

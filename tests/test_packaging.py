@@ -25,7 +25,7 @@ def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names}
     assert top == {"pretextflow", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
-    for required in ("pretextflow/core/hookspecs.py", "pretextflow/core/plugins.py", "pretextflow/cli.py",
+    for required in ("pretextflow/core/registry/hookspecs.py", "pretextflow/core/registry/registry.py", "pretextflow/cli.py",
                      "pretextflow/plugins/pretext/simclr.py", "pretextflow/plugins/datasets/idx.py",
                      "pretextflow/plugins/backbones/timm_models.py", "pretextflow/flows/pipeline.py"):
         assert required in names
@@ -39,7 +39,7 @@ def test_wheel_installs_and_imports_from_outside_the_repo(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True)
     assert not (target / "core").exists() and not (target / "plugins").exists()
-    code = ("import pretextflow.core.plugins as p, json; r = p.build_registry(load_entry_points=False); "
+    code = ("import pretextflow.core.registry.registry as p, json; r = p.build_registry(load_entry_points=False); "
             "print(json.dumps([p.__file__, sorted(r.pretext)]))")
     proc = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
                           cwd=tmp_path, capture_output=True, text=True)

@@ -21,7 +21,7 @@ import pretextflow.api as api
 from pretextflow.api import (BackboneSpec, DatasetArrays, DatasetFormat, Params, PretextTask, StepOutput,
                              hookimpl)
 from pretextflow.core.errors import PluginError
-from pretextflow.core.plugins import build_registry
+from pretextflow.core.registry.registry import build_registry
 from pretextflow.testing import (BACKBONE_CHECKS, DATASET_CHECKS, PRETEXT_CHECKS, ConformanceError, assert_conforms,
                                  check_backbone, check_dataset_format, check_pretext_task, registry_with)
 
@@ -36,7 +36,7 @@ def failed(results):
 
 
 def test_the_public_api_exports_the_contracts_with_type_hints():
-    from pretextflow.core import contracts, hookspecs
+    from pretextflow.core.registry import contracts, hookspecs
 
     assert set(api.__all__) >= {"hookimpl", "PretextTask", "StepOutput", "Params", "Requirements", "Backbone",
                                 "BackboneSpec", "BackboneParams", "TokenAPI", "DatasetFormat", "DatasetArrays",
@@ -48,7 +48,7 @@ def test_the_public_api_exports_the_contracts_with_type_hints():
 
 
 def test_the_docs_cover_every_hook_public_name_and_check():
-    from pretextflow.core import hookspecs
+    from pretextflow.core.registry import hookspecs
 
     from .conftest import REPO
 

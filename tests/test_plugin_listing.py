@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-PROBE = ("import json, sys; from pretextflow.core.plugin_listing import listing; rows, skipped, cached = listing(); "
+PROBE = ("import json, sys; from pretextflow.core.registry.listing import listing; rows, skipped, cached = listing(); "
          "print(json.dumps({'cached': cached, 'torch': 'torch' in sys.modules, 'names': [r['name'] for r in rows]}))")
 
 

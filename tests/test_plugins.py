@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from pretextflow.core.plugins import build_registry, get_registry
+from pretextflow.core.registry.registry import build_registry, get_registry
 from pretextflow.core.errors import PluginError
 
 BUILTINS = {("rotation", "pretext", "predictive"), ("jigsaw", "pretext", "predictive"),
@@ -36,7 +36,7 @@ def test_unknown_names_list_what_is_installed():
 
 
 def test_timm_namespace_builds_any_timm_model():
-    from pretextflow.core.contracts import BackboneParams
+    from pretextflow.core.registry.contracts import BackboneParams
 
     spec = get_registry().backbone("timm/resnet18")
     net, nf = spec.build("timm/resnet18", BackboneParams(in_chans=1, image_size=28, small_image_stem=True))
@@ -46,8 +46,8 @@ def test_timm_namespace_builds_any_timm_model():
 
 
 PLUGIN_SRC = '''
-from pretextflow.core.contracts import PretextTask, StepOutput, Params
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.contracts import PretextTask, StepOutput, Params
+from pretextflow.core.registry.hookspecs import hookimpl
 
 class Identity(PretextTask):
     name = "{name}"
@@ -90,7 +90,7 @@ def plugin_dir(tmp_path_factory):
     _install_plugin(target, "pf-good", "pf_good", PLUGIN_SRC.format(name="identity"), "good")
     _install_plugin(target, "pf-broken", "pf_broken", "raise ImportError('boom: missing dependency')", "broken")
     _install_plugin(target, "pf-clash", "pf_clash", PLUGIN_SRC.format(name="simclr"), "clash")
-    _install_plugin(target, "pf-raises", "pf_raises", "from pretextflow.core.hookspecs import hookimpl\n"
+    _install_plugin(target, "pf-raises", "pf_raises", "from pretextflow.core.registry.hookspecs import hookimpl\n"
                     "@hookimpl\ndef pretextflow_backbones():\n    raise RuntimeError('hook exploded')\n", "raises")
     return target
 

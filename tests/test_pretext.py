@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pretextflow.core.augment import Augmenter
-from pretextflow.core.plugins import get_registry
+from pretextflow.core.registry.registry import get_registry
 from pretextflow.core.train import build_backbone, build_task
 
 
@@ -94,7 +94,7 @@ def test_simclr_positive_pairs_lower_the_loss():
 
 
 def test_task_needing_tokens_is_refused_on_a_cnn(digits_config):
-    from pretextflow.core.contracts import PretextTask, Requirements
+    from pretextflow.core.registry.contracts import PretextTask, Requirements
     from pretextflow.core.errors import PluginError
 
     class NeedsTokens(PretextTask):

@@ -154,7 +154,7 @@ def test_credentials_never_written(s3, s3_workspace, caplog):
     from pretextflow.core.config import load_config
     from pretextflow.core.data import load_dataset
     from pretextflow.core.manifest import build_manifest
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     opts = {"key": s3.key, "secret": s3.secret, "client_kwargs": {"endpoint_url": s3.endpoint}}
     cfg = load_config(REPO / "configs" / "digits_smoke.yaml")

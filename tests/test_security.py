@@ -68,8 +68,8 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
                 "yaml.SafeLoader", "yaml.CSafeLoader", "SafeLoader", "CSafeLoader"):
             found.append(line + " without a SafeLoader")
         elif isinstance(f, ast.Attribute) and f.attr in ("import_module",) and filename.replace(os.sep, "/") \
-                not in ("core/plugins.py",):
-            found.append(line + " (plugins are imported only by core/plugins.py, from a fixed list)")
+                not in ("core/registry/registry.py",):
+            found.append(line + " (plugins are imported only by core/registry/registry.py, from a fixed list)")
     return found
 
 
@@ -179,8 +179,8 @@ def canary(tmp_path, monkeypatch):
 def test_a_config_value_naming_a_module_is_an_unknown_plugin_and_imports_nothing(canary, override, unknown):
     from pretextflow.core.config import load_config
     from pretextflow.core.errors import PluginError
-    from pretextflow.core.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, get_registry
-    from pretextflow.core.preflight import check_plugins
+    from pretextflow.core.registry.registry import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, get_registry
+    from pretextflow.core.registry.preflight import check_plugins
     from pretextflow.core.train import build_backbone
 
     registry = get_registry()
@@ -221,7 +221,7 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
 
 
 def _read_imagefolder(source: str):
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.sources import local_source
 
     fmt = get_registry().dataset_format("imagefolder")
@@ -313,7 +313,7 @@ def test_archives_ingest_like_the_folder_they_hold(tmp_path):
 
 
 def test_an_idx_archive_is_read_from_its_folder(tmp_path):
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.sources import local_source
 
     from .test_data import write_idx_source

@@ -155,7 +155,7 @@ def test_thread_sweep_runs_every_point_and_writes_one_comparison(thread_sweep, d
             r["linear_top1"], abs=5e-5)
         assert manifest["config"]["train"]["threads"] == max(1, cpu_cores() // 2)  # cores shared by 2 workers
         assert manifest["artifacts"]["probe"]["key"] == r["keys"]["probe"]
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     rotation = next(r for r in rows if r["values"]["pretext"] == "rotation")  # rotation's own defaults
     defaults = get_registry().pretext_task("rotation").Params().model_dump(mode="json")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from pretextflow.core.contracts import BackboneParams, BackboneSpec
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.contracts import BackboneParams, BackboneSpec
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from pretextflow.core.contracts import BackboneParams, BackboneSpec
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.contracts import BackboneParams, BackboneSpec
+from pretextflow.core.registry.hookspecs import hookimpl
 
 PREFIX = "timm/"
 # Weights come only from pretraining: kwargs that make timm read a checkpoint file or download from a

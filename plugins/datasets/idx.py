@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from pretextflow.core.contracts import DatasetArrays, DatasetFormat, Params
+from pretextflow.core.registry.contracts import DatasetArrays, DatasetFormat, Params
 from pretextflow.core.errors import DataError
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 from pretextflow.core.sources import KNOWN_IDX_DATASETS, gunzip_bounded, join_uri, read_source_bytes
 
 FILES = {

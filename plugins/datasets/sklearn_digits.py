@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pretextflow.core.contracts import DatasetArrays, DatasetFormat, Params
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.contracts import DatasetArrays, DatasetFormat, Params
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class DigitsFormat(DatasetFormat):

@@ -10,10 +10,10 @@ import torch
 from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import mlp, two_views
 from pretextflow.core.distributed import gather_with_grad
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class BarlowTwinsParams(Params):

@@ -19,10 +19,10 @@ from pydantic import Field
 from torch import nn
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, linear_warmup
 from pretextflow.core.distributed import all_reduce_mean
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class DINOParams(Params):

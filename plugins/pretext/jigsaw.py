@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import mlp
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class JigsawParams(Params):

@@ -13,8 +13,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, Requirements, StepOutput
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, Requirements, StepOutput
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class MAEParams(Params):

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import ema_update, frozen_copy, mlp
 from pretextflow.core.distributed import gather
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class MoCoParams(Params):

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pretextflow.core.augment import Augmenter, ViewSpec, crop_boxes, to_float
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import mlp
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 
 # the eight neighbours of the centre cell (row, col offsets), in the paper's order
 NEIGHBOURS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]

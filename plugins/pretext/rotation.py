@@ -11,8 +11,8 @@ from pydantic import Field
 from torch import nn
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class RotationParams(Params):

@@ -12,10 +12,10 @@ from pydantic import Field
 from torch import nn
 
 from pretextflow.core.augment import Augmenter, ViewSpec
-from pretextflow.core.contracts import Backbone, Params, PretextTask, StepOutput
+from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.heads import two_views
 from pretextflow.core.distributed import gather_with_grad
-from pretextflow.core.hookspecs import hookimpl
+from pretextflow.core.registry.hookspecs import hookimpl
 
 
 class SimCLRParams(Params):

@@ -63,7 +63,7 @@ def _dist_fingerprint(dist: metadata.Distribution, h: "hashlib._Hash") -> None:
 
 
 def fingerprint() -> str:
-    from .. import __version__
+    from pretextflow import __version__
 
     h = hashlib.sha256(f"pretextflow {__version__}\n".encode())
     for package in ("pretextflow.core", "pretextflow.plugins"):
@@ -90,7 +90,7 @@ def listing(refresh: bool = False) -> tuple[list[dict[str, Any]], list[dict[str,
             return data["rows"], [], True
         except (OSError, ValueError, KeyError):
             pass
-    from pretextflow.core.plugins import get_registry
+    from pretextflow.core.registry.registry import get_registry
 
     registry = get_registry()
     rows = registry.as_rows()

@@ -15,14 +15,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def pretextflow_pretext_tasks() -> list[type]:
-    """Return :class:`~pretextflow.core.contracts.PretextTask` subclasses."""
+    """Return :class:`~pretextflow.core.registry.contracts.PretextTask` subclasses."""
 
 
 @hookspec
 def pretextflow_backbones() -> list:
-    """Return :class:`~pretextflow.core.contracts.BackboneSpec` objects."""
+    """Return :class:`~pretextflow.core.registry.contracts.BackboneSpec` objects."""
 
 
 @hookspec
 def pretextflow_dataset_formats() -> list[type]:
-    """Return :class:`~pretextflow.core.contracts.DatasetFormat` subclasses."""
+    """Return :class:`~pretextflow.core.registry.contracts.DatasetFormat` subclasses."""

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pretextflow.core.config import RunConfig, validate_plugin_params
 from pretextflow.core.errors import ConfigError
-from pretextflow.core.plugins import Registry, get_registry
+from pretextflow.core.registry.registry import Registry, get_registry
 
 
 def check_plugins(cfg: RunConfig, registry: Registry | None = None) -> None:
     """Raises ConfigError / PluginError naming the field and the fix; returns None when all is known."""
-    from pretextflow.core.train import resolved_pretext_params
 
     registry = registry or get_registry()
     d = cfg.data
@@ -24,3 +23,8 @@ def check_plugins(cfg: RunConfig, registry: Registry | None = None) -> None:
         validate_plugin_params(fmt.Options, d.options, "data.options")
     registry.backbone(cfg.backbone.name)
     resolved_pretext_params(cfg, registry)  # the task exists and its params are valid
+
+def resolved_pretext_params(cfg: RunConfig, registry: Registry) -> dict:
+    """The task's params with defaults filled in: what the key and the manifest record."""
+    task_cls = registry.pretext_task(cfg.pretext.name)
+    return validate_plugin_params(task_cls.Params, cfg.pretext.params, "pretext.params").model_dump(mode="json")

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import pluggy
 from pydantic import BaseModel
 
-from pretextflow.core import hookspecs
-from pretextflow.core.contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask
+from pretextflow.core.registry import hookspecs
+from pretextflow.core.registry.contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask
 from pretextflow.core.errors import PluginError
 
 ENTRY_POINT_GROUP = "pretextflow"
@@ -134,7 +134,7 @@ def _env_names(var: str) -> set[str] | None:
 def build_registry(extra_plugins: list[tuple[str, object]] | None = None,
                    load_entry_points: bool = True) -> Registry:
     """Register built-ins, then entry points (and ``extra_plugins``, for tests), then collect."""
-    from .. import __version__
+    from pretextflow import __version__
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
