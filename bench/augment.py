@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 
 
 def timeit(fn, repeats: int) -> float:

@@ -44,7 +44,7 @@ def sha256(path: Path) -> str:
 
 def checkpoint_step(folder: Path) -> int | None:
     """The step of the checkpoint in ``folder`` (what the next run resumes from), None if none."""
-    from pretextflow.core import checkpoint
+    from pretextflow.core.training import checkpoint
 
     try:
         return checkpoint.decode((folder / "checkpoint.safetensors").read_bytes())[1]["step"]

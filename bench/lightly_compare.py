@@ -71,7 +71,7 @@ def require_imports():
                  f"    bash bench/lightly_env.sh\n"
                  f"and run this script with the python it prints (default /tmp/pretextflow-lightly-venv/bin/python).")
     try:
-        import pretextflow.core.train  # noqa: F401
+        import pretextflow.core.training.loop  # noqa: F401
     except ImportError as exc:
         sys.exit(f"error: pretextflow is not importable from {sys.executable} ({exc}). The lightly venv reaches "
                  f"the project's venv through a .pth file: re-run `bash bench/lightly_env.sh`.")
@@ -118,7 +118,7 @@ def train_ours(cfg, ds, registry) -> dict:
     """core.train.pretrain, untouched, into an in-memory artifact store. The task's ``on_step_end``
     is wrapped only to timestamp the end of every step (the same point as lightly's stamp: after the
     optimizer step) and the task is kept to probe its backbone."""
-    from pretextflow.core import train as train_mod
+    from pretextflow.core.training import loop as train_mod
     from pretextflow.core.store import ArtifactStore
 
     kept, stamps = {}, []
@@ -287,7 +287,8 @@ def train_lightly(cfg, ds, registry, setup: dict, num_workers: int, max_steps: i
     from torch.utils.data import DataLoader
 
     from lightly.models.utils import get_weight_decay_parameters
-    from pretextflow.core.train import build_backbone, configure_runtime, lr_at
+    from pretextflow.core.training.model import build_backbone, configure_runtime
+    from pretextflow.core.toolkit.schedules import lr_at
 
     tc = cfg.train
     configure_runtime(cfg.seed, torch.device("cpu"), tc.threads)  # seeds torch + numpy, deterministic algorithms
@@ -426,7 +427,7 @@ def main() -> None:
     import torch
 
     from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.train import build_backbone, build_task
+    from pretextflow.core.training.model import build_backbone, build_task
 
     t_run = time.perf_counter()
     load_start = os.getloadavg()

@@ -50,7 +50,7 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
     if method.startswith("baselines"):
         from pretextflow.core.probe import evaluate_features
         from pretextflow.core.features import extract_features, pixel_features
-        from pretextflow.core.train import build_backbone, configure_runtime
+        from pretextflow.core.training.model import build_backbone, configure_runtime
 
         ctx = calib
         ds = ctx.dataset()

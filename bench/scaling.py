@@ -77,7 +77,7 @@ def train_config(overrides: list[str]):
 def pretrain_epochs(cfg, dataset, registry) -> list[float]:
     """The real training loop on a fresh temp store; its per-epoch seconds."""
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.train import pretrain
+    from pretextflow.core.training.loop import pretrain
 
     tmp = tempfile.mkdtemp(prefix="pretextflow-scaling-store-")
     try:
@@ -99,7 +99,7 @@ def size_point(n: int, src: Path, tmp: Path, registry, default_threads: int) -> 
     from pretextflow.core.data import load_dataset
     from pretextflow.core.features import extract_features
     from pretextflow.core.ingest import ingest
-    from pretextflow.core.train import build_backbone
+    from pretextflow.core.training.model import build_backbone
     from pretextflow.core.versioning import init_workspace
 
     root = Path(tempfile.mkdtemp(prefix=f"ws-{n}-", dir=tmp))

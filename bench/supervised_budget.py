@@ -38,7 +38,7 @@ def main() -> None:
     from pretextflow.core.probe import label_subsets
     from pretextflow.core.sources import DEBIAN_FASHION_MNIST
     from pretextflow.core.supervised import schedule, train_supervised
-    from pretextflow.core.train import configure_runtime
+    from pretextflow.core.training.model import configure_runtime
     from pretextflow.core.versioning import init_workspace
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-bench-")) / "ws")

@@ -84,8 +84,8 @@ class BareLoop:
         import numpy as np
         import torch
 
-        from pretextflow.core.augment import Augmenter
-        from pretextflow.core.train import build_backbone, build_task, configure_runtime
+        from pretextflow.core.toolkit.augment import Augmenter
+        from pretextflow.core.training.model import build_backbone, build_task, configure_runtime
 
         tc = cfg.train
         device = torch.device("cpu")
@@ -133,7 +133,7 @@ def one_repeat(cfg, dataset, registry, steps_per_epoch: int, ours_first: bool) -
     """OURS (the real `pretrain`, fresh temp store) and BARE, epoch by epoch in turn:
     ours-first: O1 B1 O2 B2 ...; bare-first: B1 O1 B2 O2 ... The first epoch of each is not timed."""
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.train import pretrain
+    from pretextflow.core.training.loop import pretrain
 
     epochs = cfg.train.epochs
     bare = BareLoop(cfg, dataset, registry, steps_per_epoch)

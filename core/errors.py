@@ -35,3 +35,7 @@ class StageInputError(PretextflowError):
 
 class VersioningError(PretextflowError):
     """A DVC or git operation failed."""
+
+class TrainingDiverged(PretextflowError):
+    """Pretraining met a non-finite loss and stopped (or ran out of rollbacks); the last good
+    checkpoint is kept. Raised from a training rank, it is re-raised as itself by the launcher."""

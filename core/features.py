@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pretextflow.core.augment import to_float
+from pretextflow.core.toolkit.augment import to_float
 from pretextflow.core.registry.contracts import Backbone
 
 

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from pretextflow.core.config import ProbeConfig, RunConfig
 from pretextflow.core.data import Dataset
 from pretextflow.core.features import cached_features, pixel_features
-from pretextflow.core.freeze import load_frozen_backbone
+from pretextflow.core.training.freeze import load_frozen_backbone
 from pretextflow.core.keys import source_digest, stage_key
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.train import build_backbone, configure_runtime
+from pretextflow.core.training.model import build_backbone, configure_runtime
 
 STAGE = "probe"
 log = logging.getLogger("pretextflow.probe")
@@ -158,7 +158,9 @@ class _Supervised:
         self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
-        from pretextflow.core import augment, supervised, train
+        from pretextflow.core.toolkit import augment
+        from pretextflow.core import supervised
+        from pretextflow.core.training import loop as train
 
         self.code = source_digest(supervised, augment, train, registry.backbone(cfg.backbone.name).build)
 

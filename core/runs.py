@@ -231,7 +231,7 @@ def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolera
           logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
     """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict)."""
     from pretextflow.core.config import load_config
-    from pretextflow.core.train import select_device
+    from pretextflow.core.training.model import select_device
 
     before = load_manifest(ref, storage_options)
     root = Path(workspace or tempfile.mkdtemp(prefix="pretextflow-rerun-")).resolve()

@@ -63,7 +63,9 @@ class StageContext:
     # -- keys ----------------------------------------------------------------------------------
     def code_version(self, stage: str) -> str:
         """Content hash of the code a stage runs: its core modules and the plugins' modules."""
-        from pretextflow.core import augment, checkpoint, features, freeze, heads, probe, supervised, train
+        from pretextflow.core.toolkit import augment, heads
+        from pretextflow.core.training import checkpoint, freeze, loop as train
+        from pretextflow.core import features, probe, supervised
         from pretextflow.core.registry import contracts
 
         backbone = self.registry.backbone(self.cfg.backbone.name).build
@@ -164,7 +166,7 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
 
 @_timed_stage
 def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None) -> dict[str, Any]:
-    from pretextflow.core.train import pretrain
+    from pretextflow.core.training.loop import pretrain
 
     ds = ctx.dataset()
     key = ctx.pretrain_key(ds)
@@ -176,7 +178,7 @@ def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None)
 
 @_timed_stage
 def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
-    from pretextflow.core.freeze import freeze
+    from pretextflow.core.training.freeze import freeze
 
     ds = ctx.dataset()
     pk = ctx.pretrain_key(ds)

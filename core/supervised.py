@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretextflow.core.augment import Augmenter, ViewSpec, to_float
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.config import RunConfig, SupervisedConfig
 from pretextflow.core.features import extract_features
 from pretextflow.core.registry.registry import Registry
-from pretextflow.core.train import build_backbone, lr_at
+from pretextflow.core.training.model import build_backbone
+from pretextflow.core.toolkit.schedules import lr_at
 
 log = logging.getLogger("pretextflow.supervised")
 

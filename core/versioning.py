@@ -4,9 +4,7 @@ remote, read the data version. DVC is driven through its CLI (its documented int
 workspace fail on DVC's own lock."""
 from __future__ import annotations
 import json
-import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from typing import Iterator
 import yaml
 from filelock import FileLock, Timeout
 from pretextflow.core.errors import VersioningError
-from pretextflow.core.security.redaction import SECRET_REMOTE_OPTIONS, redact
+from pretextflow.core.security.redaction import SECRET_REMOTE_OPTIONS, has_url_credentials, redact
 from pretextflow.core.workspace import DEFAULT_REMOTE_DIR, Workspace
 
 
@@ -123,7 +121,7 @@ def configure_s3_remote(ws: Workspace, url: str, endpoint_url: str | None = None
     if not url.startswith("s3://"):
         raise VersioningError(f"not an S3 remote URL: {redact(url)!r} (expected s3://bucket/path)")
     for what, value in (("remote URL", url), ("endpoint URL", endpoint_url or "")):
-        if _URL_USERINFO.search(value):
+        if has_url_credentials(value):
             raise VersioningError(f"the {what} {redact(value)!r} holds credentials; remove them and set "
                                   f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead")
     dvc(ws, "remote", "add", "--force", *(["--default"] if default else []), name, url)

@@ -8,11 +8,13 @@ are documented in ``docs/plugins.md``; ``pretextflow.testing`` checks a plugin a
 """
 from __future__ import annotations
 
-from pretextflow.core.augment import Augmenter, ViewSpec, to_float
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, to_float
 from pretextflow.core.registry.contracts import FAMILIES, Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, Family, Params, PretextTask, Requirements, StepOutput, TokenAPI
-from pretextflow.core.distributed import all_reduce_mean, gather, gather_with_grad
+from pretextflow.core.toolkit.collectives import all_reduce_mean, gather, gather_with_grad
 from pretextflow.core.errors import DataError, PluginError
-from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, linear_warmup, mlp, two_views
+from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
+from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
+from pretextflow.core.toolkit.heads import mlp, two_views
 from pretextflow.core.registry.hookspecs import hookimpl
 
 #: The version of this API; bumped (major) only when a name in ``__all__`` changes incompatibly.

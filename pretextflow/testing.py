@@ -53,8 +53,8 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from pretextflow.core import checkpoint as ckpt
-from pretextflow.core.augment import Augmenter
+from pretextflow.core.training import checkpoint as ckpt
+from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.registry.contracts import Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, PretextTask, StepOutput
 from pretextflow.core.errors import PluginError
 from pretextflow.core.registry.hookspecs import hookimpl
@@ -639,7 +639,7 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
     images = _tiny_batch(batch_size, size, in_chans)
 
     from pretextflow.core.config import load_config
-    from pretextflow.core.train import build_backbone, build_task
+    from pretextflow.core.training.model import build_backbone, build_task
 
     cfg = load_config(raw={"data": {"name": "kit"}, "backbone": {"name": bb_name, "kwargs": bb_kwargs},
                            "pretext": {"name": cls.name, "params": values}})

@@ -1,6 +1,6 @@
 import torch
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 
 
 def batch(n=16, c=1, s=12):

@@ -208,7 +208,7 @@ def cheap_run(raw: dict, ws, registry) -> None:
     from pretextflow.core.probe import evaluate_features, label_subsets
     from pretextflow.core.stages import StageContext
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.train import pretrain
+    from pretextflow.core.training.loop import pretrain
 
     cfg = load_config(raw=copy.deepcopy(raw))
     check_plugins(cfg, registry)

@@ -9,7 +9,7 @@ from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.data import check_name, encode_dataset, validate_arrays
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.registry import get_registry
-from pretextflow.plugins.datasets.idx import FILES, IdxOptions, parse_idx
+from pretextflow.plugins.datasets.idx import FILES, IdxOptions
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

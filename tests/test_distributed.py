@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from pretextflow.core import distributed
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit import collectives as distributed
+from pretextflow.core.training import launch
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.data import load_dataset
 from pretextflow.core.errors import ConfigError
 from pretextflow.core.registry.registry import get_registry
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.train import TrainingDiverged, amp_dtype, pretrain, select_device
+from pretextflow.core.errors import TrainingDiverged
+from pretextflow.core.training.model import amp_dtype, select_device
+from pretextflow.core.training.loop import pretrain
 
 # Two processes sum gradients and BatchNorm statistics in another order than one process does:
 # float32 rounding, nothing else. Measured on digits (20 steps): SimCLR's largest relative step-loss
@@ -123,7 +126,7 @@ def test_device_selection():
         assert select_device("auto").type == "cpu"
         with pytest.raises(ConfigError, match="no CUDA device"):
             select_device("cuda")
-        assert distributed.backend_for("cuda") == "nccl" and distributed.backend_for("cpu") == "gloo"
+        assert launch.backend_for("cuda") == "nccl" and launch.backend_for("cpu") == "gloo"
 
 
 def test_compile_flag_trains_the_same_model(digits_workspace, tmp_path, digits_config):

@@ -283,7 +283,7 @@ def _refuse_writes_under(monkeypatch, root: Path) -> None:
 @pytest.fixture
 def no_training(monkeypatch):
     """Records whether training started (it must not, when the store is unusable)."""
-    from pretextflow.core import train
+    from pretextflow.core.training import loop as train
 
     calls = []
     real = train.pretrain
@@ -637,7 +637,7 @@ def test_an_ingest_after_a_killed_one_recovers_and_completes(kill_workspace, tmp
 # -- 2c. two pipeline runs of one config at once -----------------------------------------------
 @pytest.mark.slow
 def test_two_pipeline_runs_of_one_config_at_once_both_complete_with_whole_artifacts(digits_workspace, tmp_path):
-    from pretextflow.core import checkpoint as ckpt
+    from pretextflow.core.training import checkpoint as ckpt
 
     store = tmp_path / "shared-store"
     args = [sys.executable, "-m", "pretextflow", "run", str(REPO / "configs" / "digits_smoke.yaml"),

@@ -102,7 +102,7 @@ def test_supervised_baseline_is_deterministic(digits_workspace):
     from pretextflow.core.config import load_config
     from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.supervised import train_supervised
-    from pretextflow.core.train import configure_runtime
+    from pretextflow.core.training.model import configure_runtime
 
     import torch
 

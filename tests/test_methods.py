@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretextflow.core.augment import Augmenter
+from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.errors import PluginError
 
 from .test_pretext import ALL, META, TEST_PARAMS, VIT, digits_batch, make
@@ -90,7 +90,7 @@ def test_mae_masks_exactly_the_ratio_and_learns_only_masked_patches(digits_confi
 
 def test_mae_is_refused_on_a_cnn_naming_both_plugins(digits_config):
     from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.train import build_backbone, build_task
+    from pretextflow.core.training.model import build_backbone, build_task
 
     cfg = digits_config("pretext.name=mae", "pretext.params={}")
     reg = get_registry()

@@ -136,8 +136,8 @@ def test_cli_lists_plugins_as_json(plugin_dir):
 def test_backbones_train_one_step_on_small_grayscale_images(name, kwargs, digits_config):
     import torch
 
-    from pretextflow.core.augment import Augmenter
-    from pretextflow.core.train import build_backbone, build_task
+    from pretextflow.core.toolkit.augment import Augmenter
+    from pretextflow.core.training.model import build_backbone, build_task
 
     cfg = digits_config(f"backbone.name={name}", f"backbone.kwargs={kwargs}", "pretext.name=rotation",
                         "pretext.params={}")

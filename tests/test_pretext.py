@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pretextflow.core.augment import Augmenter
+from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.registry.registry import get_registry
-from pretextflow.core.train import build_backbone, build_task
+from pretextflow.core.training.model import build_backbone, build_task
 
 
 def digits_batch(n=128):

@@ -1,5 +1,4 @@
 import numpy as np
-import torch
 
 from pretextflow.core.config import ProbeConfig
 from pretextflow.core.probe import knn_classify, linear_probe, stratified_split

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretextflow.core import checkpoint
+from pretextflow.core.training import checkpoint
 from pretextflow.core.stages import StageContext, run_pretrain
 
 
@@ -222,7 +222,7 @@ NAN_RUN = ["pretext.name=simclr", "pretext.params={}", "train.epochs=2", "train.
 
 def test_nonfinite_loss_stops_naming_step_and_method_and_keeps_the_checkpoint(digits_workspace, digits_config,
                                                                              monkeypatch):
-    from pretextflow.core.train import TrainingDiverged
+    from pretextflow.core.errors import TrainingDiverged
 
     ctx = _ctx(digits_workspace, digits_config, "memory://nan-stop", *NAN_RUN)
     key = ctx.pretrain_key(ctx.dataset())
@@ -250,7 +250,7 @@ def test_nonfinite_loss_stops_naming_step_and_method_and_keeps_the_checkpoint(di
 def test_nonfinite_weights_are_never_checkpointed(digits_workspace, digits_config, monkeypatch):
     """A finite loss whose gradient is NaN (sqrt at 0) poisons the weights at step 7; the checkpoint
     due after it is refused and the one from step 4 stays."""
-    from pretextflow.core.train import TrainingDiverged
+    from pretextflow.core.errors import TrainingDiverged
     from pretextflow.plugins.pretext.simclr import SimCLR
 
     forward, count = SimCLR.forward, [0]
@@ -365,7 +365,7 @@ def test_rollback_survives_a_crash_with_its_lower_lr(digits_workspace, digits_co
 
 
 def test_too_many_rollbacks_stop_the_run(digits_workspace, digits_config, monkeypatch):
-    from pretextflow.core.train import TrainingDiverged
+    from pretextflow.core.errors import TrainingDiverged
 
     _nan_at(monkeypatch, lambda call: call >= 9)  # diverges whatever the lr
     ctx = _ctx(digits_workspace, digits_config, "memory://rb-max", *NAN_RUN, "train.on_nonfinite=rollback",
@@ -384,7 +384,8 @@ def test_rollback_in_two_processes_agrees_across_ranks(digits_workspace, digits_
     from pretextflow.core.data import load_dataset
     from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.train import TrainingDiverged, pretrain
+    from pretextflow.core.errors import TrainingDiverged
+    from pretextflow.core.training.loop import pretrain
 
     cfg = digits_config("train.devices=2", "train.threads=1", "train.epochs=2", "train.lr=1e30",
                         "train.warmup_epochs=0", "pretext.name=rotation", "pretext.params={}",

@@ -122,7 +122,7 @@ def test_a_pickled_array_in_the_dataset_folder_is_refused_not_executed(digits_wo
 def test_a_pickle_in_place_of_a_checkpoint_is_refused_not_executed(tmp_path):
     import torch
 
-    from pretextflow.core import checkpoint
+    from pretextflow.core.training import checkpoint
     from pretextflow.core.errors import StageInputError
 
     control = tmp_path / "control-executed"
@@ -181,7 +181,7 @@ def test_a_config_value_naming_a_module_is_an_unknown_plugin_and_imports_nothing
     from pretextflow.core.errors import PluginError
     from pretextflow.core.registry.registry import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, get_registry
     from pretextflow.core.registry.preflight import check_plugins
-    from pretextflow.core.train import build_backbone
+    from pretextflow.core.training.model import build_backbone
 
     registry = get_registry()
     cfg = load_config(REPO / "configs" / "digits_smoke.yaml", [override, "pretext.params={}"])

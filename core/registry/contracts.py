@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 if TYPE_CHECKING:
-    from pretextflow.core.augment import Augmenter
+    from pretextflow.core.toolkit.augment import Augmenter
 
 Family = Literal["predictive", "generative", "contrastive"]
 FAMILIES: tuple[str, ...] = ("predictive", "generative", "contrastive")

@@ -20,7 +20,7 @@ import os
 import re
 from typing import Any
 
-from pretextflow.core.security.redaction import ENV_REF, SECRET_OPTION_NAME, is_reference, register_secret_value, split_url_userinfo, url_userinfo
+from pretextflow.core.security.redaction import ENV_REF, SECRET_OPTION_NAME, is_reference, register_secret_value, split_url_userinfo
 
 GENERATED_PREFIX = "PRETEXTFLOW_SECRET_"
 

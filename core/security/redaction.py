@@ -17,6 +17,7 @@ __all__ = [
     "SECRET_OPTION_NAME",
     "SECRET_REMOTE_OPTIONS",
     "add_record_transform",
+    "has_url_credentials",
     "install_log_redaction",
     "is_reference",
     "redact",
@@ -75,6 +76,11 @@ def split_url_userinfo(uri: str) -> tuple[str, str, str] | None:
     """``(scheme://, USER:PASS, rest after @)`` of a URI with credentials, or None."""
     match = _URL_USERINFO.match(uri)
     return (match.group(1), match.group(2), uri[match.end() :]) if match else None
+
+
+def has_url_credentials(text: str) -> bool:
+    """True when ``text`` holds a URL with literal credentials (a ``${env:NAME}@`` reference is none)."""
+    return any(not is_reference(m.group(2)) for m in _URL_USERINFO.finditer(text))
 
 
 def register_secret_value(value: str) -> None:

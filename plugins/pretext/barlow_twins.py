@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp, two_views
-from pretextflow.core.distributed import gather_with_grad
+from pretextflow.core.toolkit.heads import mlp, two_views
+from pretextflow.core.toolkit.collectives import gather_with_grad
 from pretextflow.core.registry.hookspecs import hookimpl
 
 

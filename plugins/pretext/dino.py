@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import cosine_increase, ema_update, frozen_copy, linear_warmup
-from pretextflow.core.distributed import all_reduce_mean
+from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
+from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
+from pretextflow.core.toolkit.collectives import all_reduce_mean
 from pretextflow.core.registry.hookspecs import hookimpl
 
 

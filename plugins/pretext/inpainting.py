@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
 from pretextflow.core.registry.hookspecs import hookimpl
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp
+from pretextflow.core.toolkit.heads import mlp
 from pretextflow.core.registry.hookspecs import hookimpl
 
 

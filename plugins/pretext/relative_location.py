@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.augment import Augmenter, ViewSpec, crop_boxes, to_float
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, crop_boxes, to_float
 from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp
+from pretextflow.core.toolkit.heads import mlp
 from pretextflow.core.registry.hookspecs import hookimpl
 
 # the eight neighbours of the centre cell (row, col offsets), in the paper's order

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.heads import mlp, two_views
+from pretextflow.core.toolkit.heads import mlp, two_views
 from pretextflow.core.registry.hookspecs import hookimpl
 
 

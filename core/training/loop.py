@@ -5,7 +5,6 @@ Deterministic on the CPU for a seed: the model's init, the data order and the au
 from three separately seeded generators, all saved in each checkpoint, so a resumed run continues
 exactly where the interrupted one would have."""
 from __future__ import annotations
-
 import contextlib
 import logging
 import math
@@ -14,107 +13,28 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
-
 import numpy as np
 import torch
-
 from pretextflow.core.security import credentials
-from pretextflow.core import checkpoint as ckpt
-from pretextflow.core import distributed
-from pretextflow.core.augment import Augmenter
-from pretextflow.core.config import RunConfig, validate_plugin_params
-from pretextflow.core.registry.contracts import Backbone, BackboneParams, PretextTask
+from pretextflow.core.training import checkpoint as ckpt
+from pretextflow.core.toolkit import collectives as distributed
+from pretextflow.core.errors import TrainingDiverged
+from pretextflow.core.toolkit.schedules import lr_at
+from pretextflow.core.training import launch
+from pretextflow.core.training.model import amp_dtype, build_backbone, build_task, configure_runtime, select_device
+from pretextflow.core.toolkit.augment import Augmenter
+from pretextflow.core.config import RunConfig
 from pretextflow.core.data import Dataset
-from pretextflow.core.errors import ConfigError, PluginError, PretextflowError
+from pretextflow.core.errors import ConfigError
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
 
+
 log = logging.getLogger("pretextflow.train")
+
+
 STAGE = "pretrain"
 
-
-class TrainingDiverged(PretextflowError):
-    pass
-
-
-distributed._ERROR_TYPES["TrainingDiverged"] = TrainingDiverged  # re-raised as itself from a failed rank
-
-
-# -- device and precision policies (pure functions: unit-testable without a GPU) ------------
-def select_device(preference: str) -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available. Use device: auto or cpu.")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def amp_dtype(device: torch.device, enabled: bool, bf16_supported: bool | None = None) -> torch.dtype | None:
-    """Mixed precision only on CUDA: bf16 where the GPU supports it (no scaler needed), else fp16."""
-    if not enabled or device.type != "cuda":
-        return None
-    if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if bf16_supported else torch.float16
-
-
-def configure_runtime(seed: int, device: torch.device, threads: int | None) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    if threads:
-        torch.set_num_threads(threads)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:
-        # cuDNN autotuning picks the fastest kernels; GPU runs are reproducible within tolerance
-        torch.backends.cudnn.benchmark = True
-        torch.use_deterministic_algorithms(False)
-
-
-def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    """Linear warm-up then cosine decay to zero (a pure function of the step: nothing to checkpoint)."""
-    if warmup and step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# -- building the model ------------------------------------------------------------------------
-def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed: int | None = None) -> Backbone:
-    """The backbone plugin's network wrapped with the dataset's normalisation. Seeded so that the
-    random-init baseline is exactly pretraining's starting point."""
-    spec = registry.backbone(cfg.backbone.name)
-    params = BackboneParams(in_chans=int(dataset_meta["image_shape"][0]),
-                            image_size=int(dataset_meta["image_shape"][1]),
-                            small_image_stem=cfg.backbone.small_image_stem, kwargs=cfg.backbone.kwargs)
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        net, num_features = spec.build(cfg.backbone.name, params)
-    except PretextflowError:
-        raise
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise PluginError(f"backbone {cfg.backbone.name!r} could not be built with backbone.kwargs="
-                          f"{cfg.backbone.kwargs}: {exc}") from exc
-    return Backbone(net, num_features, dataset_meta["mean"], dataset_meta["std"],
-                    image_size=params.image_size, provides_tokens=spec.provides_tokens)
-
-
-def build_task(cfg: RunConfig, backbone: Backbone, registry: Registry) -> PretextTask:
-    task_cls = registry.pretext_task(cfg.pretext.name)
-    req = task_cls.requires
-    if req.tokens and not backbone.provides_tokens:
-        raise PluginError(f"pretext task {task_cls.name!r} needs a backbone that exposes patch tokens, but "
-                          f"backbone {cfg.backbone.name!r} does not. Choose a ViT backbone.")
-    if req.flexible_input and not backbone.flexible_input:
-        raise PluginError(f"pretext task {task_cls.name!r} needs a backbone that accepts smaller crops than its "
-                          f"built size, but backbone {cfg.backbone.name!r} does not (for timm ViTs pass "
-                          f"backbone.kwargs.dynamic_img_size=true).")
-    if backbone.image_size < req.min_image_size:
-        raise PluginError(f"pretext task {task_cls.name!r} needs images of at least {req.min_image_size}px; "
-                          f"the dataset's are {backbone.image_size}px.")
-    params = validate_plugin_params(task_cls.Params, cfg.pretext.params, "pretext.params")
-    return task_cls(backbone, params)
 
 
 
@@ -232,10 +152,10 @@ def _pretrain_multiprocess(cfg: RunConfig, dataset: Dataset, store: ArtifactStor
                           "workspace); this one exists only in memory. Use train.devices: 1.")
     threads = (tc.threads or max(1, (os.cpu_count() or 1) // tc.devices)) if device.type == "cpu" else tc.threads
     logger.info("pretrain %s: %d processes (%s), global batch %d = %d x %d, %s threads each", key, tc.devices,
-                distributed.backend_for(device.type), tc.batch_size, tc.devices, tc.batch_size // tc.devices,
+                launch.backend_for(device.type), tc.batch_size, tc.devices, tc.batch_size // tc.devices,
                 threads)
     t0 = time.perf_counter()
-    distributed.launch(tc.devices, device.type, {
+    launch.launch(tc.devices, device.type, {
         "config": cfg.model_dump(mode="json"), "key": key, "threads": threads,
         # credentials by reference (the ranks inherit the environment): no secret in the payload file
         "data": [credentials.protect_uri(reopen[0]), reopen[1], credentials.protect_options(reopen[2])],
@@ -268,6 +188,8 @@ def rank_main(shard: "distributed.Shard", payload: dict) -> None:
 
 
 _SILENT = logging.getLogger("pretextflow.train.silent")
+
+
 _SILENT.disabled = True
 
 

@@ -18,12 +18,7 @@ as one process with that batch, up to floating-point reduction order:
 - rank 0 alone writes checkpoints, history and the final weights, and logs.
 """
 from __future__ import annotations
-
-import os
-import socket
 from dataclasses import dataclass
-from typing import Any, Callable
-
 import torch
 import torch.distributed as dist
 
@@ -96,116 +91,6 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def backend_for(device_type: str) -> str:
-    return "nccl" if device_type == "cuda" else "gloo"
-
-
-def launch(world: int, device_type: str, payload: dict[str, Any], timeout: float | None = None) -> None:
-    """Run the pretraining loop in ``world`` new processes on this machine and wait for all.
-
-    Each rank is ``python -m pretextflow.core.distributed PAYLOAD.json`` with the torchrun
-    environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): no pickling, and no
-    re-import of the caller's ``__main__`` (which ``multiprocessing`` spawn would do). If any rank
-    fails, the others are stopped and the rank's own error is raised here with its message."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    from pretextflow.core.errors import PretextflowError
-
-    with tempfile.TemporaryDirectory(prefix="pretextflow-ddp-") as tmp:
-        payload_path = os.path.join(tmp, "payload.json")
-        with open(payload_path, "w") as f:
-            json.dump({**payload, "backend": backend_for(device_type), "error_dir": tmp}, f)
-        port = str(free_port())
-        procs, logs = [], []
-        for r in range(world):
-            env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-            log_file = open(os.path.join(tmp, f"rank{r}.log"), "w+")
-            logs.append(log_file)
-            procs.append(subprocess.Popen([sys.executable, "-m", "pretextflow.core.distributed", payload_path],
-                                          env=env, stdout=log_file if r else None, stderr=log_file if r else None))
-        try:
-            failed = _wait_all(procs, timeout)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            for f in logs:
-                f.close()
-        if failed is None:
-            return
-        err_path = os.path.join(tmp, f"error{failed}.json")
-        if os.path.exists(err_path):
-            with open(err_path) as f:
-                err = json.load(f)
-            from pretextflow.core import errors
-
-            cls = _ERROR_TYPES.get(err["type"]) or getattr(errors, err["type"], None)
-            if isinstance(cls, type) and issubclass(cls, PretextflowError):
-                raise cls(err["message"])
-            raise PretextflowError(f"pretraining rank {failed} of {world} failed: {err['type']}: {err['message']}")
-        with open(os.path.join(tmp, f"rank{failed}.log")) as f:
-            tail = "".join(f.readlines()[-15:])
-        raise PretextflowError(f"pretraining rank {failed} of {world} exited with code {procs[failed].returncode}:\n"
-                               f"{tail}")
-
-
-_ERROR_TYPES: dict[str, type] = {}  # exception classes outside core.errors that ranks may raise (filled by train)
-
-
-def _wait_all(procs, timeout: float | None) -> int | None:
-    """Index of the first rank that failed (the others are then killed), or None if all succeeded."""
-    import time
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        codes = [p.poll() for p in procs]
-        for r, code in enumerate(codes):
-            if code not in (None, 0):
-                return r
-        if all(c == 0 for c in codes):
-            return None
-        if deadline is not None and time.monotonic() > deadline:
-            return 0
-        time.sleep(0.05)
-
-
-def _rank_entry(payload_path: str) -> int:
-    """A rank's process: join the process group, train, leave."""
-    import json
-    import traceback
-
-    with open(payload_path) as f:
-        payload = json.load(f)
-    r, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if payload["backend"] == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(payload["backend"], rank=r, world_size=world)
-    try:
-        from pretextflow.core.train import rank_main
-
-        rank_main(Shard(r, world), payload)
-        dist.barrier()
-        return 0
-    except Exception as exc:
-        with open(os.path.join(payload["error_dir"], f"error{r}.json"), "w") as f:
-            json.dump({"type": type(exc).__name__, "message": str(exc)}, f)
-        traceback.print_exc()
-        return 1
-    finally:
-        dist.destroy_process_group()
-
-
 # -- BatchNorm over the global batch -------------------------------------------------------------
 class _AllReduceSum(torch.autograd.Function):
     """Differentiable all_reduce(SUM): the gradient of a sum over ranks is the sum of the ranks'
@@ -276,9 +161,3 @@ def convert_batchnorm(module: torch.nn.Module, device_type: str) -> torch.nn.Mod
     for name, child in module.named_children():
         out.add_module(name, convert_batchnorm(child, device_type))
     return out
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_rank_entry(sys.argv[1]))

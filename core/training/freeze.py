@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from pretextflow.core import checkpoint as ckpt
+from pretextflow.core.training import checkpoint as ckpt
 from pretextflow.core.config import RunConfig
 from pretextflow.core.registry.contracts import Backbone
 from pretextflow.core.errors import StageInputError
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.train import build_backbone
+from pretextflow.core.training.model import build_backbone
 
 STAGE = "freeze"
 log = logging.getLogger("pretextflow.freeze")
