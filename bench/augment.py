@@ -107,7 +107,7 @@ def main() -> None:
 
         import numpy as np
 
-        from pretextflow.core.sources import DEBIAN_FASHION_MNIST
+        from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
 
         raw = gzip.open(f"{DEBIAN_FASHION_MNIST}/t10k-images-idx3-ubyte.gz").read()
         imgs = torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28).copy())

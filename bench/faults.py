@@ -123,7 +123,7 @@ def main() -> None:
     if args.workspace:
         workspace = str(Path(args.workspace).resolve())
     else:
-        from pretextflow.core.versioning import init_workspace
+        from pretextflow.core.data.versioning import init_workspace
 
         workspace = str(init_workspace(tmp / "ws").root)
         run_ingest(StageContext.create(cfg, workspace), push=False)

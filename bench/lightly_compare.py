@@ -83,10 +83,10 @@ def require_imports():
 # -- data ---------------------------------------------------------------------------------------
 def load_fashion_mnist(tmp: Path):
     """The canonical dataset, ingested into a scratch workspace exactly as bench/methods.py does."""
-    from pretextflow.core.data import load_dataset
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.sources import DEBIAN_FASHION_MNIST
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.dataset import load_dataset
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
+    from pretextflow.core.data.versioning import init_workspace
 
     ws = init_workspace(tmp / "ws")
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)
@@ -359,8 +359,8 @@ def calibrate_workers(cfg, ds, registry, setup: dict, steps: int, rounds=(0, 2, 
 def probe(backbone, ds, cfg, n_train: int | None, n_test: int | None) -> dict:
     import numpy as np
 
-    from pretextflow.core.features import extract_features
-    from pretextflow.core.probe import knn_probe, linear_probe
+    from pretextflow.core.evaluation.features import extract_features
+    from pretextflow.core.evaluation.probe import knn_probe, linear_probe
 
     xtr, ytr = ds.train_images[:n_train], np.array(ds.train_labels[:n_train])
     xte, yte = ds.test_images[:n_test], np.array(ds.test_labels[:n_test])

@@ -48,8 +48,8 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
                                                            "store.uri=memory://calibration", "train.warmup_epochs=0"]),
                                 workspace)
     if method.startswith("baselines"):
-        from pretextflow.core.probe import evaluate_features
-        from pretextflow.core.features import extract_features, pixel_features
+        from pretextflow.core.evaluation.probe import evaluate_features
+        from pretextflow.core.evaluation.features import extract_features, pixel_features
         from pretextflow.core.training.model import build_backbone, configure_runtime
 
         ctx = calib
@@ -111,9 +111,9 @@ def main() -> None:
                                  args.images_per_second)))
         return
 
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.sources import DEBIAN_FASHION_MNIST
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
+    from pretextflow.core.data.versioning import init_workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="pretextflow-bench-"))
     ws = init_workspace(tmp / "ws")

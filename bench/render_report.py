@@ -70,9 +70,9 @@ def render(html_path: Path, screenshot: Path | None = None, width: int = 1100, h
 def digits_report() -> Path:
     """A small real run (digits, a few epochs) through the core stages; returns its report.html."""
     from pretextflow.core.config import load_config
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data.ingest import ingest
     from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.versioning import init_workspace
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-render-ws-")) / "ws")
     ingest(ws, "sklearn:digits", "sklearn-digits", "digits")

@@ -28,7 +28,7 @@ def main() -> None:
 
     from pretextflow.core.config import load_config
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.versioning import init_workspace
     from pretextflow.flows.pipeline import pipeline_flow
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-bench-")) / "ws")

@@ -47,7 +47,7 @@ TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
 def source_dir() -> Path:
-    from pretextflow.core.sources import DEBIAN_FASHION_MNIST
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
 
     return Path(os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST))
 
@@ -96,11 +96,11 @@ def throughput(dataset, registry, batch: int, threads: int, steps: int, spe: int
 
 
 def size_point(n: int, src: Path, tmp: Path, registry, default_threads: int) -> dict[str, float]:
-    from pretextflow.core.data import load_dataset
-    from pretextflow.core.features import extract_features
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data.dataset import load_dataset
+    from pretextflow.core.evaluation.features import extract_features
+    from pretextflow.core.data.ingest import ingest
     from pretextflow.core.training.model import build_backbone
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.versioning import init_workspace
 
     root = Path(tempfile.mkdtemp(prefix=f"ws-{n}-", dir=tmp))
     try:
@@ -185,9 +185,9 @@ def main() -> None:
     registry = get_registry()
     tmp = Path(tempfile.mkdtemp(prefix="pretextflow-scaling-"))
     try:
-        from pretextflow.core.data import load_dataset
-        from pretextflow.core.ingest import ingest
-        from pretextflow.core.versioning import init_workspace
+        from pretextflow.core.data.dataset import load_dataset
+        from pretextflow.core.data.ingest import ingest
+        from pretextflow.core.data.versioning import init_workspace
 
         ws = init_workspace(tmp / "canonical")
         ingest(ws, str(source_dir()), "idx", "fashion-mnist", push=False)

@@ -32,14 +32,14 @@ def main() -> None:
     import torch
 
     from pretextflow.core.config import load_config
-    from pretextflow.core.data import load_dataset
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data.dataset import load_dataset
+    from pretextflow.core.data.ingest import ingest
     from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.probe import label_subsets
-    from pretextflow.core.sources import DEBIAN_FASHION_MNIST
-    from pretextflow.core.supervised import schedule, train_supervised
+    from pretextflow.core.evaluation.probe import label_subsets
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
+    from pretextflow.core.evaluation.supervised import schedule, train_supervised
     from pretextflow.core.training.model import configure_runtime
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.versioning import init_workspace
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-bench-")) / "ws")
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)

@@ -65,10 +65,10 @@ def method_config(method: str, steps_per_epoch: int, epochs: int, threads: int |
 
 def canonical_dataset(tmp: Path):
     """Fashion-MNIST ingested into a temp workspace (as bench/methods.py does), opened for reading."""
-    from pretextflow.core.data import load_dataset
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.sources import DEBIAN_FASHION_MNIST
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.dataset import load_dataset
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
+    from pretextflow.core.data.versioning import init_workspace
 
     ws = init_workspace(tmp / "ws")
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)

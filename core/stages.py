@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pretextflow.core.config import RunConfig
-from pretextflow.core.data import Dataset, load_dataset
+from pretextflow.core.data.dataset import Dataset, load_dataset
 from pretextflow.core.keys import source_digest, stage_key
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import ArtifactStore
@@ -48,7 +48,7 @@ class StageContext:
         return cls(ws, cfg, registry or get_registry(), store)
 
     def dataset(self) -> Dataset:
-        from pretextflow.core.ingest import ensure_consistent
+        from pretextflow.core.data.ingest import ensure_consistent
 
         ensure_consistent(self.ws)  # an ingest that died half-way is rolled back before anyone reads
         return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
@@ -65,7 +65,7 @@ class StageContext:
         """Content hash of the code a stage runs: its core modules and the plugins' modules."""
         from pretextflow.core.toolkit import augment, heads
         from pretextflow.core.training import checkpoint, freeze, loop as train
-        from pretextflow.core import features, probe, supervised
+        from pretextflow.core.evaluation import features, probe, supervised
         from pretextflow.core.registry import contracts
 
         backbone = self.registry.backbone(self.cfg.backbone.name).build
@@ -139,8 +139,8 @@ def _timed_stage(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, A
 def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool = False) -> dict[str, Any]:
     """Ingest the config's source if it names one; otherwise describe the dataset already there
     (after ``dvc pull`` when ``refresh``: a scheduled run takes the version data.dvc names)."""
-    from pretextflow.core.ingest import ingest, recover_interrupted_ingest, summary
-    from pretextflow.core.versioning import data_version, dvc, workspace_lock
+    from pretextflow.core.data.ingest import ingest, recover_interrupted_ingest, summary
+    from pretextflow.core.data.versioning import data_version, dvc, workspace_lock
 
     d = ctx.cfg.data
     if d.source:
@@ -151,7 +151,7 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
         return ingest(ctx.ws, d.source, d.format, d.name, d.options, ctx.cfg.store.storage_options, push=push,
                       registry=ctx.registry, logger=logger)
     if refresh:
-        from pretextflow.core.ingest import ensure_consistent
+        from pretextflow.core.data.ingest import ensure_consistent
 
         ensure_consistent(ctx.ws, logger)
         before = data_version(ctx.ws) if ctx.ws.data_dvc.exists() else None
@@ -191,7 +191,7 @@ def run_freeze(ctx: StageContext, logger=log) -> dict[str, Any]:
 
 @_timed_stage
 def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
-    from pretextflow.core.probe import probe
+    from pretextflow.core.evaluation.probe import probe
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)
@@ -206,10 +206,11 @@ def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
 def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None = None, logger=log) -> dict[str, Any]:
     """Write the run folder (manifest.json, report.md, report.html, figures) from stored artifacts."""
     from pretextflow.core.errors import StageInputError
-    from pretextflow.core.manifest import build_manifest, new_run_id
-    from pretextflow.core.report import write_report
-    from pretextflow.core.runs import RegressionError, check_regression, compare_metrics, default_remote_url, previous_run
-    from pretextflow.core.versioning import data_version, read_data_dvc
+    from pretextflow.core.runs.manifest import build_manifest, new_run_id
+    from pretextflow.core.runs.report import write_report
+    from pretextflow.core.runs.history import RegressionError, check_regression, compare_metrics, previous_run
+    from pretextflow.core.data.versioning import default_remote_url
+    from pretextflow.core.data.versioning import data_version, read_data_dvc
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pretextflow.core.report import headline
+from pretextflow.core.runs.report import headline
 from pretextflow.core.security.redaction import redact
 
 

@@ -21,7 +21,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from pretextflow.core import stages
-from pretextflow.core import sweep as sw
+from pretextflow.core.runs import sweep as sw
 from pretextflow.core.errors import ConfigError, PretextflowError
 from pretextflow.flows.common import TASK_OPTIONS, context, timed
 from pretextflow.flows.stages import ingest_task
@@ -98,7 +98,7 @@ def _error_text(exc: BaseException | None) -> str:
 def point_task(name: str, point: dict[str, Any], config: dict[str, Any], workspace: str | None,
                ingest: dict[str, Any]) -> dict[str, Any]:
     """One grid point: pretrain -> freeze -> probe -> report; returns its row of the comparison."""
-    from pretextflow.core.versioning import data_version
+    from pretextflow.core.data.versioning import data_version
     from pretextflow.flows.publish import publish_artifacts
 
     logger = get_run_logger()
@@ -130,7 +130,7 @@ def sweep_flow(config: dict[str, Any], grid: list[str], workspace: str | None = 
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.versioning import data_version
+    from pretextflow.core.data.versioning import data_version
     from pretextflow.core.workspace import Workspace
     from pretextflow.flows.publish import artifact_key
 

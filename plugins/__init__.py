@@ -1,2 +1,2 @@
 """Built-in plugins. Each module registers through the same pluggy hooks a third party uses
-(see ``pretextflow.core.registry.hookspecs``); the list of modules is ``core.plugins.BUILTIN_PLUGINS``."""
+(see ``pretextflow.core.registry.hookspecs``); the list of modules is ``core.registry.registry.BUILTIN_PLUGINS``."""

@@ -8,17 +8,31 @@ are documented in ``docs/plugins.md``; ``pretextflow.testing`` checks a plugin a
 """
 from __future__ import annotations
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, to_float
-from pretextflow.core.registry.contracts import FAMILIES, Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, Family, Params, PretextTask, Requirements, StepOutput, TokenAPI
-from pretextflow.core.toolkit.collectives import all_reduce_mean, gather, gather_with_grad
+from pretextflow.core.data.sources import gunzip_bounded, join_uri, read_source_bytes
 from pretextflow.core.errors import DataError, PluginError
-from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
-from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
-from pretextflow.core.toolkit.heads import mlp, two_views
+from pretextflow.core.registry.contracts import (
+    FAMILIES,
+    Backbone,
+    BackboneParams,
+    BackboneSpec,
+    DatasetArrays,
+    DatasetFormat,
+    Family,
+    Params,
+    PretextTask,
+    Requirements,
+    StepOutput,
+    TokenAPI,
+)
 from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, crop_boxes, to_float
+from pretextflow.core.toolkit.collectives import all_reduce_mean, gather, gather_with_grad
+from pretextflow.core.toolkit.heads import mlp, two_views
+from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
+from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
 
 #: The version of this API; bumped (major) only when a name in ``__all__`` changes incompatibly.
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 
 __all__ = [
     "API_VERSION",
@@ -35,6 +49,7 @@ __all__ = [
     "Augmenter",
     "ViewSpec",
     "to_float",
+    "crop_boxes",
     # heads and schedules shared by methods
     "mlp",
     "two_views",
@@ -54,6 +69,10 @@ __all__ = [
     # dataset formats
     "DatasetFormat",
     "DatasetArrays",
+    # reading a dataset format's files through fsspec (local, s3://, http(s)://, memory://...)
+    "read_source_bytes",
+    "join_uri",
+    "gunzip_bounded",
     # errors a plugin may raise to tell the user what to fix (shown without a traceback)
     "PluginError",
     "DataError",

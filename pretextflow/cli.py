@@ -162,7 +162,7 @@ def init(directory: Path = typer.Argument(Path("."), help="folder to make a work
          endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible server for an s3:// remote "
                                                     "(credentials: AWS_* environment variables, never the config)")) -> None:
     """Make a folder a workspace: git repository, DVC, a default DVC remote."""
-    from pretextflow.core.versioning import configure_s3_remote, init_workspace
+    from pretextflow.core.data.versioning import configure_s3_remote, init_workspace
 
     with user_errors():
         s3 = bool(remote and remote.startswith("s3://"))
@@ -177,7 +177,7 @@ def fetch(name: str = typer.Argument(..., help="known dataset, e.g. fashion-mnis
           dest: Path = typer.Argument(..., help="folder to download into"),
           mirror: Optional[str] = typer.Option(None, help="base URL or fsspec URI replacing the official one")) -> None:
     """Download a known dataset with checksum verification."""
-    from pretextflow.core.sources import fetch_known
+    from pretextflow.plugins.datasets.known import fetch_known
 
     with user_errors():
         out = fetch_known(name, dest, mirror)
@@ -195,7 +195,7 @@ def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the sou
     """Ingest a dataset into the workspace's data/ and version it with DVC."""
     from pretextflow.core.config import apply_overrides
 
-    from pretextflow.core.data import default_name
+    from pretextflow.core.data.dataset import default_name
 
     _quiet_prefect()
     with user_errors():  # a bad name or -o value is a user error too
@@ -221,7 +221,7 @@ def run(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/f
     _quiet_prefect()
     with user_errors():
         cfg = _checked_config(config, set_)
-        from pretextflow.core.report import headline
+        from pretextflow.core.runs.report import headline
         from pretextflow.core.store import ArtifactStore
         from pretextflow.core.security.redaction import redact
         from pretextflow.flows.pipeline import pipeline_flow
@@ -279,7 +279,7 @@ def sweep(config: Path = typer.Argument(..., help="experiment YAML: the base con
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the cluster's start-up chatter
     with user_errors():
         cfg = _config(config, set_)
-        from pretextflow.core.sweep import SweepFailed, plan_sweep, table
+        from pretextflow.core.runs.sweep import SweepFailed, plan_sweep, table
         from pretextflow.flows.sweep import point_threads, sweep_flow, task_runner
 
         _, points = plan_sweep(cfg, grid)  # every point validated before Prefect starts
@@ -320,7 +320,7 @@ def runs(store: Optional[str] = typer.Option(None, help="artifact store URI (def
          workspace: Optional[Path] = WorkspaceOpt,
          as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
     """List past runs: id, time, data version, config name, headline metrics."""
-    from pretextflow.core.runs import list_runs
+    from pretextflow.core.runs.history import list_runs
     from pretextflow.core.store import ArtifactStore
     from pretextflow.core.workspace import Workspace
 
@@ -353,7 +353,7 @@ def rerun(run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>
     """Rerun a past run exactly (data version via DVC, recorded config and seed) and compare every
     metric. Exit 0 only if all are identical (or within the tolerance)."""
     _quiet_prefect()
-    from pretextflow.core.runs import rerun as do_rerun
+    from pretextflow.flows.rerun import rerun as do_rerun
 
     with user_errors():
         out = do_rerun(run, str(workspace) if workspace else None, no_cache, tolerance, remote)

@@ -357,7 +357,7 @@ def _meta(size: int, chans: int) -> dict[str, Any]:
 def _kit_workspace(arrays: DatasetArrays, name: str, fmt: str) -> Iterator[tuple[Path, str]]:
     """A throw-away workspace folder with ``data/<name>`` in the canonical layout, and a
     ``memory://`` artifact store; both are deleted afterwards."""
-    from pretextflow.core.data import encode_dataset
+    from pretextflow.core.data.dataset import encode_dataset
 
     root = Path(tempfile.mkdtemp(prefix="pretextflow-kit-"))
     store_uri = f"memory://pretextflow-kit-{uuid.uuid4().hex[:12]}"
@@ -972,7 +972,7 @@ def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None =
                 f"{len(arrays.class_names)} classes")
 
     def validate() -> str:
-        from pretextflow.core.data import validate_arrays
+        from pretextflow.core.data.dataset import validate_arrays
 
         arrays = state["arrays"]
         try:
@@ -985,7 +985,7 @@ def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None =
         return f"uint8 (N, C, H, W), int64 labels (-1 = none): {labelled}/{len(arrays.train_labels)} train labelled"
 
     def determinism() -> str:
-        from pretextflow.core.data import encode_dataset
+        from pretextflow.core.data.dataset import encode_dataset
 
         first = encode_dataset("kit", cls.name, state["arrays"])
         second = encode_dataset("kit", cls.name, read_once())

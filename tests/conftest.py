@@ -31,7 +31,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture
 def workspace(tmp_path):
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.versioning import init_workspace
 
     return init_workspace(tmp_path / "ws")
 
@@ -39,8 +39,8 @@ def workspace(tmp_path):
 @pytest.fixture(scope="session")
 def digits_workspace(tmp_path_factory):
     """A workspace with the digits dataset ingested (and pushed to its local DVC remote)."""
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.core.data.versioning import init_workspace
 
     ws = init_workspace(tmp_path_factory.mktemp("digits") / "ws")
     ingest(ws, "sklearn:digits", "sklearn-digits", "digits")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 
-from pretextflow.core import ingest as ingest_mod
-from pretextflow.core import versioning
+from pretextflow.core.data import ingest as ingest_mod
+from pretextflow.core.data import versioning
 from pretextflow.core.workspace import Workspace
 
 

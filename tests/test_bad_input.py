@@ -318,7 +318,7 @@ def _fill(args: list[str], **values: str) -> list[str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_clearly_and_nothing_is_lost(case, src, ws, tmp_path, capfd):
-    from pretextflow.core.versioning import dvc
+    from pretextflow.core.data.versioning import dvc
     from pretextflow.core.workspace import Workspace
 
     root = ws

@@ -203,9 +203,9 @@ def cheap_run(raw: dict, ws, registry) -> None:
     import torch
 
     from pretextflow.core.config import load_config
-    from pretextflow.core.data import load_dataset
+    from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.registry.preflight import check_plugins
-    from pretextflow.core.probe import evaluate_features, label_subsets
+    from pretextflow.core.evaluation.probe import evaluate_features, label_subsets
     from pretextflow.core.stages import StageContext
     from pretextflow.core.store import ArtifactStore
     from pretextflow.core.training.loop import pretrain

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pretextflow.core.registry.contracts import DatasetArrays
-from pretextflow.core.data import check_name, encode_dataset, validate_arrays
+from pretextflow.core.data.dataset import check_name, encode_dataset, validate_arrays
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.registry import get_registry
 from pretextflow.plugins.datasets.idx import FILES, IdxOptions
@@ -175,7 +175,7 @@ def test_canonical_encoding_is_deterministic():
 
 
 def test_default_dataset_names():
-    from pretextflow.core.data import default_name
+    from pretextflow.core.data.dataset import default_name
 
     assert default_name("/usr/share/datasets/fashion-mnist/") == "fashion-mnist"
     assert default_name("sklearn:digits") == "digits"

@@ -10,7 +10,7 @@ import torch
 from pretextflow.core.toolkit import collectives as distributed
 from pretextflow.core.training import launch
 from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.data import load_dataset
+from pretextflow.core.data.dataset import load_dataset
 from pretextflow.core.errors import ConfigError
 from pretextflow.core.registry.registry import get_registry
 from pretextflow.core.store import ArtifactStore

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from pretextflow.core.errors import DataError
-from pretextflow.core.ingest import ingest
-from pretextflow.core.sources import fetch_known
+from pretextflow.core.data.ingest import ingest
+from pretextflow.plugins.datasets.known import fetch_known
 
 from .conftest import REPO, require_fashion_mnist
 

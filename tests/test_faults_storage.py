@@ -63,7 +63,7 @@ def tmp_leftovers(ws) -> list[str]:
 
 
 def dvc_status_clean(ws) -> bool:
-    from pretextflow.core.versioning import dvc
+    from pretextflow.core.data.versioning import dvc
 
     out = dvc(ws, "status")
     return "up to date" in out and "modified" not in out
@@ -396,8 +396,8 @@ def test_cli_pretrain_with_an_unwritable_store_exits_2_with_the_message_and_no_t
 @pytest.fixture(scope="module")
 def v1_workspace(tmp_path_factory):
     """A workspace holding version 1 of an IDX dataset (pushed), and the source of a version 2."""
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.core.data.versioning import init_workspace
 
     root = tmp_path_factory.mktemp("atomic")
     write_digits_idx(root / "v1")
@@ -412,8 +412,8 @@ def _inject(step: str, monkeypatch, root: Path):
     may have gained objects)."""
     import pathlib
 
-    from pretextflow.core import ingest as ingest_mod
-    from pretextflow.core import versioning
+    from pretextflow.core.data import ingest as ingest_mod
+    from pretextflow.core.data import versioning
 
     source = str(root / "v2")
     if step == "read-bad-file":
@@ -489,7 +489,7 @@ def _inject(step: str, monkeypatch, root: Path):
 @pytest.mark.parametrize("step", ["read-bad-file", "encode", "no-room", "write-staging", "rename", "dvc-add",
                                   "dvc-push", "dvc-push-partial", "ctrl-c"])
 def test_a_failed_ingest_leaves_data_data_dvc_and_the_remote_as_they_were(step, v1_workspace, monkeypatch):
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data.ingest import ingest
 
     root, ws = v1_workspace
     before, remote_before = snapshot(ws), remote(ws)
@@ -511,8 +511,8 @@ def test_a_failed_ingest_leaves_data_data_dvc_and_the_remote_as_they_were(step, 
 
 @pytest.mark.slow
 def test_after_the_failures_the_workspace_is_clean_and_the_next_ingest_succeeds(v1_workspace):
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.versioning import data_version
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.core.data.versioning import data_version
 
     root, ws = v1_workspace
     assert dvc_status_clean(ws)  # data/ matches data.dvc
@@ -527,8 +527,8 @@ def test_after_the_failures_the_workspace_is_clean_and_the_next_ingest_succeeds(
 
 
 def test_a_failed_first_ingest_leaves_no_data_folder_and_no_data_dvc(workspace, tmp_path, monkeypatch):
-    from pretextflow.core import versioning
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data import versioning
+    from pretextflow.core.data.ingest import ingest
 
     write_digits_idx(tmp_path / "src")
     real = versioning.dvc
@@ -543,8 +543,8 @@ def test_a_failed_first_ingest_leaves_no_data_folder_and_no_data_dvc(workspace, 
 # -- 2b. a killed ingest -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kill_workspace(tmp_path_factory):
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.core.data.versioning import init_workspace
 
     root = tmp_path_factory.mktemp("killed")
     write_digits_idx(root / "v1")
@@ -614,8 +614,8 @@ def test_an_ingest_killed_at_any_point_is_rolled_back_by_the_next_reader(point, 
 
 @pytest.mark.slow
 def test_an_ingest_after_a_killed_one_recovers_and_completes(kill_workspace, tmp_path):
-    from pretextflow.core.ingest import ingest
-    from pretextflow.core.versioning import data_version
+    from pretextflow.core.data.ingest import ingest
+    from pretextflow.core.data.versioning import data_version
 
     root, ws = kill_workspace
     marker = tmp_path / "reached"
@@ -668,7 +668,7 @@ def test_two_pipeline_runs_of_one_config_at_once_both_complete_with_whole_artifa
 
 
 def test_two_runs_of_one_config_in_the_same_second_get_their_own_run_folders():
-    from pretextflow.core.manifest import new_run_id
+    from pretextflow.core.runs.manifest import new_run_id
 
     ids = {new_run_id("digits-smoke", "0123456789abcdef") for _ in range(50)}  # all within one second or two
     assert len(ids) == 50 and all("-digits-smoke-01234567-" in i for i in ids)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pretextflow.core.errors import ConfigError
-from pretextflow.core.probe import label_subsets
+from pretextflow.core.evaluation.probe import label_subsets
 from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
 
 from .conftest import REPO
@@ -78,7 +78,7 @@ def test_backbone_stays_frozen_through_probing_and_fine_tuning(probed):
 
 def test_features_are_extracted_once_and_reused(probed, monkeypatch):
     ctx, _, _, m = probed
-    import pretextflow.core.features as features
+    import pretextflow.core.evaluation.features as features
 
     assert set(m["feature_keys"]) == {"ssl", "random_init"}
     for key in m["feature_keys"].values():
@@ -88,7 +88,7 @@ def test_features_are_extracted_once_and_reused(probed, monkeypatch):
         raise AssertionError("features were extracted again")
 
     monkeypatch.setattr(features, "extract_features", boom)
-    import pretextflow.core.supervised as supervised
+    import pretextflow.core.evaluation.supervised as supervised
 
     monkeypatch.setattr(supervised, "train_supervised", boom)  # and the supervised runs are cached too
     ctx2 = StageContext.create(ctx.cfg.model_copy(update={"probe": ctx.cfg.probe.model_copy(update={"knn_k": [7]})}),
@@ -101,7 +101,7 @@ def test_features_are_extracted_once_and_reused(probed, monkeypatch):
 def test_supervised_baseline_is_deterministic(digits_workspace):
     from pretextflow.core.config import load_config
     from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.supervised import train_supervised
+    from pretextflow.core.evaluation.supervised import train_supervised
     from pretextflow.core.training.model import configure_runtime
 
     import torch

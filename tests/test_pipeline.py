@@ -30,7 +30,7 @@ def test_pipeline_writes_run_folder_manifest_and_report(first_run, digits_worksp
     assert set(run.listdir()) >= {"manifest.json", "report.md", "report.html", "pretrain_loss.png",
                                   "probe_accuracy.png"}
     m = run.read_json("manifest.json")
-    from pretextflow.core.versioning import data_version
+    from pretextflow.core.data.versioning import data_version
 
     assert m["data_version"] == data_version(digits_workspace) and m["data_version"].endswith(".dir")
     assert m["config"]["seed"] == 0 and m["config"]["pretext"]["params"]["proj_dim"] == 128

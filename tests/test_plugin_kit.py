@@ -454,7 +454,7 @@ def test_contract_breaking_hook_returns_are_reported_and_the_rest_keep_working()
 # Versions: upgrading a plugin retrains
 # --------------------------------------------------------------------------------------------
 def test_a_changed_plugin_version_changes_the_stage_keys(tmp_path, digits_config):
-    from pretextflow.core.data import Dataset
+    from pretextflow.core.data.dataset import Dataset
     from pretextflow.core.stages import StageContext
     from pretextflow.core.store import ArtifactStore
     from pretextflow.core.workspace import Workspace

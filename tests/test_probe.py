@@ -1,7 +1,7 @@
 import numpy as np
 
 from pretextflow.core.config import ProbeConfig
-from pretextflow.core.probe import knn_classify, linear_probe, stratified_split
+from pretextflow.core.evaluation.probe import knn_classify, linear_probe, stratified_split
 
 CFG = ProbeConfig(linear_weight_decays=[1e-4, 1e-2], linear_max_iter=100)
 

@@ -45,7 +45,7 @@ def config(source: Path, *overrides: str) -> dict:
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
-    from pretextflow.core.versioning import init_workspace
+    from pretextflow.core.data.versioning import init_workspace
     from pretextflow.flows.pipeline import pipeline_flow
 
     root = tmp_path_factory.mktemp("reruns")
@@ -62,7 +62,7 @@ def manifest_of(result: dict) -> dict:
 
 
 def test_rerun_without_cache_is_bit_identical(first, tmp_path):
-    from pretextflow.core.runs import rerun
+    from pretextflow.flows.rerun import rerun
 
     root, ws, cfg, result = first
     out = rerun(result["run_uri"], workspace=str(tmp_path / "rerun"), no_cache=True)
@@ -89,7 +89,7 @@ def test_rerun_from_the_command_line_reports_and_exits_zero(first, tmp_path):
 
 
 def test_rerun_of_a_missing_run_says_what_to_pass(tmp_path):
-    from pretextflow.core.runs import rerun
+    from pretextflow.flows.rerun import rerun
 
     with pytest.raises(StageInputError, match="pretextflow runs"):
         rerun(str(tmp_path / "nope"))
@@ -145,7 +145,7 @@ def test_new_data_version_retrains_and_compares_with_the_previous_run(first):
 
 
 def test_regression_threshold_fails_the_run_and_says_why():
-    from pretextflow.core.runs import check_regression
+    from pretextflow.core.runs.history import check_regression
 
     prev = {"run_id": "r1", "data_version": "a.dir", "metrics": {"linear_top1": 0.90}}
     now = {"data_version": "b.dir", "metrics": {"linear_top1": 0.87}}
@@ -156,7 +156,7 @@ def test_regression_threshold_fails_the_run_and_says_why():
 
 
 def test_regression_marks_the_flow_run_failed(first):
-    from pretextflow.core.runs import RegressionError, previous_run
+    from pretextflow.core.runs.history import RegressionError, previous_run
     from pretextflow.core.store import ArtifactStore
     from pretextflow.flows.pipeline import pipeline_flow
 
@@ -199,7 +199,7 @@ def test_code_version_is_part_of_the_key(tmp_path):
 def test_two_runs_at_once_do_not_corrupt_the_workspace(first, tmp_path):
     """A scheduled and a manual ingest of two versions at the same time: DVC operations are
     serialised by the workspace lock; data/ and data.dvc end consistent (dvc status clean)."""
-    from pretextflow.core.versioning import data_version, dvc
+    from pretextflow.core.data.versioning import data_version, dvc
 
     root, ws, cfg, result = first
     write_digits_idx(tmp_path / "v2", drop=100)

@@ -381,7 +381,7 @@ def test_rollback_in_two_processes_agrees_across_ranks(digits_workspace, digits_
     """DDP (2 CPU processes): every rank sees the non-finite loss (it is reduced before the update) and
     rolls back together; an lr of 1e30 diverges at any factor, so the run stops after max_rollbacks
     with the rank's own error instead of hanging in a collective."""
-    from pretextflow.core.data import load_dataset
+    from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.store import ArtifactStore
     from pretextflow.core.errors import TrainingDiverged

@@ -24,7 +24,7 @@ if _MISSING:
 
 from pretextflow.core.errors import VersioningError
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.versioning import configure_s3_remote, data_version, dvc, init_workspace, track_and_push, workspace_lock
+from pretextflow.core.data.versioning import configure_s3_remote, data_version, dvc, init_workspace, track_and_push, workspace_lock
 from pretextflow.core.security.redaction import redact
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def _file_md5s(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def s3_workspace(s3, tmp_path_factory):
     """A workspace whose default DVC remote is s3://BUCKET/dvc, with digits ingested and pushed."""
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data.ingest import ingest
 
     ws = init_workspace(tmp_path_factory.mktemp("s3ws") / "ws")
     configure_s3_remote(ws, f"s3://{BUCKET}/dvc", endpoint_url=s3.endpoint)
@@ -152,8 +152,8 @@ def test_credentials_never_written(s3, s3_workspace, caplog):
 
     # a manifest built with credentials in store.storage_options masks them
     from pretextflow.core.config import load_config
-    from pretextflow.core.data import load_dataset
-    from pretextflow.core.manifest import build_manifest
+    from pretextflow.core.data.dataset import load_dataset
+    from pretextflow.core.runs.manifest import build_manifest
     from pretextflow.core.registry.registry import get_registry
 
     opts = {"key": s3.key, "secret": s3.secret, "client_kwargs": {"endpoint_url": s3.endpoint}}
@@ -203,7 +203,7 @@ def test_init_from_the_command_line_with_an_s3_remote(s3, tmp_path):
     from typer.testing import CliRunner
 
     from pretextflow.cli import app
-    from pretextflow.core.ingest import ingest
+    from pretextflow.core.data.ingest import ingest
     from pretextflow.core.workspace import Workspace
 
     result = CliRunner().invoke(app, ["init", str(tmp_path / "ws"), "--remote", f"s3://{BUCKET}/cli",

@@ -102,7 +102,7 @@ class _Canary:
 
 
 def test_a_pickled_array_in_the_dataset_folder_is_refused_not_executed(digits_workspace, tmp_path):
-    from pretextflow.core.data import load_dataset
+    from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.errors import DataError
 
     data = tmp_path / "data"
@@ -143,7 +143,7 @@ def test_a_pickle_in_place_of_a_checkpoint_is_refused_not_executed(tmp_path):
 
 def test_pickled_features_in_the_store_are_refused(tmp_path):
     from pretextflow.core.errors import StageInputError
-    from pretextflow.core.features import _from_npy
+    from pretextflow.core.evaluation.features import _from_npy
 
     marker = tmp_path / "executed"
     buf = io.BytesIO()
@@ -222,7 +222,7 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
 
 def _read_imagefolder(source: str):
     from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.sources import local_source
+    from pretextflow.core.data.sources import local_source
 
     fmt = get_registry().dataset_format("imagefolder")
     with local_source(source, {}) as (src, options):
@@ -314,7 +314,7 @@ def test_archives_ingest_like_the_folder_they_hold(tmp_path):
 
 def test_an_idx_archive_is_read_from_its_folder(tmp_path):
     from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.sources import local_source
+    from pretextflow.core.data.sources import local_source
 
     from .test_data import write_idx_source
 
@@ -332,7 +332,7 @@ def test_a_remote_archive_is_streamed_to_disk_not_memory(tmp_path, monkeypatch):
     unnamed temporary file and extracted from there: never one read of the whole archive."""
     import fsspec
 
-    from pretextflow.core import sources
+    from pretextflow.core.data import sources
     from pretextflow.core.errors import DataError
 
     folder = image_folder(tmp_path / "pets", classes=("cat", "dog"), count=5, seed=3)
@@ -356,7 +356,7 @@ def test_gzip_is_decompressed_with_a_bound(tmp_path):
     import time
 
     from pretextflow.core.errors import DataError
-    from pretextflow.core.sources import gunzip_bounded
+    from pretextflow.core.data.sources import gunzip_bounded
 
     data = os.urandom(100_000)
     assert gunzip_bounded(gzip.compress(data), "x", 10 ** 6) == data
@@ -570,7 +570,7 @@ def test_manifest_keeps_user_references_and_rerun_resolves_them(workspace, monke
 
 def test_rerun_of_a_store_with_literal_credentials_takes_them_from_the_run_folder_named():
     from pretextflow.core.errors import StageInputError
-    from pretextflow.core.runs import store_root
+    from pretextflow.core.runs.rerun import store_root
 
     manifest = {"artifacts": {"pretrain": {"uri": "s3://***@bucket/store/pretrain/abc"}}}
     assert store_root(manifest, "s3://alice:pw-123456@bucket/store/runs/r1") == "s3://alice:pw-123456@bucket/store"

@@ -9,7 +9,7 @@ import pytest
 from pretextflow.core.config import load_config
 from pretextflow.core.errors import ConfigError
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.sweep import SWEEPS, parse_grid, plan_sweep, split_values, with_threads
+from pretextflow.core.runs.sweep import SWEEPS, parse_grid, plan_sweep, split_values, with_threads
 
 from .conftest import REPO
 
@@ -237,7 +237,7 @@ def test_sweep_command_prints_the_table_and_the_report(thread_sweep, digits_work
 
 def test_a_failing_point_fails_the_flow_after_reporting_the_others(thread_sweep, digits_workspace):
     """batch_size 4096 is valid config but larger than the 640 training images: it fails when it runs."""
-    from pretextflow.core.sweep import SweepFailed
+    from pretextflow.core.runs.sweep import SweepFailed
 
     state = run_sweep(digits_workspace, ["pretext=rotation", "seed=0", "train.batch_size=128,4096"],
                       return_state=True)

@@ -24,7 +24,7 @@ from pretextflow.core.training import launch
 from pretextflow.core.training.model import amp_dtype, build_backbone, build_task, configure_runtime, select_device
 from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.config import RunConfig
-from pretextflow.core.data import Dataset
+from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.errors import ConfigError
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
@@ -170,7 +170,7 @@ def _pretrain_multiprocess(cfg: RunConfig, dataset: Dataset, store: ArtifactStor
 def rank_main(shard: "distributed.Shard", payload: dict) -> None:
     """One rank of a multi-process run (a new process: everything is rebuilt from plain data)."""
     from pretextflow.core.config import load_config
-    from pretextflow.core.data import load_dataset
+    from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.registry.registry import get_registry
 
     cfg = load_config(raw=payload["config"])

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pretextflow.core.registry.contracts import BackboneParams, BackboneSpec
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import BackboneParams, BackboneSpec, hookimpl
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pretextflow.core.registry.contracts import BackboneParams, BackboneSpec
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import BackboneParams, BackboneSpec, hookimpl
 
 PREFIX = "timm/"
 # Weights come only from pretraining: kwargs that make timm read a checkpoint file or download from a
@@ -22,7 +21,7 @@ def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
 
     model_name = name[len(PREFIX):]
     if not timm.is_model(model_name):
-        from pretextflow.core.errors import PluginError
+        from pretextflow.api import PluginError
 
         close = timm.list_models(f"*{model_name.split('_')[0]}*")[:8]
         raise PluginError(f"timm has no model {model_name!r} (backbone {name!r}). "
@@ -30,7 +29,7 @@ def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
     kwargs = dict(params.kwargs)
     loads = sorted(WEIGHT_KWARGS & set(kwargs))
     if loads:
-        from pretextflow.core.errors import PluginError
+        from pretextflow.api import PluginError
 
         raise PluginError(f"backbone {name!r}: backbone.kwargs {', '.join(loads)} would load weights from a file or "
                           f"a hub; backbones start from random weights and learn them by pretraining. Remove them.")
@@ -41,7 +40,7 @@ def build_timm(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
         net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=params.in_chans, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, AttributeError, IndexError,
             ZeroDivisionError) as exc:  # timm checks arguments with asserts and builds with them as given
-        from pretextflow.core.errors import PluginError
+        from pretextflow.api import PluginError
 
         raise PluginError(f"timm model {model_name!r} could not be built with backbone.kwargs={params.kwargs} for "
                           f"{params.in_chans}-channel {params.image_size}px images ({exc.__class__.__name__}: "

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from pretextflow.core.registry.contracts import DatasetArrays, DatasetFormat, Params
-from pretextflow.core.errors import DataError
-from pretextflow.core.registry.hookspecs import hookimpl
-from pretextflow.core.sources import KNOWN_IDX_DATASETS, gunzip_bounded, join_uri, read_source_bytes
+from pretextflow.api import DataError, DatasetArrays, DatasetFormat, Params, hookimpl
+from pretextflow.api import gunzip_bounded, join_uri, read_source_bytes
+
+from .known import KNOWN_IDX_DATASETS
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",

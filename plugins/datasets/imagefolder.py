@@ -18,9 +18,7 @@ import fsspec
 import numpy as np
 from pydantic import Field
 
-from pretextflow.core.registry.contracts import DatasetArrays, DatasetFormat, Params
-from pretextflow.core.errors import DataError
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import DataError, DatasetArrays, DatasetFormat, Params, hookimpl
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 4096 * 4096  # larger images are refused instead of exhausting memory

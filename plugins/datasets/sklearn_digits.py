@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pretextflow.core.registry.contracts import DatasetArrays, DatasetFormat, Params
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import DatasetArrays, DatasetFormat, Params, hookimpl
 
 
 class DigitsFormat(DatasetFormat):

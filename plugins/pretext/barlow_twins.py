@@ -9,11 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.heads import mlp, two_views
-from pretextflow.core.toolkit.collectives import gather_with_grad
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, gather_with_grad, hookimpl, mlp, two_views
 
 
 class BarlowTwinsParams(Params):

@@ -11,12 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.schedules import cosine_increase
-from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
-from pretextflow.core.toolkit.heads import mlp, two_views
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, cosine_increase, ema_update, frozen_copy, hookimpl, mlp, two_views
 
 
 class BYOLParams(Params):

@@ -18,12 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
-from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
-from pretextflow.core.toolkit.collectives import all_reduce_mean
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, all_reduce_mean, cosine_increase, ema_update, frozen_copy, hookimpl, linear_warmup
 
 
 class DINOParams(Params):

@@ -11,9 +11,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, hookimpl
 
 
 class InpaintingParams(Params):

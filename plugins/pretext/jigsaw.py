@@ -17,10 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.heads import mlp
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, hookimpl, mlp
 
 
 class JigsawParams(Params):

@@ -12,9 +12,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, Requirements, StepOutput
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, Requirements, StepOutput, ViewSpec, hookimpl
 
 
 class MAEParams(Params):

@@ -10,12 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
-from pretextflow.core.toolkit.heads import mlp
-from pretextflow.core.toolkit.collectives import gather
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, ema_update, frozen_copy, gather, hookimpl, mlp
 
 
 class MoCoParams(Params):

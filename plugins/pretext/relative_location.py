@@ -11,10 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, crop_boxes, to_float
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.heads import mlp
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, crop_boxes, hookimpl, mlp, to_float
 
 # the eight neighbours of the centre cell (row, col offsets), in the paper's order
 NEIGHBOURS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]

@@ -11,11 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.heads import two_views
-from pretextflow.core.toolkit.collectives import gather_with_grad
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, gather_with_grad, hookimpl, two_views
 
 
 class SimCLRParams(Params):

@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.heads import mlp, two_views
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, hookimpl, mlp, two_views
 
 
 class SimSiamParams(Params):

@@ -11,11 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
-from pretextflow.core.registry.contracts import Backbone, Params, PretextTask, StepOutput
-from pretextflow.core.toolkit.heads import mlp, two_views
-from pretextflow.core.toolkit.collectives import gather_with_grad
-from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, gather_with_grad, hookimpl, mlp, two_views
 
 from .barlow_twins import off_diagonal
 

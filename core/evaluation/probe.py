@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from pretextflow.core.config import ProbeConfig, RunConfig
-from pretextflow.core.data import Dataset
-from pretextflow.core.features import cached_features, pixel_features
+from pretextflow.core.data.dataset import Dataset
+from pretextflow.core.evaluation.features import cached_features, pixel_features
 from pretextflow.core.training.freeze import load_frozen_backbone
 from pretextflow.core.keys import source_digest, stage_key
 from pretextflow.core.registry.registry import Registry
@@ -159,13 +159,13 @@ class _Supervised:
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
         from pretextflow.core.toolkit import augment
-        from pretextflow.core import supervised
+        from pretextflow.core.evaluation import supervised
         from pretextflow.core.training import loop as train
 
         self.code = source_digest(supervised, augment, train, registry.backbone(cfg.backbone.name).build)
 
     def run(self, kind: str, fraction: float, subset_seed: int, idx: np.ndarray) -> dict[str, Any]:
-        from pretextflow.core.supervised import train_supervised
+        from pretextflow.core.evaluation.supervised import train_supervised
 
         cfg = self.cfg
         finetune = kind == "finetune"
@@ -211,7 +211,7 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
 
     # -- features: once per (frozen backbone, dataset version), kept in the store ----------------
     t = time.perf_counter()
-    from pretextflow.core import features as features_module
+    from pretextflow.core.evaluation import features as features_module
 
     code = source_digest(features_module)
     feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}

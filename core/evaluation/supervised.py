@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.config import RunConfig, SupervisedConfig
-from pretextflow.core.features import extract_features
+from pretextflow.core.evaluation.features import extract_features
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.training.model import build_backbone
 from pretextflow.core.toolkit.schedules import lr_at

@@ -25,13 +25,13 @@ import uuid
 from typing import Any
 
 from pretextflow.core.config import validate_plugin_params
-from pretextflow.core.data import Dataset, check_name, encode_dataset, load_dataset, validate_arrays
+from pretextflow.core.data.dataset import Dataset, check_name, encode_dataset, load_dataset, validate_arrays
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import PERMANENT_ERRNOS
-from pretextflow.core.sources import local_source
+from pretextflow.core.data.sources import local_source
 from pretextflow.core.security.redaction import redact
-from pretextflow.core.versioning import track_and_push, workspace_lock
+from pretextflow.core.data.versioning import track_and_push, workspace_lock
 from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow.ingest")

@@ -230,7 +230,7 @@ def projection_figure(points: np.ndarray, labels: np.ndarray, class_names: list[
 def feature_figures(store: ArtifactStore, metrics: dict[str, Any], dataset, seed: int,
                     queries_per_class: int = 1, neighbours: int = 8, projection_points: int = 1500) -> dict[str, bytes]:
     """The figures that need the cached features and the images: retrieval grid and 2-D projection."""
-    from pretextflow.core.features import load_cached_features
+    from pretextflow.core.evaluation.features import load_cached_features
 
     key = metrics.get("feature_keys", {}).get("ssl")
     if not key or not store.is_complete("features", key):

@@ -179,3 +179,21 @@ def git_commit(path: Path) -> dict:
         return {"commit": commit, "dirty": dirty}
     except (subprocess.CalledProcessError, FileNotFoundError, NotADirectoryError):
         return {"commit": None, "dirty": None}
+
+
+def default_remote_url(ws: Workspace) -> str | None:
+    """The workspace's default DVC remote as an absolute URL (a local remote resolved against
+    ``.dvc/``, where DVC resolves it), credentials redacted; None when there is no remote."""
+    from pretextflow.core.data.versioning import dvc
+
+    try:
+        name = dvc(ws, "remote", "default").strip()
+        # `dvc config`, not `dvc remote list`: the latter wraps long lines to the terminal's width
+        url = dvc(ws, "config", f"remote.{name}.url").strip()
+    except VersioningError:
+        return None
+    if not url:
+        return None
+    if "://" not in url and not url.startswith("/"):
+        url = str((ws.root / ".dvc" / url).resolve())
+    return redact(url)

@@ -5,22 +5,20 @@ remote that has the data, the validated config with every default filled in, and
 data is restored into a fresh workspace with ``dvc pull`` (no git checkout of the original
 workspace is needed), the pipeline runs with the recorded config, and every metric is compared."""
 from __future__ import annotations
-
 import json
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
-
 import fsspec
-import yaml
-
-from pretextflow.core.errors import PretextflowError, StageInputError, VersioningError
+from pretextflow.core.errors import PretextflowError, StageInputError
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.workspace import Workspace
+
 
 log = logging.getLogger("pretextflow.runs")
+
+
 RUNS = "runs"
+
+
 METRIC_KEYS = ("ssl_linear_top1", "ssl_knn_top1", "supervised_top1", "random_init_linear_top1",
                "pixels_linear_top1", "finetune_top1")
 
@@ -54,6 +52,8 @@ def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> di
 # The manifest schema this version writes (core.manifest) and reads; defined here so that reading
 # runs does not import torch.
 MANIFEST_SCHEMA = 1
+
+
 _REQUIRED = ("run_id", "config", "metrics", "data_version", "data_dvc", "dataset", "artifacts")
 
 
@@ -155,104 +155,3 @@ def check_regression(manifest: dict[str, Any], previous: dict[str, Any] | None, 
                 f"report.regression_threshold={threshold * 100:g} points. The report is written; inspect it, then "
                 f"fix the data or raise the threshold.")
     return None
-
-
-# -- DVC remote, recorded in the manifest ------------------------------------------------------
-def redact_url(url: str) -> str:
-    from pretextflow.core.security.redaction import redact
-
-    return redact(url)
-
-
-def default_remote_url(ws: Workspace) -> str | None:
-    """The workspace's default DVC remote as an absolute URL (a local remote resolved against
-    ``.dvc/``, where DVC resolves it), credentials redacted; None when there is no remote."""
-    from pretextflow.core.versioning import dvc
-
-    try:
-        name = dvc(ws, "remote", "default").strip()
-        # `dvc config`, not `dvc remote list`: the latter wraps long lines to the terminal's width
-        url = dvc(ws, "config", f"remote.{name}.url").strip()
-    except VersioningError:
-        return None
-    if not url:
-        return None
-    if "://" not in url and not url.startswith("/"):
-        url = str((ws.root / ".dvc" / url).resolve())
-    return redact_url(url)
-
-
-def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = None) -> str:
-    """Make ``ws`` hold exactly the manifest's data version: write its data.dvc, ``dvc pull``."""
-    from pretextflow.core.data import load_dataset
-    from pretextflow.core.versioning import data_version, dvc, init_workspace, workspace_lock
-
-    remote = remote or manifest.get("dvc_remote")
-    if not remote:
-        raise StageInputError("the manifest records no DVC remote, so its data cannot be restored. "
-                              "Pass --remote URL (the DVC remote holding that data version).")
-    if ws.data_dvc.exists():
-        current = yaml.safe_load(ws.data_dvc.read_text())
-        if current.get("outs", [{}])[0].get("md5") != manifest["data_version"]:
-            raise StageInputError(f"{ws.root} already holds another data version; rerun into an empty folder "
-                                  f"(the default) so nothing of that workspace is overwritten.")
-    init_workspace(ws.root, remote)
-    with workspace_lock(ws, f"rerun {manifest['run_id']}: dvc pull"):
-        ws.data_dvc.write_text(yaml.safe_dump(manifest["data_dvc"], sort_keys=False))
-        dvc(ws, "pull")
-    version = data_version(ws)
-    ds = load_dataset(str(ws.data_dir), manifest["dataset"]["name"])
-    if version != manifest["data_version"] or ds.fingerprint != manifest["dataset"]["fingerprint"]:
-        raise VersioningError(f"restored data version {version} (fingerprint {ds.fingerprint}) does not match the "
-                              f"manifest's {manifest['data_version']} ({manifest['dataset']['fingerprint']}).")
-    return version
-
-
-def store_root(manifest: dict[str, Any], ref: str | None = None) -> str:
-    """The artifact store a run used, from the absolute URI of its pretrain artifact. A store whose
-    credentials were written literally is recorded as ``scheme://***@...``: then the store is the one
-    ``ref`` (the run folder the caller named, credentials included) lies in."""
-    uri = manifest["artifacts"]["pretrain"]["uri"]
-    root = uri[: uri.rindex("/pretrain/")]
-    if "***@" not in root:
-        return root
-    run_folder = (ref or "").removesuffix("/manifest.json").rstrip("/")
-    derived = run_folder.rpartition("/runs/")[0]
-    if derived and redact_url(derived) == root:
-        return derived
-    raise StageInputError(f"the run's artifact store {root} needs credentials, which the manifest does not record. "
-                          f"Name the run by its full URI with credentials (.../runs/<run id>), or rerun with "
-                          f"--no-cache. Writing them as a reference in the config (store.uri: "
-                          f"s3://${{env:NAME}}@bucket/...) lets the manifest keep the reference.")
-
-
-def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolerance: float | None = None,
-          remote: str | None = None, storage_options: dict[str, Any] | None = None,
-          logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
-    """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict)."""
-    from pretextflow.core.config import load_config
-    from pretextflow.core.training.model import select_device
-
-    before = load_manifest(ref, storage_options)
-    root = Path(workspace or tempfile.mkdtemp(prefix="pretextflow-rerun-")).resolve()
-    ws = Workspace.at(root)
-    restore_data(ws, before, remote)
-    raw = json.loads(json.dumps(before["config"]))
-    raw["data"]["source"] = None  # the data comes from DVC, exactly as recorded
-    options = raw["store"].get("storage_options") or {}
-    if '"***"' in json.dumps(options):  # literal secrets are never recorded: take them from the caller
-        raw["store"]["storage_options"] = storage_options or {}
-    raw["store"]["uri"] = str(root / "artifacts-rerun") if no_cache else store_root(before, ref)
-    cfg = load_config(raw=raw)
-    device = select_device(cfg.train.device)
-    if tolerance is None:  # CPU runs are bit-identical; GPU kernels are not (cuDNN autotuning, atomics)
-        tolerance = 0.0 if device.type == "cpu" and before.get("device") == "cpu" else 0.005
-    from pretextflow.flows.pipeline import pipeline_flow
-
-    result = pipeline_flow(cfg.model_dump(mode="json"), str(root), False)
-    after = ArtifactStore(result["run_uri"], cfg.store.storage_options).read_json("manifest.json")
-    rows = compare_metrics(before["metrics"], after["metrics"], tolerance)
-    return {"before": before["run_id"], "after": after["run_id"], "run_uri": result["run_uri"], "workspace": str(root),
-            "tolerance": tolerance, "identical": all(r["ok"] for r in rows), "rows": rows,
-            "warnings": environment_differences(before, after), "no_cache": no_cache,
-            "stages": after.get("stages", {})}

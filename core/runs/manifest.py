@@ -10,12 +10,12 @@ from typing import Any
 
 from pretextflow.core.security import credentials
 from pretextflow.core.config import RunConfig
-from pretextflow.core.data import Dataset
+from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.registry.registry import Registry
-from pretextflow.core.runs import MANIFEST_SCHEMA
+from pretextflow.core.runs.history import MANIFEST_SCHEMA
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.registry.preflight import resolved_pretext_params
-from pretextflow.core.versioning import git_commit
+from pretextflow.core.data.versioning import git_commit
 from pretextflow.core.security.redaction import redact
 
 SCHEMA_VERSION = MANIFEST_SCHEMA  # one number: written here, checked by core.runs when a manifest is read
