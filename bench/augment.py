@@ -6,6 +6,7 @@ Dataset.__getitem__ pipeline does), measured side by side in one run on the same
     python bench/augment.py                       # prints images/s and ratios
     python bench/augment.py --grid views.png      # also writes a PNG grid of views (visual check)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,15 @@ def kornia_pipeline(spec: ViewSpec, size: int):
 def torchvision_loop(spec: ViewSpec, size: int):
     from torchvision.transforms import v2
 
-    t = v2.Compose([v2.RandomResizedCrop(size, scale=spec.crop_scale, ratio=spec.crop_ratio, antialias=True),
-                    v2.RandomHorizontalFlip(spec.flip_p),
-                    v2.RandomApply([v2.ColorJitter(spec.brightness, spec.contrast, spec.saturation)], p=spec.jitter_p),
-                    v2.RandomGrayscale(spec.grayscale_p), v2.ToDtype(torch.float32, scale=True)])
+    t = v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=spec.crop_scale, ratio=spec.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(spec.flip_p),
+            v2.RandomApply([v2.ColorJitter(spec.brightness, spec.contrast, spec.saturation)], p=spec.jitter_p),
+            v2.RandomGrayscale(spec.grayscale_p),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     return lambda x: torch.stack([t(img) for img in x])
 
 
@@ -63,11 +69,20 @@ def write_grid(path: str, images: torch.Tensor) -> None:
 
     aug = Augmenter(0)
     x = images[:8]
-    rows = {"input": x.float() / 255, "simclr view 1": aug.view(x, ViewSpec()), "simclr view 2": aug.view(x, ViewSpec()),
-            "dino local (14px)": aug.view(x, ViewSpec(size=14, crop_scale=(0.05, 0.4))),
-            "blur + solarize": aug.view(x, ViewSpec(blur_p=1.0, solarize_p=1.0)),
-            "jigsaw puzzle": shuffle_tiles(x.float() / 255, torch.from_numpy(permutation_set(9, 100))[:8], 3, 0.75,
-                                           torch.rand(8, 9, 2, generator=torch.Generator().manual_seed(0)))}
+    rows = {
+        "input": x.float() / 255,
+        "simclr view 1": aug.view(x, ViewSpec()),
+        "simclr view 2": aug.view(x, ViewSpec()),
+        "dino local (14px)": aug.view(x, ViewSpec(size=14, crop_scale=(0.05, 0.4))),
+        "blur + solarize": aug.view(x, ViewSpec(blur_p=1.0, solarize_p=1.0)),
+        "jigsaw puzzle": shuffle_tiles(
+            x.float() / 255,
+            torch.from_numpy(permutation_set(9, 100))[:8],
+            3,
+            0.75,
+            torch.rand(8, 9, 2, generator=torch.Generator().manual_seed(0)),
+        ),
+    }
     fig, axes = plt.subplots(len(rows), 8, figsize=(8, len(rows) * 1.1))
     for r, (name, batch) in enumerate(rows.items()):
         for c in range(8):
@@ -93,15 +108,17 @@ def main() -> None:
     print(f"{'shape':>14} | {'ours img/s':>10} | {'kornia img/s':>12} | {'tv loop img/s':>13} | ours/kornia | ours/tv")
     for c, size in ((1, 28), (3, 32), (3, 64)):
         x = torch.randint(0, 256, (args.batch, c, size, size), dtype=torch.uint8)
-        t_ours = timeit(lambda: ours(spec)(x), args.repeats)
+        t_ours = timeit(lambda x=x: ours(spec)(x), args.repeats)
         try:
-            t_k = timeit(lambda: kornia_pipeline(spec, size)(x), args.repeats)
+            t_k = timeit(lambda x=x, size=size: kornia_pipeline(spec, size)(x), args.repeats)
         except ImportError:
             t_k = float("nan")
-        t_tv = timeit(lambda: torchvision_loop(spec, size)(x), max(1, args.repeats // 2))
+        t_tv = timeit(lambda x=x, size=size: torchvision_loop(spec, size)(x), max(1, args.repeats // 2))
         n = args.batch
-        print(f"{str((c, size, size)):>14} | {n / t_ours:10.0f} | {n / t_k:12.0f} | {n / t_tv:13.0f} | "
-              f"{t_k / t_ours:11.2f} | {t_tv / t_ours:7.2f}")
+        print(
+            f"{str((c, size, size)):>14} | {n / t_ours:10.0f} | {n / t_k:12.0f} | {n / t_tv:13.0f} | "
+            f"{t_k / t_ours:11.2f} | {t_tv / t_ours:7.2f}"
+        )
     if args.grid:
         import gzip
 

@@ -14,6 +14,7 @@ the checkpoint left behind) depends on the machine's speed, and is reported.
 
 Exit code 0 only if every cycle had a kill land and ended identical.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The pretrain stage alone, logging each step: argv = config, workspace, overrides...
-RUN_STAGE = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
-             "from pretextflow.core.config import load_config; "
-             "from pretextflow.core.stages import StageContext, run_pretrain; "
-             "run_pretrain(StageContext.create(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2]))")
+RUN_STAGE = (
+    "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+    "from pretextflow.core.config import load_config; "
+    "from pretextflow.core.stages import StageContext, run_pretrain; "
+    "run_pretrain(StageContext.create(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2]))"
+)
 STEP_LOG = re.compile(rb"step (\d+)/\d+ loss")
 
 
@@ -101,8 +104,11 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--method", default="moco", help="pretext task (its published default params)")
     ap.add_argument("--config", default=str(REPO / "configs" / "digits_smoke.yaml"))
-    ap.add_argument("--workspace", help="a workspace holding the config's dataset; default: a new temporary "
-                                        "one, into which the config's data.source is ingested")
+    ap.add_argument(
+        "--workspace",
+        help="a workspace holding the config's dataset; default: a new temporary "
+        "one, into which the config's data.source is ingested",
+    )
     ap.add_argument("--seed", type=int, default=0, help="draws the kills per cycle and the delays")
     ap.add_argument("--max-kills", type=int, default=3, help="kills per cycle: 1 to this")
     ap.add_argument("--epochs", type=int, default=30)
@@ -116,9 +122,15 @@ def main() -> None:
     from pretextflow.core.stages import StageContext, run_ingest
 
     tmp = Path(tempfile.mkdtemp(prefix="pretextflow-faults-"))
-    overrides = [f"pretext.name={args.method}", "pretext.params={}", f"train.epochs={args.epochs}",
-                 f"train.checkpoint_every_steps={args.checkpoint_every_steps}", f"train.threads={args.threads}",
-                 "train.log_every=1", *args.overrides]  # log_every: kill_at follows the steps in the log
+    overrides = [
+        f"pretext.name={args.method}",
+        "pretext.params={}",
+        f"train.epochs={args.epochs}",
+        f"train.checkpoint_every_steps={args.checkpoint_every_steps}",
+        f"train.threads={args.threads}",
+        "train.log_every=1",
+        *args.overrides,
+    ]  # log_every: kill_at follows the steps in the log
     cfg = load_config(args.config, overrides)
     if args.workspace:
         workspace = str(Path(args.workspace).resolve())
@@ -134,8 +146,11 @@ def main() -> None:
     def stage(name: str) -> tuple[Stage, Path]:
         return Stage(args.config, workspace, overrides, tmp / name, tmp / "logs"), tmp / name / "pretrain" / key
 
-    print(f"pretrain {key}: {args.method} on {cfg.data.name}, {args.epochs} epochs, a checkpoint every "
-          f"{args.checkpoint_every_steps} steps, {args.threads} thread(s); work folder {tmp}", flush=True)
+    print(
+        f"pretrain {key}: {args.method} on {cfg.data.name}, {args.epochs} epochs, a checkpoint every "
+        f"{args.checkpoint_every_steps} steps, {args.threads} thread(s); work folder {tmp}",
+        flush=True,
+    )
     ref, ref_folder = stage("reference")
     ref_seconds = ref.finish()
     ref_sha = sha256(ref_folder / "task.safetensors")
@@ -143,8 +158,11 @@ def main() -> None:
 
     history = ArtifactStore(str(tmp / "reference")).read_json("pretrain", key, "history.json")
     total_steps, train_seconds = len(history["step_loss"]), sum(history["epoch_seconds"])
-    print(f"uninterrupted run: {ref_seconds:.1f} s ({train_seconds:.1f} s training), {total_steps} steps, "
-          f"sha256 {ref_sha}", flush=True)
+    print(
+        f"uninterrupted run: {ref_seconds:.1f} s ({train_seconds:.1f} s training), {total_steps} steps, "
+        f"sha256 {ref_sha}",
+        flush=True,
+    )
 
     rng = random.Random(args.seed)
     step_seconds = train_seconds / total_steps
@@ -165,8 +183,10 @@ def main() -> None:
                 break
             left = checkpoint_step(folder)
             mid_write = bool(set(folder.glob(".tmp-*")) - before)  # a kill during a write leaves its temporary file
-            kills.append(f"{time.perf_counter() - t0:.1f} s, after step {logged_step(log)} -> checkpoint {left}"
-                         + (" (killed mid-write)" if mid_write else ""))
+            kills.append(
+                f"{time.perf_counter() - t0:.1f} s, after step {logged_step(log)} -> checkpoint {left}"
+                + (" (killed mid-write)" if mid_write else "")
+            )
         landed = sum("->" in k for k in kills)
         kills_landed += landed
         resumed_from = checkpoint_step(folder)
@@ -174,34 +194,56 @@ def main() -> None:
         digest = sha256(folder / "task.safetensors")
         same = digest == ref_sha and not (folder / "checkpoint.safetensors").exists()
         ok = same and landed > 0
-        rows.append((cycle, "; ".join(kills), "none" if resumed_from is None else str(resumed_from),
-                     "yes" if same else "NO", digest, ok))
+        rows.append(
+            (
+                cycle,
+                "; ".join(kills),
+                "none" if resumed_from is None else str(resumed_from),
+                "yes" if same else "NO",
+                digest,
+                ok,
+            )
+        )
         print(f"| {cycle} | {rows[-1][1]} | {rows[-1][2]} | {rows[-1][3]} | {digest[:16]} |", flush=True)
 
     passed = sum(r[5] for r in rows)
-    verdict = (f"VERDICT: {'PASS' if passed == len(rows) else 'FAIL'} - {passed}/{len(rows)} cycles "
-               f"({kills_landed} SIGKILLs in all) ended with weights identical to the uninterrupted run "
-               f"(sha256 {ref_sha[:16]}...)")
+    verdict = (
+        f"VERDICT: {'PASS' if passed == len(rows) else 'FAIL'} - {passed}/{len(rows)} cycles "
+        f"({kills_landed} SIGKILLs in all) ended with weights identical to the uninterrupted run "
+        f"(sha256 {ref_sha[:16]}...)"
+    )
     if any(not r[5] and r[3] == "yes" for r in rows):
         verdict += "; a cycle where no kill landed counts as failed"
-    table = ["| cycle | kills: time after the run's start, last step its log reported -> checkpoint left | last "
-             "run resumed from step | identical | sha256 of task.safetensors |", "|---|---|---|---|---|"]
+    table = [
+        "| cycle | kills: time after the run's start, last step its log reported -> checkpoint left | last "
+        "run resumed from step | identical | sha256 of task.safetensors |",
+        "|---|---|---|---|---|",
+    ]
     table += [f"| {c} | {k} | {s} | {i} | `{d}` |" for c, k, s, i, d, _ in rows]
     print("\n".join(table))
     print(verdict)
     import torch
 
     report = [
-        "# Kill-and-resume cycles", "",
-        f"`python bench/faults.py {' '.join(sys.argv[1:])}`", "",
+        "# Kill-and-resume cycles",
+        "",
+        f"`python bench/faults.py {' '.join(sys.argv[1:])}`",
+        "",
         f"pretrain stage: {args.method} on `{Path(args.config).name}` ({cfg.data.name}), {args.epochs} epochs = "
         f"{total_steps} steps, `train.checkpoint_every_steps={args.checkpoint_every_steps}`, "
         f"`train.threads={args.threads}`; torch {torch.__version__}, {os.cpu_count()} CPU cores, "
         f"{time.strftime('%Y-%m-%d')}. Every run is the pretrain stage in its own process on a local-folder "
         f"store; each kill is a SIGKILL at a random delay (0 to 1.5 steps) after a random step among those the run "
-        f"still had to do.", "",
+        f"still had to do.",
+        "",
         f"Uninterrupted run: {ref_seconds:.1f} s including process start-up ({train_seconds:.1f} s training); "
-        f"sha256 of its task.safetensors: `{ref_sha}`.", "", *table, "", f"**{verdict}**", ""]
+        f"sha256 of its task.safetensors: `{ref_sha}`.",
+        "",
+        *table,
+        "",
+        f"**{verdict}**",
+        "",
+    ]
     Path(args.out).write_text("\n".join(report))
     print(f"written: {args.out}")
     if passed == len(rows):

@@ -30,6 +30,7 @@ end of the last step (so model building, worker start-up and the first steps are
 alternate which implementation runs first (SimCLR: ours then lightly; BYOL: lightly then ours) so
 drift in the machine's load does not favour one side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,16 @@ METHODS = ("simclr", "byol")
 # (~0.7 ms of CPU per image for its two views, on top of the same model step: ~65-85 s per epoch), so ~4 min
 # per epoch of all four trainings, plus ~3 min of dataset ingest, loader calibration and five full probes.
 DEFAULT_EPOCHS = 4
-QUICK = {"train_images": 1024, "epochs": 1, "probe_train": 2000, "probe_test": 500, "calibration_steps": 2,
-         "calibration_rounds": (0, 2), "warmup_steps": 1, "linear_max_iter": 20}
+QUICK = {
+    "train_images": 1024,
+    "epochs": 1,
+    "probe_train": 2000,
+    "probe_test": 500,
+    "calibration_steps": 2,
+    "calibration_rounds": (0, 2),
+    "warmup_steps": 1,
+    "linear_max_iter": 20,
+}
 
 log = logging.getLogger("bench.lightly")
 
@@ -66,15 +75,19 @@ def require_imports():
     try:
         import lightly
     except ImportError as exc:
-        sys.exit(f"error: lightly is not importable from {sys.executable} ({exc}).\n"
-                 f"This benchmark runs in its own venv, never the project's: create it with\n"
-                 f"    bash bench/lightly_env.sh\n"
-                 f"and run this script with the python it prints (default /tmp/pretextflow-lightly-venv/bin/python).")
+        sys.exit(
+            f"error: lightly is not importable from {sys.executable} ({exc}).\n"
+            f"This benchmark runs in its own venv, never the project's: create it with\n"
+            f"    bash bench/lightly_env.sh\n"
+            f"and run this script with the python it prints (default /tmp/pretextflow-lightly-venv/bin/python)."
+        )
     try:
         import pretextflow.core.training.loop  # noqa: F401
     except ImportError as exc:
-        sys.exit(f"error: pretextflow is not importable from {sys.executable} ({exc}). The lightly venv reaches "
-                 f"the project's venv through a .pth file: re-run `bash bench/lightly_env.sh`.")
+        sys.exit(
+            f"error: pretextflow is not importable from {sys.executable} ({exc}). The lightly venv reaches "
+            f"the project's venv through a .pth file: re-run `bash bench/lightly_env.sh`."
+        )
     if lightly.__version__ != LIGHTLY_VERSION:
         log.warning("lightly %s found; this benchmark was written for %s", lightly.__version__, LIGHTLY_VERSION)
     return lightly
@@ -85,8 +98,8 @@ def load_fashion_mnist(tmp: Path):
     """The canonical dataset, ingested into a scratch workspace exactly as bench/methods.py does."""
     from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.data.ingest import ingest
-    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
 
     ws = init_workspace(tmp / "ws")
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)
@@ -96,8 +109,13 @@ def load_fashion_mnist(tmp: Path):
 def make_cfg(method: str, args):
     from pretextflow.core.config import load_config
 
-    over = [f"pretext.name={method}", "pretext.params={}", "data.source=null", "train.device=cpu",
-            f"train.epochs={args.epochs}"]  # pretext.params={}: each plugin's defaults, as bench/methods.py
+    over = [
+        f"pretext.name={method}",
+        "pretext.params={}",
+        "data.source=null",
+        "train.device=cpu",
+        f"train.epochs={args.epochs}",
+    ]  # pretext.params={}: each plugin's defaults, as bench/methods.py
     if args.train_images:
         over.append(f"train.max_train_samples={args.train_images}")
     if args.threads:
@@ -118,8 +136,8 @@ def train_ours(cfg, ds, registry) -> dict:
     """core.train.pretrain, untouched, into an in-memory artifact store. The task's ``on_step_end``
     is wrapped only to timestamp the end of every step (the same point as lightly's stamp: after the
     optimizer step) and the task is kept to probe its backbone."""
-    from pretextflow.core.training import loop as train_mod
     from pretextflow.core.store import ArtifactStore
+    from pretextflow.core.training import loop as train_mod
 
     kept, stamps = {}, []
     original = train_mod.build_task
@@ -150,9 +168,16 @@ def train_ours(cfg, ds, registry) -> dict:
             store.fs.rm(store.root, recursive=True)
         except FileNotFoundError:
             pass
-    return {"backbone": kept["task"].backbone, "stamps": stamps, "loop_s": out.seconds, "wall_s": wall,
-            "loop_images_per_s": out.images_per_second, "final_loss": out.final_loss,
-            "epoch_seconds": history["epoch_seconds"], "threads": history.get("threads")}
+    return {
+        "backbone": kept["task"].backbone,
+        "stamps": stamps,
+        "loop_s": out.seconds,
+        "wall_s": wall,
+        "loop_images_per_s": out.images_per_second,
+        "final_loss": out.final_loss,
+        "epoch_seconds": history["epoch_seconds"],
+        "threads": history.get("threads"),
+    }
 
 
 # -- lightly ------------------------------------------------------------------------------------
@@ -173,11 +198,19 @@ def lightly_setup(task) -> dict:
         "method": task.name,
         "projector": proj,  # [(in, hidden), (hidden, out)]
         "transform": dict(
-            cj_prob=v.jitter_p, cj_strength=1.0, cj_bright=v.brightness, cj_contrast=v.contrast,
+            cj_prob=v.jitter_p,
+            cj_strength=1.0,
+            cj_bright=v.brightness,
+            cj_contrast=v.contrast,
             # saturation, hue and random grayscale do nothing to a 1-channel image (ours ignores them
             # too): 0 here gives the same views and spares lightly's workers the no-op PIL work
-            cj_sat=0.0, cj_hue=0.0, random_gray_scale=0.0,
-            min_scale=v.crop_scale[0], hf_prob=v.flip_p, vf_prob=0.0, rr_prob=0.0,
+            cj_sat=0.0,
+            cj_hue=0.0,
+            random_gray_scale=0.0,
+            min_scale=v.crop_scale[0],
+            hf_prob=v.flip_p,
+            vf_prob=0.0,
+            rr_prob=0.0,
             gaussian_blur=v.blur_p,  # 0: no blur at 28 px, as ours
             normalize=None,  # normalisation is the backbone's (dataset mean/std), on both sides
         ),
@@ -198,8 +231,10 @@ def build_lightly_transform(setup: dict, size: int):
     if setup["method"] == "simclr":
         return SimCLRTransform(**kw)
     # lightly's BYOL recipe is asymmetric (blur 1.0 / 0.1, solarize 0 / 0.2); both views get ours here
-    return BYOLTransform(view_1_transform=BYOLView1Transform(**kw, solarization_prob=setup["solarization_prob"]),
-                         view_2_transform=BYOLView2Transform(**kw, solarization_prob=setup["solarization_prob"]))
+    return BYOLTransform(
+        view_1_transform=BYOLView1Transform(**kw, solarization_prob=setup["solarization_prob"]),
+        view_2_transform=BYOLView2Transform(**kw, solarization_prob=setup["solarization_prob"]),
+    )
 
 
 class PILViews:
@@ -220,12 +255,11 @@ class PILViews:
 
 def build_lightly_model(setup: dict, backbone):
     import torch
-    from torch import nn
-
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.utils.scheduler import cosine_schedule
+    from torch import nn
 
     (f, hidden), (_, out) = setup["projector"]
 
@@ -284,11 +318,11 @@ def train_lightly(cfg, ds, registry, setup: dict, num_workers: int, max_steps: i
     """lightly's pieces in a plain PyTorch loop with our optimizer, schedule, seed and threads."""
     import numpy as np
     import torch
+    from lightly.models.utils import get_weight_decay_parameters
     from torch.utils.data import DataLoader
 
-    from lightly.models.utils import get_weight_decay_parameters
-    from pretextflow.core.training.model import build_backbone, configure_runtime
     from pretextflow.core.toolkit.schedules import lr_at
+    from pretextflow.core.training.model import build_backbone, configure_runtime
 
     tc = cfg.train
     configure_runtime(cfg.seed, torch.device("cpu"), tc.threads)  # seeds torch + numpy, deterministic algorithms
@@ -296,14 +330,22 @@ def train_lightly(cfg, ds, registry, setup: dict, num_workers: int, max_steps: i
     backbone = build_backbone(cfg, ds.meta, registry, seed=cfg.seed)  # the same initial weights as ours
     model = build_lightly_model(setup, backbone)
     params, no_decay = get_weight_decay_parameters(model.trainable())  # no decay on norms and biases, as ours
-    opt = torch.optim.AdamW([{"params": params, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+    opt = torch.optim.AdamW(
+        [{"params": params, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
+    )
 
     images = ds.train_images if tc.max_train_samples is None else ds.train_images[: tc.max_train_samples]
     images = np.array(images)  # in memory, as ours
-    loader = DataLoader(PILViews(images, build_lightly_transform(setup, ds.image_size)), batch_size=tc.batch_size,
-                        shuffle=True, drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
-                        pin_memory=False, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        PILViews(images, build_lightly_transform(setup, ds.image_size)),
+        batch_size=tc.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=False,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     steps_per_epoch = len(loader)
     total = tc.epochs * steps_per_epoch
     warmup = int(round(tc.warmup_epochs * steps_per_epoch))
@@ -332,14 +374,27 @@ def train_lightly(cfg, ds, registry, setup: dict, num_workers: int, max_steps: i
             epoch_seconds.append(time.perf_counter() - t_epoch)
             if max_steps and step >= max_steps:
                 break
-            log.info("lightly %s: epoch %d/%d mean loss %.4f (%.1fs)", setup["method"], epoch + 1, tc.epochs,
-                     epoch_loss[-1], epoch_seconds[-1])
+            log.info(
+                "lightly %s: epoch %d/%d mean loss %.4f (%.1fs)",
+                setup["method"],
+                epoch + 1,
+                tc.epochs,
+                epoch_loss[-1],
+                epoch_seconds[-1],
+            )
         loop_s = time.perf_counter() - t_start
     finally:
         del loader  # shuts persistent workers down
-    return {"backbone": backbone, "stamps": stamps, "loop_s": loop_s,
-            "loop_images_per_s": step * tc.batch_size / loop_s, "final_loss": epoch_loss[-1],
-            "epoch_seconds": epoch_seconds, "num_workers": num_workers, "threads": torch.get_num_threads()}
+    return {
+        "backbone": backbone,
+        "stamps": stamps,
+        "loop_s": loop_s,
+        "loop_images_per_s": step * tc.batch_size / loop_s,
+        "final_loss": epoch_loss[-1],
+        "epoch_seconds": epoch_seconds,
+        "num_workers": num_workers,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def calibrate_workers(cfg, ds, registry, setup: dict, steps: int, rounds=(0, 2, 2, 0)) -> dict[int, float]:
@@ -370,40 +425,63 @@ def probe(backbone, ds, cfg, n_train: int | None, n_test: int | None) -> dict:
     lin = linear_probe(ftr, ytr, fte, yte, ds.num_classes, cfg.probe, cfg.seed)
     knn = knn_probe(ftr, ytr, fte, yte, ds.num_classes, cfg.probe)
     k = f"k{cfg.probe.knn_k[0]}"
-    return {"linear_top1": lin["top1"], "linear_wd": lin["weight_decay"], "knn_top1": knn[k]["top1"],
-            "knn_k": cfg.probe.knn_k[0], "probe_s": time.perf_counter() - t, "n_train": len(ytr), "n_test": len(yte)}
+    return {
+        "linear_top1": lin["top1"],
+        "linear_wd": lin["weight_decay"],
+        "knn_top1": knn[k]["top1"],
+        "knn_k": cfg.probe.knn_k[0],
+        "probe_s": time.perf_counter() - t,
+        "n_train": len(ytr),
+        "n_test": len(yte),
+    }
 
 
 # -- the run ------------------------------------------------------------------------------------
 def versions(lightly) -> dict:
+    from importlib.metadata import version
+
     import PIL
     import torch
     import torchvision
-    from importlib.metadata import version
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         commit += " (uncommitted changes)" if dirty else ""
     except OSError:
         commit = "?"
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "lightly": lightly.__version__,
-            "pretextflow": f"{version('pretextflow')} @ {commit}", "pillow": PIL.__version__,
-            "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightly": lightly.__version__,
+        "pretextflow": f"{version('pretextflow')} @ {commit}",
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                    help="pretraining epochs, the same for both implementations (default: %(default)s, ~20 min in all)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help="pretraining epochs, the same for both implementations (default: %(default)s, ~20 min in all)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, help="torch threads for both (default: torch's default, all cores)")
     ap.add_argument("--train-images", type=int, help="pretrain on the first N training images (default: all 60k)")
     ap.add_argument("--warmup-steps", type=int, default=10, help="steps excluded from the steady-state images/s")
-    ap.add_argument("--calibration-steps", type=int, default=20,
-                    help="measured steps per num_workers trial in lightly's loader calibration")
+    ap.add_argument(
+        "--calibration-steps",
+        type=int,
+        default=20,
+        help="measured steps per num_workers trial in lightly's loader calibration",
+    )
     ap.add_argument("--workers", type=int, help="skip the calibration: lightly's num_workers")
     ap.add_argument("--out", help="markdown report (default bench/LIGHTLY.md; with --quick a file in /tmp)")
     ap.add_argument("--quick", action="store_true", help=f"validate the code path only: {QUICK}")
@@ -417,8 +495,11 @@ def main() -> None:
         args.epochs, args.train_images = QUICK["epochs"], args.train_images or QUICK["train_images"]
         args.calibration_steps, args.warmup_steps = QUICK["calibration_steps"], QUICK["warmup_steps"]
         probe_train, probe_test = QUICK["probe_train"], QUICK["probe_test"]
-    out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / "LIGHTLY.quick.md" if args.quick
-                                           else REPO / "bench" / "LIGHTLY.md")
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(tempfile.gettempdir()) / "LIGHTLY.quick.md" if args.quick else REPO / "bench" / "LIGHTLY.md")
+    )
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -439,8 +520,12 @@ def main() -> None:
         for i, method in enumerate(methods):
             cfg = make_cfg(method, args)
             setup = setups[method] = lightly_setup(build_task(cfg, build_backbone(cfg, ds.meta, registry), registry))
-            row = {"method": method, "epochs": cfg.train.epochs, "batch": cfg.train.batch_size,
-                   "train_images": min(cfg.train.max_train_samples or len(ds.train_images), len(ds.train_images))}
+            row = {
+                "method": method,
+                "epochs": cfg.train.epochs,
+                "batch": cfg.train.batch_size,
+                "train_images": min(cfg.train.max_train_samples or len(ds.train_images), len(ds.train_images)),
+            }
             order = ["ours", "lightly"] if i % 2 == 0 else ["lightly", "ours"]
             row["order"] = order
             for impl in order:
@@ -456,22 +541,43 @@ def main() -> None:
                     row["calibration"] = calib
                     log.info("== %s: lightly, num_workers=%d", method, nw)
                     r = train_lightly(cfg, ds, registry, setup, nw)
-                r["steady_images_per_s"], r["warmup_used"] = steady_rate(r["stamps"], cfg.train.batch_size,
-                                                                         args.warmup_steps)
+                r["steady_images_per_s"], r["warmup_used"] = steady_rate(
+                    r["stamps"], cfg.train.batch_size, args.warmup_steps
+                )
                 r["steps"] = len(r.pop("stamps"))
                 r.update(probe(r.pop("backbone"), ds, cfg, probe_train, probe_test))
-                log.info("%s %s: %.0f images/s steady, linear %.4f, kNN %.4f", method, impl,
-                         r["steady_images_per_s"], r["linear_top1"], r["knn_top1"])
+                log.info(
+                    "%s %s: %.0f images/s steady, linear %.4f, kNN %.4f",
+                    method,
+                    impl,
+                    r["steady_images_per_s"],
+                    r["linear_top1"],
+                    r["knn_top1"],
+                )
                 row[impl] = r
             results.append(row)
         cfg = make_cfg(methods[0], args)
-        rand = probe(build_backbone(cfg, ds.meta, registry, seed=cfg.seed).eval().requires_grad_(False), ds, cfg,
-                     probe_train, probe_test)
+        rand = probe(
+            build_backbone(cfg, ds.meta, registry, seed=cfg.seed).eval().requires_grad_(False),
+            ds,
+            cfg,
+            probe_train,
+            probe_test,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    info = {"versions": versions(lightly), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "load_start": load_start, "load_end": os.getloadavg(), "total_s": time.perf_counter() - t_run,
-            "random_init": rand, "setups": setups, "cfg": cfg, "rounds": rounds}
+    info = {
+        "versions": versions(lightly),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+        "total_s": time.perf_counter() - t_run,
+        "random_init": rand,
+        "setups": setups,
+        "cfg": cfg,
+        "rounds": rounds,
+    }
     write_report(out, results, info, args)
 
 
@@ -483,20 +589,24 @@ def fmt_dims(dims) -> str:
 def write_report(path: Path, results: list[dict], info: dict, args) -> None:
     cfg = info["cfg"]
     v = info["versions"]
-    cmd = "python " + " ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0].endswith(".py") else sys.argv[0],
-                                *sys.argv[1:]])
+    cmd = "python " + " ".join(
+        [os.path.relpath(sys.argv[0], REPO) if sys.argv[0].endswith(".py") else sys.argv[0], *sys.argv[1:]]
+    )
     r0 = results[0]
     steps = r0["ours"]["steps"]
     lines = [
-        "# pretextflow vs lightly: SimCLR and BYOL, same backbone, same budget" + (" (QUICK CHECK: not a result)"
-                                                                                  if args.quick else ""),
+        "# pretextflow vs lightly: SimCLR and BYOL, same backbone, same budget"
+        + (" (QUICK CHECK: not a result)" if args.quick else ""),
         "",
         f"Command: `{cmd}` (with the python of `bench/lightly_env.sh`). Whole run: {info['total_s'] / 60:.1f} min.",
         "",
         f"Budget: {r0['epochs']} epoch(s) over {r0['train_images']:,} training images = {steps} steps of batch "
         f"{r0['batch']} per method and implementation (labels unused). Probes: frozen backbone, "
-        + ("all 60,000 train / 10,000 test labels" if r0["ours"]["n_train"] >= 60000 else
-           f"first {r0['ours']['n_train']:,} train / {r0['ours']['n_test']:,} test labels (quick subset)")
+        + (
+            "all 60,000 train / 10,000 test labels"
+            if r0["ours"]["n_train"] >= 60000
+            else f"first {r0['ours']['n_train']:,} train / {r0['ours']['n_test']:,} test labels (quick subset)"
+        )
         + f"; linear probe = `core.probe.linear_probe` (weight decay chosen on "
         f"{cfg.probe.val_fraction:.0%} of the training labels), kNN k={cfg.probe.knn_k[0]}, T={cfg.probe.knn_temperature}.",
         "",
@@ -510,9 +620,11 @@ def write_report(path: Path, results: list[dict], info: dict, args) -> None:
     ]
     for r in results:
         o, l_ = r["ours"], r["lightly"]
-        lines.append(f"| {r['method']} | {o['steady_images_per_s']:.0f} | {l_['steady_images_per_s']:.0f} | "
-                     f"{o['steady_images_per_s'] / l_['steady_images_per_s']:.2f}x | {o['linear_top1']:.4f} | "
-                     f"{l_['linear_top1']:.4f} | {(o['linear_top1'] - l_['linear_top1']) * 100:+.2f} pt |")
+        lines.append(
+            f"| {r['method']} | {o['steady_images_per_s']:.0f} | {l_['steady_images_per_s']:.0f} | "
+            f"{o['steady_images_per_s'] / l_['steady_images_per_s']:.2f}x | {o['linear_top1']:.4f} | "
+            f"{l_['linear_top1']:.4f} | {(o['linear_top1'] - l_['linear_top1']) * 100:+.2f} pt |"
+        )
     lines += [
         "",
         "img/s: steady state, training images per second from the end of step "
@@ -529,12 +641,18 @@ def write_report(path: Path, results: list[dict], info: dict, args) -> None:
             x = r[impl]
             nw = str(x.get("num_workers", "-"))
             if impl == "lightly" and r.get("calibration"):
-                nw += " (calibrated: " + ", ".join(f"{k}: {s:.0f} img/s" for k, s in sorted(r["calibration"].items())) + ")"
+                nw += (
+                    " (calibrated: "
+                    + ", ".join(f"{k}: {s:.0f} img/s" for k, s in sorted(r["calibration"].items()))
+                    + ")"
+                )
             elif impl == "lightly":
                 nw += " (given by --workers)"
-            lines.append(f"| {r['method']} | {impl} | {r['order'].index(impl) + 1} of 2 | {x['steps']} | "
-                         f"{x['loop_images_per_s']:.0f} | {x['loop_s']:.0f} | {nw} | {x['final_loss']:.4f} | "
-                         f"{x['knn_top1']:.4f} | {x['linear_wd']:g} |")
+            lines.append(
+                f"| {r['method']} | {impl} | {r['order'].index(impl) + 1} of 2 | {x['steps']} | "
+                f"{x['loop_images_per_s']:.0f} | {x['loop_s']:.0f} | {nw} | {x['final_loss']:.4f} | "
+                f"{x['knn_top1']:.4f} | {x['linear_wd']:g} |"
+            )
     ri = info["random_init"]
     lines += [
         f"| reference | random-init convnet-s (both sides' starting weights) | | | | | | | {ri['knn_top1']:.4f} | "
@@ -552,15 +670,19 @@ def write_report(path: Path, results: list[dict], info: dict, args) -> None:
     for r in results:
         ratio = r["ours"]["steady_images_per_s"] / r["lightly"]["steady_images_per_s"]
         delta = (r["ours"]["linear_top1"] - r["lightly"]["linear_top1"]) * 100
-        lines.append(f"- {r['method']}: speed {ratio:.2f}x ({'meets' if ratio >= 1.5 else 'misses'} 1.5x); linear "
-                     f"top-1 {delta:+.2f} pt ({'equal or better' if delta >= 0 else 'worse'}).")
+        lines.append(
+            f"- {r['method']}: speed {ratio:.2f}x ({'meets' if ratio >= 1.5 else 'misses'} 1.5x); linear "
+            f"top-1 {delta:+.2f} pt ({'equal or better' if delta >= 0 else 'worse'})."
+        )
     lines += ["", "## Setups", ""]
     lines += setup_lines(info["setups"], cfg)
     lines += ["", "## Every difference between the two setups", ""]
     lines += DIFFERENCES
     if args.quick:
-        lines += ["", f"**Quick check**: tiny budget to exercise the code path ({QUICK}); the numbers above mean "
-                  "nothing."]
+        lines += [
+            "",
+            f"**Quick check**: tiny budget to exercise the code path ({QUICK}); the numbers above mean nothing.",
+        ]
     text = "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -580,19 +702,25 @@ def setup_lines(setups: dict, cfg) -> list[str]:
     ]
     for m, s in setups.items():
         t = s["transform"]
-        common = (f"crop scale ({t['min_scale']:g}, 1), ratio (3/4, 4/3), horizontal flip {t['hf_prob']:g}, jitter p "
-                  f"{t['cj_prob']:g} brightness {t['cj_bright']:g} contrast {t['cj_contrast']:g}, no blur")
+        common = (
+            f"crop scale ({t['min_scale']:g}, 1), ratio (3/4, 4/3), horizontal flip {t['hf_prob']:g}, jitter p "
+            f"{t['cj_prob']:g} brightness {t['cj_bright']:g} contrast {t['cj_contrast']:g}, no blur"
+        )
         if m == "simclr":
-            out.append(f"- simclr: ours `simclr` plugin defaults (projector {fmt_dims(s['projector'])}, NT-Xent T "
-                       f"{s['temperature']:g}); lightly `SimCLRProjectionHead({fmt_dims(s['projector'])})`, "
-                       f"`NTXentLoss(temperature={s['temperature']:g})`, `SimCLRTransform` per PIL image: {common}.")
+            out.append(
+                f"- simclr: ours `simclr` plugin defaults (projector {fmt_dims(s['projector'])}, NT-Xent T "
+                f"{s['temperature']:g}); lightly `SimCLRProjectionHead({fmt_dims(s['projector'])})`, "
+                f"`NTXentLoss(temperature={s['temperature']:g})`, `SimCLRTransform` per PIL image: {common}."
+            )
         else:
-            out.append(f"- byol: ours `byol` plugin defaults (projector {fmt_dims(s['projector'])}, predictor "
-                       f"{fmt_dims(s['predictor'])}, momentum {s['momentum'][0]:g} -> {s['momentum'][1]:g} cosine "
-                       f"per step); lightly `BYOLProjectionHead`/`BYOLPredictionHead` of the same sizes, "
-                       f"`NegativeCosineSimilarity`, `update_momentum` + `cosine_schedule({s['momentum'][0]:g}, "
-                       f"{s['momentum'][1]:g})` per step, `BYOLTransform` with both views: {common}, solarize "
-                       f"{s['solarization_prob']:g}.")
+            out.append(
+                f"- byol: ours `byol` plugin defaults (projector {fmt_dims(s['projector'])}, predictor "
+                f"{fmt_dims(s['predictor'])}, momentum {s['momentum'][0]:g} -> {s['momentum'][1]:g} cosine "
+                f"per step); lightly `BYOLProjectionHead`/`BYOLPredictionHead` of the same sizes, "
+                f"`NegativeCosineSimilarity`, `update_momentum` + `cosine_schedule({s['momentum'][0]:g}, "
+                f"{s['momentum'][1]:g})` per step, `BYOLTransform` with both views: {common}, solarize "
+                f"{s['solarization_prob']:g}."
+            )
     return out
 
 

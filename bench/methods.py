@@ -10,6 +10,7 @@ that backbone's own random-init baseline.
     python bench/methods.py --budget-minutes 30 --out bench/RESULTS.md      # the issue's budget
     python bench/methods.py --budget-minutes 4 --methods simclr,byol        # a quicker look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,22 @@ CONFIG = REPO / "configs" / "fashion_mnist.yaml"
 VIT = ["backbone.name=timm/vit_tiny_patch16_224", "backbone.kwargs={patch_size: 4}"]
 
 
-def run_one(method: str, budget_s: float, workspace: str, store: str, calib_steps: int,
-            images_per_s: float | None = None) -> dict:
+def run_one(
+    method: str, budget_s: float, workspace: str, store: str, calib_steps: int, images_per_s: float | None = None
+) -> dict:
     import torch
 
     from pretextflow.core.config import load_config
     from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe
 
-    base = [f"pretext.name={method}", "pretext.params={}", f"store.uri={store}", "data.source=null",
-            "probe.baselines=[]"]  # the baselines are probed once, by their own job
+    base = [
+        f"pretext.name={method}",
+        "pretext.params={}",
+        f"store.uri={store}",
+        "data.source=null",
+        "probe.baselines=[]",
+    ]  # the baselines are probed once, by their own job
     if method == "mae":
         base += VIT
     if method in ("baselines", "baselines-vit"):
@@ -44,12 +51,22 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
         if method == "baselines-vit":
             base += VIT
     # calibration: images/s of this method's training step on this machine, before the real run
-    calib = StageContext.create(load_config(CONFIG, base + ["train.epochs=1", f"train.max_train_samples={calib_steps * 256}",
-                                                           "store.uri=memory://calibration", "train.warmup_epochs=0"]),
-                                workspace)
+    calib = StageContext.create(
+        load_config(
+            CONFIG,
+            base
+            + [
+                "train.epochs=1",
+                f"train.max_train_samples={calib_steps * 256}",
+                "store.uri=memory://calibration",
+                "train.warmup_epochs=0",
+            ],
+        ),
+        workspace,
+    )
     if method.startswith("baselines"):
-        from pretextflow.core.evaluation.probe import evaluate_features
         from pretextflow.core.evaluation.features import extract_features, pixel_features
+        from pretextflow.core.evaluation.probe import evaluate_features
         from pretextflow.core.training.model import build_backbone, configure_runtime
 
         ctx = calib
@@ -58,12 +75,26 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
         cfg = ctx.cfg
         xtr, ytr, xte, yte = ds.train_images, ds.train_labels, ds.test_images, ds.test_labels
         rand = build_backbone(cfg, ds.meta, get_registry(), seed=cfg.seed).eval().requires_grad_(False)
-        rows = {"random_init": evaluate_features("random_init", extract_features(rand, xtr), ytr,
-                                                 extract_features(rand, xte), yte, 10, cfg.probe, 0, _log())}
+        rows = {
+            "random_init": evaluate_features(
+                "random_init",
+                extract_features(rand, xtr),
+                ytr,
+                extract_features(rand, xte),
+                yte,
+                10,
+                cfg.probe,
+                0,
+                _log(),
+            )
+        }
         if method == "baselines":
-            rows["pixels"] = evaluate_features("pixels", pixel_features(xtr), ytr, pixel_features(xte), yte, 10,
-                                               cfg.probe, 0, _log())
-        return {name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"]["k200"]["top1"]} for name, r in rows.items()}
+            rows["pixels"] = evaluate_features(
+                "pixels", pixel_features(xtr), ytr, pixel_features(xte), yte, 10, cfg.probe, 0, _log()
+            )
+        return {
+            name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"]["k200"]["top1"]} for name, r in rows.items()
+        }
     # measured over the training loop, not model building; or given (a calibration from a quiet machine)
     ips = images_per_s or run_pretrain(calib)["images_per_second"]
     epochs = max(1, int(budget_s * ips / 60000))
@@ -74,11 +105,20 @@ def run_one(method: str, budget_s: float, workspace: str, store: str, calib_step
     run_freeze(ctx)
     t = time.perf_counter()
     metrics = run_probe(ctx)["metrics"]
-    return {"method": method, "family": get_registry().pretext[method].family, "epochs": epochs,
-            "calibrated_images_per_s": ips, "images_per_s": pre["images_per_second"], "train_s": train_s,
-            "probe_s": time.perf_counter() - t, "linear_top1": metrics["linear_top1"], "knn_top1": metrics["knn_top1"],
-            "final_loss": pre["final_loss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "backbone": ctx.cfg.backbone.name}
+    return {
+        "method": method,
+        "family": get_registry().pretext[method].family,
+        "epochs": epochs,
+        "calibrated_images_per_s": ips,
+        "images_per_s": pre["images_per_second"],
+        "train_s": train_s,
+        "probe_s": time.perf_counter() - t,
+        "linear_top1": metrics["linear_top1"],
+        "knn_top1": metrics["knn_top1"],
+        "final_loss": pre["final_loss"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "backbone": ctx.cfg.backbone.name,
+    }
 
 
 def _log():
@@ -88,8 +128,20 @@ def _log():
     return logging.getLogger("bench")
 
 
-ALL = ["rotation", "jigsaw", "relative-location", "inpainting", "simclr", "moco", "byol", "simsiam",
-       "barlow-twins", "vicreg", "dino", "mae"]
+ALL = [
+    "rotation",
+    "jigsaw",
+    "relative-location",
+    "inpainting",
+    "simclr",
+    "moco",
+    "byol",
+    "simsiam",
+    "barlow-twins",
+    "vicreg",
+    "dino",
+    "mae",
+]
 
 
 def main() -> None:
@@ -98,22 +150,39 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ALL))
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--calibration-steps", type=int, default=30)
-    ap.add_argument("--images-per-second", type=float, help="skip the calibration: this training speed (images/s, "
-                    "measured by an earlier run's training loop) fixes the epochs")
-    ap.add_argument("--update", metavar="LOG", help="start from the results in a previous run's log (stderr) and "
-                                                      "replace only the methods run now")
+    ap.add_argument(
+        "--images-per-second",
+        type=float,
+        help="skip the calibration: this training speed (images/s, "
+        "measured by an earlier run's training loop) fixes the epochs",
+    )
+    ap.add_argument(
+        "--update",
+        metavar="LOG",
+        help="start from the results in a previous run's log (stderr) and replace only the methods run now",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--workspace", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.budget_minutes * 60, args.workspace, args.store, args.calibration_steps,
-                                 args.images_per_second)))
+        print(
+            json.dumps(
+                run_one(
+                    args.one,
+                    args.budget_minutes * 60,
+                    args.workspace,
+                    args.store,
+                    args.calibration_steps,
+                    args.images_per_second,
+                )
+            )
+        )
         return
 
     from pretextflow.core.data.ingest import ingest
-    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
 
     tmp = Path(tempfile.mkdtemp(prefix="pretextflow-bench-"))
     ws = init_workspace(tmp / "ws")
@@ -124,9 +193,20 @@ def main() -> None:
         results = previous_results(Path(args.update), keep_out=set(methods))
         jobs = [j for j in jobs if j not in {r["method"] for r in results}]
     for job in jobs:
-        cmd = [sys.executable, __file__, "--one", job, "--budget-minutes", str(args.budget_minutes),
-               "--workspace", str(ws.root), "--store", str(tmp / "store"),
-               "--calibration-steps", str(args.calibration_steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            job,
+            "--budget-minutes",
+            str(args.budget_minutes),
+            "--workspace",
+            str(ws.root),
+            "--store",
+            str(tmp / "store"),
+            "--calibration-steps",
+            str(args.calibration_steps),
+        ]
         if args.images_per_second and not job.startswith("baselines"):
             cmd += ["--images-per-second", str(args.images_per_second)]
         print(f"[bench] {job} ...", file=sys.stderr, flush=True)
@@ -157,7 +237,8 @@ def write_results(path: Path, results: list[dict], args) -> None:
     vit = next((r for r in results if r["method"] == "baselines-vit"), {})
     rand = base.get("random_init", {}).get("linear_top1")
     lines = [
-        "# Pretext methods on Fashion-MNIST, same budget", "",
+        "# Pretext methods on Fashion-MNIST, same budget",
+        "",
         f"Command: `python bench/methods.py --budget-minutes {args.budget_minutes:g} --methods {args.methods}`"
         + (f" (updating the results logged in `{args.update}`)" if args.update else ""),
         "",
@@ -165,7 +246,8 @@ def write_results(path: Path, results: list[dict], args) -> None:
         "from a calibrated images/s, so the LR schedule is complete), backbone `convnet-s` (width 16) unless noted, "
         "batch 256, AdamW lr 2e-3, seed 0, published defaults of each method. Linear probe and kNN (k=200, T=0.07) "
         "on the frozen backbone: all 60k training labels, 10k test images, weight decay chosen on a validation "
-        "split of the training labels.", "",
+        "split of the training labels.",
+        "",
         "| method | family | backbone | epochs | images/s | train s | linear top-1 | kNN top-1 | vs random init | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -178,13 +260,17 @@ def write_results(path: Path, results: list[dict], args) -> None:
             continue
         ref = vit.get("random_init", {}).get("linear_top1") if r["method"] == "mae" else rand
         delta = f"{(r['linear_top1'] - ref) * 100:+.1f}" if ref is not None else "?"
-        lines.append(f"| {r['method']} | {r['family']} | {r['backbone']} | {r['epochs']} | {r['images_per_s']:.0f} | "
-                     f"{r['train_s']:.0f} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} | {delta} | {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['method']} | {r['family']} | {r['backbone']} | {r['epochs']} | {r['images_per_s']:.0f} | "
+            f"{r['train_s']:.0f} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} | {delta} | {r['peak_rss_mb']:.0f} |"
+        )
     for label, b in (("convnet-s", base), ("timm/vit_tiny (patch 4)", vit)):
         for name, vals in b.items():
             if isinstance(vals, dict):
-                lines.append(f"| baseline: {name} | | {label if name != 'pixels' else '-'} | | | | "
-                             f"{vals['linear_top1']:.4f} | {vals['knn_top1']:.4f} | | |")
+                lines.append(
+                    f"| baseline: {name} | | {label if name != 'pixels' else '-'} | | | | "
+                    f"{vals['linear_top1']:.4f} | {vals['knn_top1']:.4f} | | |"
+                )
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

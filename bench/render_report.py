@@ -8,6 +8,7 @@ screenshotted. Used by ``tests/test_report_render.py``, and by hand to refresh t
 
 Chromium runs with --no-sandbox (we are root in CI) and without background networking (the
 machine has no internet: otherwise it keeps retrying Google's hosts)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,18 @@ CHECK = """<script>window.addEventListener('load', () => {
     sizes: imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight])});
 });</script>"""
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+]
 
 
 def find_chromium() -> str | None:
@@ -38,8 +48,9 @@ def find_chromium() -> str | None:
     return None
 
 
-def render(html_path: Path, screenshot: Path | None = None, width: int = 1100, height: int = 5200,
-           timeout: float = 120) -> dict:
+def render(
+    html_path: Path, screenshot: Path | None = None, width: int = 1100, height: int = 5200, timeout: float = 120
+) -> dict:
     """{"total": images on the page, "broken": [alt of each image that did not load], "sizes": ...}."""
     browser = find_chromium()
     if browser is None:
@@ -48,8 +59,12 @@ def render(html_path: Path, screenshot: Path | None = None, width: int = 1100, h
         page = Path(tmp) / "page.html"
         page.write_text(Path(html_path).read_text().replace("</body>", CHECK + "</body>"))
         base = [browser, *FLAGS, f"--user-data-dir={tmp}/profile", f"--window-size={width},{height}"]
-        dom = subprocess.run([*base, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-                             capture_output=True, text=True, timeout=timeout)
+        dom = subprocess.run(
+            [*base, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         match = re.search(r"<title>RENDERCHECK (.*?)</title>", dom.stdout, re.S)
         if not match:
             raise RuntimeError(f"chromium did not run the check (exit {dom.returncode}): {dom.stderr[-1500:]}")
@@ -59,8 +74,12 @@ def render(html_path: Path, screenshot: Path | None = None, width: int = 1100, h
         if screenshot is not None:
             screenshot = Path(screenshot).resolve()
             screenshot.parent.mkdir(parents=True, exist_ok=True)
-            shot = subprocess.run([*base, f"--screenshot={screenshot}", Path(html_path).resolve().as_uri()],
-                                  capture_output=True, text=True, timeout=timeout)
+            shot = subprocess.run(
+                [*base, f"--screenshot={screenshot}", Path(html_path).resolve().as_uri()],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             if not screenshot.exists():
                 raise RuntimeError(f"chromium wrote no screenshot (exit {shot.returncode}): {shot.stderr[-1500:]}")
             result["screenshot"] = str(screenshot)
@@ -71,8 +90,8 @@ def digits_report() -> Path:
     """A small real run (digits, a few epochs) through the core stages; returns its report.html."""
     from pretextflow.core.config import load_config
     from pretextflow.core.data.ingest import ingest
-    from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-render-ws-")) / "ws")
     ingest(ws, "sklearn:digits", "sklearn-digits", "digits")

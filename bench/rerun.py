@@ -7,6 +7,7 @@ store (the data is re-ingested and found unchanged; the report is written anew).
     python bench/rerun.py                                   # digits, about a minute
     python bench/rerun.py --config configs/fashion_mnist.yaml --set data.source=/usr/share/datasets/fashion-mnist
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,19 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     from pretextflow.core.config import load_config
-    from pretextflow.core.store import ArtifactStore
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.core.store import ArtifactStore
     from pretextflow.flows.pipeline import pipeline_flow
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-bench-")) / "ws")
     cfg = load_config(args.config, args.overrides).model_dump(mode="json")
-    pipeline_flow(load_config(REPO / "configs" / "digits_smoke.yaml", ["train.epochs=1", "store.uri=memory://warm",
-                  "probe.label_fractions=[1.0]", "probe.baselines=[]"]).model_dump(mode="json"),
-                  str(ws.root))  # warm-up: Prefect's temporary server and imports, not part of either timing
+    pipeline_flow(
+        load_config(
+            REPO / "configs" / "digits_smoke.yaml",
+            ["train.epochs=1", "store.uri=memory://warm", "probe.label_fractions=[1.0]", "probe.baselines=[]"],
+        ).model_dump(mode="json"),
+        str(ws.root),
+    )  # warm-up: Prefect's temporary server and imports, not part of either timing
     times, stages = [], []
     for _ in range(2):
         t = time.perf_counter()
@@ -45,9 +50,12 @@ def main() -> None:
     print(f"config: {args.config} {' '.join(args.overrides)}")
     print("| run | wall s | " + " | ".join(f"{s} s" for s in stages[0]) + " |")
     print("|---|---|" + "---|" * len(stages[0]))
-    for name, t, st in zip(("first", "cached rerun"), times, stages):
-        print(f"| {name} | {t:.1f} | " + " | ".join(f"{v['seconds']:.1f}{' (cached)' if v.get('cached') else ''}"
-                                                 for v in st.values()) + " |")
+    for name, t, st in zip(("first", "cached rerun"), times, stages, strict=False):
+        print(
+            f"| {name} | {t:.1f} | "
+            + " | ".join(f"{v['seconds']:.1f}{' (cached)' if v.get('cached') else ''}" for v in st.values())
+            + " |"
+        )
     print(f"cached rerun is {times[0] / times[1]:.1f}x faster than the first run")
     assert all(stages[1][s]["cached"] for s in ("pretrain", "freeze", "probe")), "the rerun recomputed a stage"
 

@@ -25,6 +25,7 @@ of the last interval over the slope of the first: ~1 when linear, > 1 when super
     python bench/scaling.py                    # ~8 min on 2 quiet cores; writes bench/SCALING.md and bench/scaling.png
     python bench/scaling.py --quick            # < 90 s smoke run, tiny sizes (numbers meaningless)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def make_idx_subset(dest: Path, n: int, payloads: dict[str, bytes]) -> Path:
         total = int.from_bytes(data[4:8], "big")
         if n > total:
             raise SystemExit(f"N={n} is more than the {total} training images")
-        body = data[:4] + n.to_bytes(4, "big") + data[8:header] + data[header:header + n * item]
+        body = data[:4] + n.to_bytes(4, "big") + data[8:header] + data[header : header + n * item]
         (dest / f"{stem}.gz").write_bytes(gzip.compress(body, compresslevel=6, mtime=0))
     for name in TEST_FILES:
         shutil.copyfile(source_dir() / name, dest / name)
@@ -89,18 +90,24 @@ def pretrain_epochs(cfg, dataset, registry) -> list[float]:
 
 
 def throughput(dataset, registry, batch: int, threads: int, steps: int, spe: int) -> float:
-    cfg = train_config([f"train.batch_size={batch}", f"train.threads={threads}",
-                        f"train.max_train_samples={spe * batch}", f"train.epochs={1 + steps // spe}"])
+    cfg = train_config(
+        [
+            f"train.batch_size={batch}",
+            f"train.threads={threads}",
+            f"train.max_train_samples={spe * batch}",
+            f"train.epochs={1 + steps // spe}",
+        ]
+    )
     secs = pretrain_epochs(cfg, dataset, registry)[1:]
     return len(secs) * spe * batch / sum(secs)
 
 
 def size_point(n: int, src: Path, tmp: Path, registry, default_threads: int) -> dict[str, float]:
     from pretextflow.core.data.dataset import load_dataset
-    from pretextflow.core.evaluation.features import extract_features
     from pretextflow.core.data.ingest import ingest
-    from pretextflow.core.training.model import build_backbone
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.core.evaluation.features import extract_features
+    from pretextflow.core.training.model import build_backbone
 
     root = Path(tempfile.mkdtemp(prefix=f"ws-{n}-", dir=tmp))
     try:
@@ -132,7 +139,7 @@ def fit(ns: list[float], ts: list[float]) -> dict[str, float]:
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")
     sizes = sorted(set(ns))
-    med = {n: statistics.median(t for m, t in zip(ns, ts) if m == n) for n in sizes}
+    med = {n: statistics.median(t for m, t in zip(ns, ts, strict=False) if m == n) for n in sizes}
     raw = (med[sizes[-1]] / sizes[-1]) / (med[sizes[0]] / sizes[0])
     first = (med[sizes[1]] - med[sizes[0]]) / (sizes[1] - sizes[0])
     last = (med[sizes[-1]] - med[sizes[-2]]) / (sizes[-1] - sizes[-2])
@@ -149,16 +156,24 @@ def main() -> None:
     ap.add_argument("--batches", default="64,128,256,512")
     ap.add_argument("--threads", default="1,2", help="torch thread counts (at --threads-batch)")
     ap.add_argument("--threads-batch", type=int, default=256, help="batch size of the threads curve")
-    ap.add_argument("--base-threads", type=int, help="torch threads of the batch curve and the size runs "
-                    "(default: torch's default, all cores)")
+    ap.add_argument(
+        "--base-threads",
+        type=int,
+        help="torch threads of the batch curve and the size runs (default: torch's default, all cores)",
+    )
     ap.add_argument("--sizes", default="7500,15000,30000,60000", help="dataset sizes N (training images)")
     ap.add_argument("--steps", type=int, default=24, help="timed training steps per throughput point")
-    ap.add_argument("--steps-per-epoch", type=int, default=8,
-                    help="the untimed warm-up is one epoch of this many steps")
+    ap.add_argument(
+        "--steps-per-epoch", type=int, default=8, help="the untimed warm-up is one epoch of this many steps"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="rounds over all throughput points")
     ap.add_argument("--size-repeats", type=int, default=2, help="rounds over all dataset sizes")
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny batches, steps and sizes; one round each; "
-                    "writes to a temp folder unless --out/--png are given")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny batches, steps and sizes; one round each; "
+        "writes to a temp folder unless --out/--png are given",
+    )
     ap.add_argument("--out", help="markdown (default bench/SCALING.md)")
     ap.add_argument("--png", help="figure (default bench/scaling.png)")
     args = ap.parse_args()
@@ -199,11 +214,15 @@ def main() -> None:
         points += [(tb, t) for t in thread_list if (tb, t) not in points]
         ips: dict[tuple[int, int], list[float]] = {p: [] for p in points}
         for r in range(args.repeats):
-            for b, t in (points if r % 2 == 0 else points[::-1]):
+            for b, t in points if r % 2 == 0 else points[::-1]:
                 gc.collect()
                 ips[(b, t)].append(throughput(ds, registry, b, t, args.steps, args.steps_per_epoch))
-                print(f"[scaling] round {r + 1}/{args.repeats} batch {b} threads {t}: {ips[(b, t)][-1]:.0f} img/s "
-                      f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"[scaling] round {r + 1}/{args.repeats} batch {b} threads {t}: {ips[(b, t)][-1]:.0f} img/s "
+                    f"({time.perf_counter() - t0:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         torch.set_num_threads(default_threads)
 
         # -- dataset size: every N once per round, order alternating ---------------------------------
@@ -212,12 +231,16 @@ def main() -> None:
         del payloads
         runs: list[tuple[int, dict[str, float]]] = []
         for r in range(args.size_repeats):
-            for n in (sizes if r % 2 == 0 else sizes[::-1]):
+            for n in sizes if r % 2 == 0 else sizes[::-1]:
                 gc.collect()
                 runs.append((n, size_point(n, sources[n], tmp, registry, default_threads)))
-                print(f"[scaling] round {r + 1}/{args.size_repeats} N={n}: "
-                      + ", ".join(f"{k} {v:.2f}s" for k, v in runs[-1][1].items())
-                      + f" ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"[scaling] round {r + 1}/{args.size_repeats} N={n}: "
+                    + ", ".join(f"{k} {v:.2f}s" for k, v in runs[-1][1].items())
+                    + f" ({time.perf_counter() - t0:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     fits = {k: fit([n for n, _ in runs], [m[k] for _, m in runs]) for k in ("ingest", "epoch", "features")}
@@ -249,8 +272,13 @@ def plot(path: Path, ips, batches, thread_list, tb, default_threads, runs, fits)
     xs = np.linspace(0, max(n for n, _ in runs), 50)
     for k, color in (("ingest", "C0"), ("epoch", "C1"), ("features", "C2")):
         f = fits[k]
-        ax[2].plot([n for n, _ in runs], [m[k] for _, m in runs], "o", color=color,
-                   label=f"{k}: {f['a']:.2f} s + {f['b'] * 1e3:.3f} ms/img (R² {f['r2']:.3f})")
+        ax[2].plot(
+            [n for n, _ in runs],
+            [m[k] for _, m in runs],
+            "o",
+            color=color,
+            label=f"{k}: {f['a']:.2f} s + {f['b'] * 1e3:.3f} ms/img (R² {f['r2']:.3f})",
+        )
         ax[2].plot(xs, f["a"] + f["b"] * xs, "-", color=color, alpha=0.6)
     ax[2].set(xlabel="training images N", ylabel="seconds", title="time vs dataset size (least-squares fit)")
     ax[2].legend(fontsize=8)
@@ -270,43 +298,58 @@ def write(path: Path, png: Path, args, torch, ips, thread_list, default_threads,
         png_ref = png
     med = {p: statistics.median(v) for p, v in ips.items()}
     lines = [
-        "# Scaling: throughput vs batch and threads, time vs dataset size", "",
+        "# Scaling: throughput vs batch and threads, time vs dataset size",
+        "",
         f"Command: `{cmd}` ({seconds / 60:.1f} min). torch {torch.__version__}, {os.cpu_count()} CPUs, "
-        f"{default_threads} torch threads unless noted, {time.strftime('%Y-%m-%d')}. Figure: `{png_ref}`.", "",
-        "## Training images/s (SimCLR, convnet-s, configs/fashion_mnist.yaml)", "",
+        f"{default_threads} torch threads unless noted, {time.strftime('%Y-%m-%d')}. Figure: `{png_ref}`.",
+        "",
+        "## Training images/s (SimCLR, convnet-s, configs/fashion_mnist.yaml)",
+        "",
         f"Measured through the real training loop (`core.train.pretrain`, fresh temp store): one untimed warm-up "
         f"epoch of {args.steps_per_epoch} steps, then {args.steps} timed steps; images/s from the loop's "
-        f"`epoch_seconds`. {args.repeats} round(s) over all points, alternating order; median (min-max).", "",
-        "| batch | threads | images/s (median) | min | max | vs batch 256 |", "|---|---|---|---|---|---|",
+        f"`epoch_seconds`. {args.repeats} round(s) over all points, alternating order; median (min-max).",
+        "",
+        "| batch | threads | images/s (median) | min | max | vs batch 256 |",
+        "|---|---|---|---|---|---|",
     ]
     tb = args.threads_batch
     ref = med.get((256, default_threads))
-    for (b, t) in sorted(ips, key=lambda p: (p[1] != default_threads, p[1], p[0])):
+    for b, t in sorted(ips, key=lambda p: (p[1] != default_threads, p[1], p[0])):
         v = ips[(b, t)]
         rel = f"{med[(b, t)] / ref:.2f}" if ref and t == default_threads else ""
         lines.append(f"| {b} | {t} | {med[(b, t)]:.0f} | {min(v):.0f} | {max(v):.0f} | {rel} |")
     if len(thread_list) > 1:
         lo, hi = min(thread_list), max(thread_list)
-        lines += ["", f"Speed-up {hi} vs {lo} thread(s) at batch {tb}: {med[(tb, hi)] / med[(tb, lo)]:.2f}x "
-                  f"(ideal {hi / lo:.0f}x)."]
+        lines += [
+            "",
+            f"Speed-up {hi} vs {lo} thread(s) at batch {tb}: {med[(tb, hi)] / med[(tb, lo)]:.2f}x "
+            f"(ideal {hi / lo:.0f}x).",
+        ]
     lines += [
-        "", "## Time vs dataset size N", "",
+        "",
+        "## Time vs dataset size N",
+        "",
         f"Sizes {args.sizes}, {args.size_repeats} round(s), alternating order. Ingest = the real `ingest` (IDX gz -> "
         "canonical .npy, `dvc add` + `dvc push` to a local remote) into a fresh workspace; epoch = one epoch of the "
         "real `pretrain` (batch 256, epoch_seconds, first epoch so it includes the loop's warm-up); features = "
         "`extract_features` of the N training images (memory-mapped) at batch 1024. Fit t = a + b*N by least squares "
         "over every measurement. Per-image time, largest vs smallest N: raw = (t/N at max N) / (t/N at min N), which "
         "the fixed cost a pulls below 1; marginal = slope of the last interval / slope of the first (~1 when linear, "
-        "> 1 when superlinear).", "",
-        "| stage | " + " | ".join(f"N={n} s" for n in sorted(fits["ingest"]["median"])) +
-        " | a (s) | b (ms/image) | R² | per-image raw ratio | per-image marginal ratio |",
+        "> 1 when superlinear).",
+        "",
+        "| stage | "
+        + " | ".join(f"N={n} s" for n in sorted(fits["ingest"]["median"]))
+        + " | a (s) | b (ms/image) | R² | per-image raw ratio | per-image marginal ratio |",
         "|---|" + "---|" * (len(fits["ingest"]["median"]) + 5),
     ]
     for k in ("ingest", "epoch", "features"):
         f = fits[k]
-        lines.append(f"| {k} | " + " | ".join(f"{f['median'][n]:.2f}" for n in sorted(f["median"]))
-                     + f" | {f['a']:.2f} | {f['b'] * 1e3:.4f} | {f['r2']:.4f} | {f['raw_ratio']:.2f} | "
-                     f"{f['marginal_ratio']:.2f} |")
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{f['median'][n]:.2f}" for n in sorted(f["median"]))
+            + f" | {f['a']:.2f} | {f['b'] * 1e3:.4f} | {f['r2']:.4f} | {f['raw_ratio']:.2f} | "
+            f"{f['marginal_ratio']:.2f} |"
+        )
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     print(text)

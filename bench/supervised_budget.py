@@ -9,6 +9,7 @@ the longer budgets would score higher.
     python bench/supervised_budget.py                       # 1% and 10% (about 6 min on 2 cores)
     python bench/supervised_budget.py --fractions 0.01,0.1,1.0 --multipliers 1,2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,12 @@ def main() -> None:
     from pretextflow.core.config import load_config
     from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.data.ingest import ingest
-    from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.evaluation.probe import label_subsets
-    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
-    from pretextflow.core.evaluation.supervised import schedule, train_supervised
-    from pretextflow.core.training.model import configure_runtime
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.core.evaluation.probe import label_subsets
+    from pretextflow.core.evaluation.supervised import schedule, train_supervised
+    from pretextflow.core.registry.registry import get_registry
+    from pretextflow.core.training.model import configure_runtime
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
 
     ws = init_workspace(Path(tempfile.mkdtemp(prefix="pretextflow-bench-")) / "ws")
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)
@@ -61,13 +62,25 @@ def main() -> None:
         for mult in (int(m) for m in args.multipliers.split(",")):
             sc = cfg.probe.supervised
             _, _, steps = schedule(len(idx), sc)
-            c = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"supervised": sc.model_copy(update={
-                "epochs": sc.epochs * mult, "min_steps": sc.min_steps * mult})})})
+            c = cfg.model_copy(
+                update={
+                    "probe": cfg.probe.model_copy(
+                        update={
+                            "supervised": sc.model_copy(
+                                update={"epochs": sc.epochs * mult, "min_steps": sc.min_steps * mult}
+                            )
+                        }
+                    )
+                }
+            )
             configure_runtime(cfg.seed, torch.device("cpu"), None)
             t = time.perf_counter()
             r = train_supervised(c, ds.meta, get_registry(), x[idx], y[idx], x[held], y[held], seed=cfg.seed)
-            print(f"| {f:g} | {len(idx)} | {mult}x | {r['steps']} | {r['train_top1']:.4f} | {r['top1']:.4f} | "
-                  f"{time.perf_counter() - t:.0f} |", flush=True)
+            print(
+                f"| {f:g} | {len(idx)} | {mult}x | {r['steps']} | {r['train_top1']:.4f} | {r['top1']:.4f} | "
+                f"{time.perf_counter() - t:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

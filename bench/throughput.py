@@ -28,6 +28,7 @@ window is at least `--min-seconds` (3 s; from a 4-step calibration of the bare l
     python bench/throughput.py --methods simclr,byol --repeats 5
     python bench/throughput.py --quick                           # a < 90 s smoke run (numbers meaningless)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,13 @@ KEY = "throughput"
 def method_config(method: str, steps_per_epoch: int, epochs: int, threads: int | None, batch: int | None = None):
     from pretextflow.core.config import load_config
 
-    over = [f"pretext.name={method}", "pretext.params={}", "data.source=null", "probe.baselines=[]",
-            f"train.epochs={epochs}"]
+    over = [
+        f"pretext.name={method}",
+        "pretext.params={}",
+        "data.source=null",
+        "probe.baselines=[]",
+        f"train.epochs={epochs}",
+    ]
     if batch:
         over.append(f"train.batch_size={batch}")
     if threads:
@@ -67,8 +73,8 @@ def canonical_dataset(tmp: Path):
     """Fashion-MNIST ingested into a temp workspace (as bench/methods.py does), opened for reading."""
     from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.data.ingest import ingest
-    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
     from pretextflow.core.data.versioning import init_workspace
+    from pretextflow.plugins.datasets.known import DEBIAN_FASHION_MNIST
 
     ws = init_workspace(tmp / "ws")
     ingest(ws, os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST), "idx", "fashion-mnist", push=False)
@@ -116,7 +122,7 @@ class BareLoop:
         perm = torch.randperm(len(images), generator=self.data_gen)
         for i in range(self.steps):
             step = self.epoch * self.steps + i
-            out = task(images[perm[i * bs:(i + 1) * bs]], aug)
+            out = task(images[perm[i * bs : (i + 1) * bs]], aug)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
@@ -142,17 +148,26 @@ def one_repeat(cfg, dataset, registry, steps_per_epoch: int, ours_first: bool) -
     tmp = tempfile.mkdtemp(prefix="pretextflow-throughput-store-")
     try:
         store = ArtifactStore(tmp)
-        pretrain(cfg, dataset, store, KEY, registry,
-                 on_epoch_end=lambda e: bare.run_epoch() if ours_first or e < epochs else None)
+        pretrain(
+            cfg,
+            dataset,
+            store,
+            KEY,
+            registry,
+            on_epoch_end=lambda e: bare.run_epoch() if ours_first or e < epochs else None,
+        )
         hist = store.read_json("pretrain", KEY, "history.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert bare.epoch == epochs == len(hist["epoch_seconds"]), (bare.epoch, epochs, hist["epoch_seconds"])
     images = (epochs - 1) * steps_per_epoch * cfg.train.batch_size
     ours_s, bare_s = hist["epoch_seconds"][1:], bare.epoch_seconds[1:]
-    return {"ours": images / sum(ours_s), "bare": images / sum(bare_s),
-            "pairs": [b / o for o, b in zip(ours_s, bare_s)],  # ours/bare img/s of adjacent epochs
-            "same_loss": hist["step_loss"][0] == bare.first_loss}
+    return {
+        "ours": images / sum(ours_s),
+        "bare": images / sum(bare_s),
+        "pairs": [b / o for o, b in zip(ours_s, bare_s, strict=False)],  # ours/bare img/s of adjacent epochs
+        "same_loss": hist["step_loss"][0] == bare.first_loss,
+    }
 
 
 T0 = time.perf_counter()
@@ -176,35 +191,62 @@ def measure(method: str, dataset, registry, args) -> dict:
         got = one_repeat(cfg, dataset, registry, args.steps_per_epoch, ours_first=r % 2 == 0)
         got["ratio"] = got["ours"] / got["bare"]
         rows.append(got)
-        print(f"[throughput] {method} repeat {r + 1}/{args.repeats} ({'ours' if r % 2 == 0 else 'bare'} first): "
-              f"ours {got['ours']:.0f} img/s, bare {got['bare']:.0f} img/s, ratio {got['ratio']:.3f} "
-              f"({time.perf_counter() - T0:.0f}s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"[throughput] {method} repeat {r + 1}/{args.repeats} ({'ours' if r % 2 == 0 else 'bare'} first): "
+            f"ours {got['ours']:.0f} img/s, bare {got['bare']:.0f} img/s, ratio {got['ratio']:.3f} "
+            f"({time.perf_counter() - T0:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
     ratios = [g["ratio"] for g in rows]
-    return {"method": method, "backbone": cfg.backbone.name, "batch": cfg.train.batch_size, "steps": steps,
-            "ours": statistics.median(g["ours"] for g in rows), "bare": statistics.median(g["bare"] for g in rows),
-            "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "pair_median": statistics.median(x for g in rows for x in g["pairs"]),
-            "same_step0_loss": all(g["same_loss"] for g in rows)}
+    return {
+        "method": method,
+        "backbone": cfg.backbone.name,
+        "batch": cfg.train.batch_size,
+        "steps": steps,
+        "ours": statistics.median(g["ours"] for g in rows),
+        "bare": statistics.median(g["bare"] for g in rows),
+        "ratio": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "pair_median": statistics.median(x for g in rows for x in g["pairs"]),
+        "same_step0_loss": all(g["same_loss"] for g in rows),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(ALL))
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per side per repeat (after a warm-up epoch); "
-                    "at least, see --min-seconds")
-    ap.add_argument("--min-seconds", type=float, default=3.0,
-                    help="fast methods get more timed steps (a multiple of --steps-per-epoch, at most 10 x --steps) "
-                    "so each side's timed window per repeat is at least this long, from a 4-step calibration; 0 = off")
-    ap.add_argument("--steps-per-epoch", type=int, default=5,
-                    help="epoch length = the interleaving grain; the first epoch (this many steps) of each side is "
-                    "the untimed warm-up; must divide --steps")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=15,
+        help="timed steps per side per repeat (after a warm-up epoch); at least, see --min-seconds",
+    )
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=3.0,
+        help="fast methods get more timed steps (a multiple of --steps-per-epoch, at most 10 x --steps) "
+        "so each side's timed window per repeat is at least this long, from a 4-step calibration; 0 = off",
+    )
+    ap.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=5,
+        help="epoch length = the interleaving grain; the first epoch (this many steps) of each side is "
+        "the untimed warm-up; must divide --steps",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, help="batch size (default: the config's, 256)")
     ap.add_argument("--threads", type=int, help="torch threads (train.threads); default: torch's default")
-    ap.add_argument("--quick", action="store_true", help="smoke run (< 90 s, numbers meaningless): batch 32, "
-                    "1 thread, 1 timed step after a 1-step warm-up epoch, 2 repeats; writes to a temp file unless "
-                    "--out is given")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (< 90 s, numbers meaningless): batch 32, "
+        "1 thread, 1 timed step after a 1-step warm-up epoch, 2 repeats; writes to a temp file unless "
+        "--out is given",
+    )
     ap.add_argument("--out", help="markdown results (default bench/THROUGHPUT.md)")
     args = ap.parse_args()
     if args.quick:
@@ -213,8 +255,11 @@ def main() -> None:
         args.threads = args.threads or 1  # 2 threads on a busy 2-core machine can be 10-50x slower (spinning)
     if args.steps % args.steps_per_epoch:
         ap.error("--steps must be a multiple of --steps-per-epoch")
-    out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / "THROUGHPUT.quick.md" if args.quick
-                                           else REPO / "bench" / "THROUGHPUT.md")
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(tempfile.gettempdir()) / "THROUGHPUT.quick.md" if args.quick else REPO / "bench" / "THROUGHPUT.md")
+    )
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
     import torch
@@ -238,9 +283,11 @@ def write(path: Path, results: list[dict], args, torch, seconds: float) -> None:
     below = [r["method"] for r in results if r["ratio"] < TARGET]
     cmd = " ".join(["python bench/throughput.py", *sys.argv[1:]])
     lines = [
-        "# Pretrain throughput: our training loop vs a bare PyTorch loop", "",
+        "# Pretrain throughput: our training loop vs a bare PyTorch loop",
+        "",
         f"Command: `{cmd}` ({seconds / 60:.1f} min). torch {torch.__version__}, {torch.get_num_threads()} torch "
-        f"threads, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}.", "",
+        f"threads, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}.",
+        "",
         f"Same config as bench/methods.py (configs/fashion_mnist.yaml, each method's default params, batch "
         f"{results[0]['batch'] if results else '?'}); per side and repeat: one warm-up "
         f"epoch of {args.steps_per_epoch} steps (not timed), then the timed steps (at least {args.steps}, more for "
@@ -249,19 +296,24 @@ def write(path: Path, results: list[dict], args, torch, seconds: float) -> None:
         f"OURS = `core.train.pretrain` on a fresh temp store, images/s from its `epoch_seconds`; BARE = a hand-written "
         f"loop with the same task module, Augmenter, AdamW param groups, images, seeds and threads. The side "
         f"going first alternates each repeat; ratio = ours / bare within a repeat, median (min-max) over "
-        f"{args.repeats} repeats. \"epoch-pair median\" = the median ratio over every pair of adjacent timed "
-        f"epochs of all repeats (a cross-check robust to bursts of load). \"step-0 loss\" = both sides "
-        f"computed the identical first loss (same model init, batch and views).", "",
+        f'{args.repeats} repeats. "epoch-pair median" = the median ratio over every pair of adjacent timed '
+        f'epochs of all repeats (a cross-check robust to bursts of load). "step-0 loss" = both sides '
+        f"computed the identical first loss (same model init, batch and views).",
+        "",
         "| method | backbone | timed steps | ours img/s | bare img/s | ours / bare (median) | min | max "
         "| epoch-pair median | step-0 loss equal |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['method']} | {r['backbone']} | {r['steps']} | {r['ours']:.0f} | {r['bare']:.0f} | "
-                     f"{r['ratio']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {r['pair_median']:.3f} | "
-                     f"{'yes' if r['same_step0_loss'] else 'NO'} |")
-    lines += ["", f"all methods >= {TARGET}: {'yes' if not below else 'no'}"
-              + (f" (below: {', '.join(below)})" if below else "")]
+        lines.append(
+            f"| {r['method']} | {r['backbone']} | {r['steps']} | {r['ours']:.0f} | {r['bare']:.0f} | "
+            f"{r['ratio']:.3f} | {r['min']:.3f} | {r['max']:.3f} | {r['pair_median']:.3f} | "
+            f"{'yes' if r['same_step0_loss'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"all methods >= {TARGET}: {'yes' if not below else 'no'}" + (f" (below: {', '.join(below)})" if below else ""),
+    ]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     print(text)

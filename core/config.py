@@ -1,5 +1,6 @@
 """The run configuration: one YAML per experiment, validated by pydantic, overridable by
 ``--set key=value``. Unknown keys and invalid values are errors that name the field."""
+
 from __future__ import annotations
 
 import re
@@ -9,8 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from pretextflow.core.security import credentials
 from pretextflow.core.errors import ConfigError
+from pretextflow.core.security import credentials
 from pretextflow.core.security.redaction import register_secrets, register_url_secrets
 
 
@@ -38,9 +39,12 @@ class DataConfig(Strict):
     @classmethod
     def _folder_name(cls, v: str) -> str:
         if not DATASET_NAME_RE.match(v):
-            raise ValueError("use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit "
-                             "(e.g. fashion-mnist)")
+            raise ValueError(
+                "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(e.g. fashion-mnist)"
+            )
         return v
+
     source: str | None = Field(None, description="fsspec URI to ingest from; None = use the ingested dataset")
     format: str | None = Field(None, description="dataset-format plugin for `source`")
     options: dict[str, Any] = Field({}, description="options of the dataset format")
@@ -68,8 +72,11 @@ class PretextConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: int = Field(10, gt=0)
-    batch_size: int = Field(256, ge=2, description="the global batch; at least 2 (batch statistics: BatchNorm "
-                                                   "heads, variance and correlation losses)")
+    batch_size: int = Field(
+        256,
+        ge=2,
+        description="the global batch; at least 2 (batch statistics: BatchNorm heads, variance and correlation losses)",
+    )
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -80,25 +87,37 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, gt=0, description="CPU threads; None = all cores")
     max_train_samples: int | None = Field(None, gt=0, description="use only the first N training images")
     checkpoint_every: int = Field(1, gt=0, description="checkpoint every N epochs")
-    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps, "
-                                               "mid-epoch (a crash then loses at most N steps); None = per epoch only")
+    checkpoint_every_steps: int | None = Field(
+        None,
+        gt=0,
+        description="also checkpoint every N optimizer steps, "
+        "mid-epoch (a crash then loses at most N steps); None = per epoch only",
+    )
     on_nonfinite: Literal["stop", "rollback"] = Field(
-        "stop", description="after a non-finite loss (or weights): stop with an error, keeping the last good "
-                            "checkpoint; or roll back to it, multiply the lr by rollback_lr_factor and go on")
+        "stop",
+        description="after a non-finite loss (or weights): stop with an error, keeping the last good "
+        "checkpoint; or roll back to it, multiply the lr by rollback_lr_factor and go on",
+    )
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="on_nonfinite: rollback multiplies the lr by this")
     max_rollbacks: int = Field(3, gt=0, description="on_nonfinite: rollback stops with an error after this many")
     log_every: int = Field(50, gt=0, description="log the loss every N steps")
-    devices: int = Field(1, gt=0, description="processes for data-parallel training (DDP): gloo on the CPU, "
-                                              "one GPU each with NCCL; batch_size stays the global batch")
+    devices: int = Field(
+        1,
+        gt=0,
+        description="processes for data-parallel training (DDP): gloo on the CPU, "
+        "one GPU each with NCCL; batch_size stays the global batch",
+    )
     sync_batchnorm: bool = Field(True, description="with devices > 1: BatchNorm statistics over the global batch")
     compile: bool = Field(False, description="torch.compile the backbone (worth it on GPUs; slow to start)")
     channels_last: bool = Field(True, description="channels_last memory format for CNNs on CUDA")
 
     @model_validator(mode="after")
-    def _global_batch_splits(self) -> "TrainConfig":
+    def _global_batch_splits(self) -> TrainConfig:
         if self.batch_size % self.devices:
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices} "
-                             f"(it is the global batch; each process takes batch_size / devices)")
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by devices {self.devices} "
+                f"(it is the global batch; each process takes batch_size / devices)"
+            )
         return self
 
 
@@ -125,8 +144,9 @@ class ProbeConfig(Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="of the labelled train split, to choose weight decay")
     batch_size: int = Field(1024, gt=0, description="feature-extraction batch size")
     baselines: list[Literal["random_init", "pixels", "supervised"]] = ["random_init", "pixels", "supervised"]
-    label_fractions: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
-                                         description="labelled fractions for the label-efficiency table")
+    label_fractions: list[float] = Field(
+        [0.01, 0.1, 1.0], min_length=1, description="labelled fractions for the label-efficiency table"
+    )
     label_seeds: int = Field(1, gt=0, description="subset draws per fraction below 1 (mean +- std when > 1)")
     supervised: SupervisedConfig = SupervisedConfig()
     finetune: bool = Field(False, description="also fine-tune the SSL backbone on each labelled subset")
@@ -149,14 +169,19 @@ class ProbeConfig(Strict):
 
 class ReportConfig(Strict):
     regression_threshold: float | None = Field(
-        None, ge=0, le=1, description="fail the run when linear top-1 drops by more than this (0.01 = 1 point) "
-                                      "against the previous run of the same config name; None = never")
+        None,
+        ge=0,
+        le=1,
+        description="fail the run when linear top-1 drops by more than this (0.01 = 1 point) "
+        "against the previous run of the same config name; None = never",
+    )
 
 
 class StoreConfig(Strict):
     uri: str = Field("artifacts", description="artifact store: fsspec URI, or a path relative to the workspace")
-    storage_options: dict[str, Any] = Field({}, validate_default=True,
-                                            description="fsspec options (credentials come from the environment)")
+    storage_options: dict[str, Any] = Field(
+        {}, validate_default=True, description="fsspec options (credentials come from the environment)"
+    )
 
     @field_validator("storage_options")
     @classmethod
@@ -179,13 +204,18 @@ class StoreConfig(Strict):
     @field_serializer("uri")
     def _credentials_by_reference(self, v: str) -> str:
         return credentials.protect_uri(v)
-    min_free_mb: float = Field(100, ge=0, description="a stage that writes checks first that a local store has this "
-                                                     "much free space (MB), and stops with a clear error if not; 0 = no check")
+
+    min_free_mb: float = Field(
+        100,
+        ge=0,
+        description="a stage that writes checks first that a local store has this "
+        "much free space (MB), and stops with a clear error if not; 0 = no check",
+    )
 
 
 class RunConfig(Strict):
     name: str = "run"
-    seed: int = Field(0, ge=0, le=2 ** 31 - 1, description="below 2^31: torch, numpy and scikit-learn all take it")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="below 2^31: torch, numpy and scikit-learn all take it")
     data: DataConfig
     backbone: BackboneConfig = BackboneConfig()
     pretext: PretextConfig = PretextConfig()
@@ -206,8 +236,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             mark = getattr(exc, "problem_mark", None)
             where = f" at column {mark.column + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or "parse error"
-            raise ConfigError(f"--set {key.strip()}=...: the value is not valid YAML ({problem}{where}). "
-                              "Quote values such as \"${env:NAME}\".") from None
+            raise ConfigError(
+                f"--set {key.strip()}=...: the value is not valid YAML ({problem}{where}). "
+                'Quote values such as "${env:NAME}".'
+            ) from None
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
     return key.strip().split("."), value
 
@@ -227,16 +259,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                raw: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, raw: dict[str, Any] | None = None
+) -> RunConfig:
     """YAML file (or a dict) + overrides -> a validated RunConfig, or a ConfigError naming the field."""
     origin = str(path) if path else "config"
     if raw is None:
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError(f"{origin}: cannot read the config ({exc.strerror}). Check the path; configs/ "
-                              f"holds examples.") from exc
+            raise ConfigError(
+                f"{origin}: cannot read the config ({exc.strerror}). Check the path; configs/ holds examples."
+            ) from exc
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -1,5 +1,6 @@
 """Errors a user can act on. Each message names the problem and the fix; the CLI prints it and
 exits non-zero without a traceback."""
+
 from __future__ import annotations
 
 from pretextflow.core.security.redaction import redact
@@ -35,6 +36,7 @@ class StageInputError(PretextflowError):
 
 class VersioningError(PretextflowError):
     """A DVC or git operation failed."""
+
 
 class TrainingDiverged(PretextflowError):
     """Pretraining met a non-finite loss and stopped (or ran out of rollbacks); the last good

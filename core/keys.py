@@ -2,6 +2,7 @@
 
 Keys hash validated configs, dataset fingerprints (md5-derived) and upstream keys, never
 tensors or pickles (their bytes are not stable across processes)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,12 @@ STAGE_VERSIONS = {"pretrain": 1, "freeze": 1, "probe": 2, "features": 1, "superv
 
 
 def stage_key(stage: str, payload: dict[str, Any]) -> str:
-    blob = json.dumps({"stage": stage, "stage_version": STAGE_VERSIONS.get(stage, 1), **payload},
-                      sort_keys=True, default=str, separators=(",", ":"))
+    blob = json.dumps(
+        {"stage": stage, "stage_version": STAGE_VERSIONS.get(stage, 1), **payload},
+        sort_keys=True,
+        default=str,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -3,20 +3,22 @@ flows in ``pretextflow.flows`` wrap exactly these; so can any other orchestrator
 
 Each stage's key hashes what determines its output (see ``core.keys``); the key names the
 artifact's folder in the store, and a stage whose complete artifact exists is not recomputed."""
+
 from __future__ import annotations
 
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset, load_dataset
 from pretextflow.core.keys import source_digest, stage_key
+from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow")
@@ -42,7 +44,7 @@ class StageContext:
     store: ArtifactStore
 
     @classmethod
-    def create(cls, cfg: RunConfig, workspace: str | None = None, registry: Registry | None = None) -> "StageContext":
+    def create(cls, cfg: RunConfig, workspace: str | None = None, registry: Registry | None = None) -> StageContext:
         ws = Workspace.at(workspace)
         store = ArtifactStore(ws.store_uri(cfg.store.uri), cfg.store.storage_options)
         return cls(ws, cfg, registry or get_registry(), store)
@@ -63,39 +65,61 @@ class StageContext:
     # -- keys ----------------------------------------------------------------------------------
     def code_version(self, stage: str) -> str:
         """Content hash of the code a stage runs: its core modules and the plugins' modules."""
-        from pretextflow.core.toolkit import augment, heads
-        from pretextflow.core.training import checkpoint, freeze, loop as train
         from pretextflow.core.evaluation import features, probe, supervised
         from pretextflow.core.registry import contracts
+        from pretextflow.core.toolkit import augment, heads
+        from pretextflow.core.training import checkpoint, freeze
+        from pretextflow.core.training import loop as train
 
         backbone = self.registry.backbone(self.cfg.backbone.name).build
-        modules = {"pretrain": [train, augment, heads, contracts, checkpoint, backbone,
-                                self.registry.pretext_task(self.cfg.pretext.name)],
-                   "freeze": [freeze, checkpoint],
-                   "probe": [probe, features, supervised, augment, train, backbone]}[stage]
+        modules = {
+            "pretrain": [
+                train,
+                augment,
+                heads,
+                contracts,
+                checkpoint,
+                backbone,
+                self.registry.pretext_task(self.cfg.pretext.name),
+            ],
+            "freeze": [freeze, checkpoint],
+            "probe": [probe, features, supervised, augment, train, backbone],
+        }[stage]
         return source_digest(*modules)
 
     def pretrain_key(self, ds: Dataset) -> str:
         cfg = self.cfg
         train = cfg.train.model_dump(mode="json", exclude=_train_fields_not_in_key(cfg))
-        return stage_key("pretrain", {
-            "data": ds.fingerprint, "seed": cfg.seed, "train": train,
-            "backbone": cfg.backbone.model_dump(mode="json"),
-            "pretext": {"name": cfg.pretext.name, "params": resolved_pretext_params(cfg, self.registry)},
-            "plugins": self.plugin_versions(), "code": self.code_version("pretrain"),
-        })
+        return stage_key(
+            "pretrain",
+            {
+                "data": ds.fingerprint,
+                "seed": cfg.seed,
+                "train": train,
+                "backbone": cfg.backbone.model_dump(mode="json"),
+                "pretext": {"name": cfg.pretext.name, "params": resolved_pretext_params(cfg, self.registry)},
+                "plugins": self.plugin_versions(),
+                "code": self.code_version("pretrain"),
+            },
+        )
 
     def freeze_key(self, pretrain_key: str) -> str:
         return stage_key("freeze", {"pretrain": pretrain_key, "code": self.code_version("freeze")})
 
     def probe_key(self, ds: Dataset, freeze_key: str) -> str:
         cfg = self.cfg
-        return stage_key("probe", {
-            "freeze": freeze_key, "data": ds.fingerprint, "seed": cfg.seed,
-            "probe": cfg.probe.model_dump(mode="json"),
-            "backbone": cfg.backbone.model_dump(mode="json"),  # the random-init baseline depends on it
-            "plugins": self.plugin_versions()["backbone"], "code": self.code_version("probe"),
-        })
+        return stage_key(
+            "probe",
+            {
+                "freeze": freeze_key,
+                "data": ds.fingerprint,
+                "seed": cfg.seed,
+                "probe": cfg.probe.model_dump(mode="json"),
+                "backbone": cfg.backbone.model_dump(mode="json"),  # the random-init baseline depends on it
+                "plugins": self.plugin_versions()["backbone"],
+                "code": self.code_version("probe"),
+            },
+        )
 
     def keys(self, ds: Dataset) -> dict[str, str]:
         pk = self.pretrain_key(ds)
@@ -115,8 +139,13 @@ def store_preflight(ctx: StageContext, stage: str, key: str | None = None, logge
         if key is not None:
             removed = ctx.store.remove_stale_temp_files(stage, key)
             if removed:
-                logger.info("%s %s: removed %d temporary file(s) left by an interrupted writer: %s", stage, key,
-                            len(removed), ", ".join(removed))
+                logger.info(
+                    "%s %s: removed %d temporary file(s) left by an interrupted writer: %s",
+                    stage,
+                    key,
+                    len(removed),
+                    ", ".join(removed),
+                )
     except StoreError as exc:
         raise StoreError(f"{stage} cannot start: {exc}", transient=exc.transient) from exc.__cause__
 
@@ -148,8 +177,17 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
             from pretextflow.core.errors import ConfigError
 
             raise ConfigError("data.format is required when data.source is set (e.g. idx, imagefolder).")
-        return ingest(ctx.ws, d.source, d.format, d.name, d.options, ctx.cfg.store.storage_options, push=push,
-                      registry=ctx.registry, logger=logger)
+        return ingest(
+            ctx.ws,
+            d.source,
+            d.format,
+            d.name,
+            d.options,
+            ctx.cfg.store.storage_options,
+            push=push,
+            registry=ctx.registry,
+            logger=logger,
+        )
     if refresh:
         from pretextflow.core.data.ingest import ensure_consistent
 
@@ -171,8 +209,9 @@ def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None)
     ds = ctx.dataset()
     key = ctx.pretrain_key(ds)
     store_preflight(ctx, "pretrain", key, logger)
-    outcome = pretrain(ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end,
-                       on_step=on_step)
+    outcome = pretrain(
+        ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end, on_step=on_step
+    )
     return outcome.__dict__
 
 
@@ -198,40 +237,53 @@ def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
     store_preflight(ctx, "probe", keys["probe"], logger)
     cached = ctx.store.is_complete("probe", keys["probe"])
     metrics = probe(ctx.cfg, ds, ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger)
-    return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached,
-            "metrics": metrics}
+    return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached, "metrics": metrics}
 
 
 @_timed_stage
 def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None = None, logger=log) -> dict[str, Any]:
     """Write the run folder (manifest.json, report.md, report.html, figures) from stored artifacts."""
+    from pretextflow.core.data.versioning import data_version, default_remote_url, read_data_dvc
     from pretextflow.core.errors import StageInputError
+    from pretextflow.core.runs.history import RegressionError, check_regression, compare_metrics, previous_run
     from pretextflow.core.runs.manifest import build_manifest, new_run_id
     from pretextflow.core.runs.report import write_report
-    from pretextflow.core.runs.history import RegressionError, check_regression, compare_metrics, previous_run
-    from pretextflow.core.data.versioning import default_remote_url
-    from pretextflow.core.data.versioning import data_version, read_data_dvc
 
     ds = ctx.dataset()
     keys = ctx.keys(ds)
     store_preflight(ctx, "report")
     for stage in ("pretrain", "freeze", "probe"):
         if not ctx.store.is_complete(stage, keys[stage]):
-            raise StageInputError(f"report needs {stage}/{keys[stage]} in {ctx.store.uri}, which does not exist. "
-                                  f"Run `pretextflow {stage} CONFIG` first (or `pretextflow run CONFIG`).")
+            raise StageInputError(
+                f"report needs {stage}/{keys[stage]} in {ctx.store.uri}, which does not exist. "
+                f"Run `pretextflow {stage} CONFIG` first (or `pretextflow run CONFIG`)."
+            )
     metrics = ctx.store.read_json("probe", keys["probe"], "metrics.json")
     history = ctx.store.read_json("pretrain", keys["pretrain"], "history.json")
     run_id = new_run_id(ctx.cfg.name, keys["probe"])
     previous = previous_run(ctx.store, ctx.cfg.name)
     manifest = build_manifest(
-        run_id=run_id, cfg=ctx.cfg, registry=ctx.registry, dataset=ds, data_version=data_version(ctx.ws),
-        data_dvc=read_data_dvc(ctx.ws), keys=keys, store=ctx.store, metrics=metrics, history=history,
-        stage_times=stage_times or {}, dvc_remote=default_remote_url(ctx.ws))
+        run_id=run_id,
+        cfg=ctx.cfg,
+        registry=ctx.registry,
+        dataset=ds,
+        data_version=data_version(ctx.ws),
+        data_dvc=read_data_dvc(ctx.ws),
+        keys=keys,
+        store=ctx.store,
+        metrics=metrics,
+        history=history,
+        stage_times=stage_times or {},
+        dvc_remote=default_remote_url(ctx.ws),
+    )
     if previous is not None:
         manifest["previous_run"] = {
-            "run_id": previous["run_id"], "created_at": previous["created_at"],
-            "data_version": previous["data_version"], "same_keys": previous["artifacts"].get("probe", {}).get("key")
-            == keys["probe"], "comparison": compare_metrics(previous["metrics"], metrics)}
+            "run_id": previous["run_id"],
+            "created_at": previous["created_at"],
+            "data_version": previous["data_version"],
+            "same_keys": previous["artifacts"].get("probe", {}).get("key") == keys["probe"],
+            "comparison": compare_metrics(previous["metrics"], metrics),
+        }
     manifest["regression"] = check_regression(manifest, previous, ctx.cfg.report.regression_threshold)
     run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=ds)
     logger.info("report: %s", run_uri)

@@ -7,6 +7,7 @@ Every filesystem error is raised as a :class:`StoreError` naming the store and t
 ``transient`` when a retry can help (a dropped connection, an I/O hiccup) and not when it cannot
 (no space left, permission denied, a read-only filesystem): the Prefect tasks retry only the
 former (``flows.common.is_transient``)."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,8 +20,9 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -34,8 +36,19 @@ COMPLETE = "_COMPLETE"
 # filesystem, a file where a folder must be. Any other filesystem error (EIO, a timeout, a reset
 # connection, an S3 5xx that s3fs maps to OSError, a file that vanished under a concurrent run)
 # may pass, and is worth a retry.
-PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
-                              errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+PERMANENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENAMETOOLONG,
+    }
+)
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
@@ -114,19 +127,27 @@ class ArtifactStore:
         where = self.uri_of(*parts) if parts else self.uri
         code = getattr(exc, "errno", None)
         if code in _NO_SPACE:
-            return StoreError(f"no space left on {self.uri} while trying to {action} {where} ({exc}). Free space "
-                              f"there, or set store.uri to a store with room; nothing was written under that name.")
+            return StoreError(
+                f"no space left on {self.uri} while trying to {action} {where} ({exc}). Free space "
+                f"there, or set store.uri to a store with room; nothing was written under that name."
+            )
         if isinstance(exc, PermissionError) or code in _NOT_WRITABLE:
             what = "writable" if action in ("write", "remove") else "readable"
-            return StoreError(f"the artifact store {self.uri} refused to {action} {where} ({exc}): it is not "
-                              f"{what} by this user. Fix its permissions, or set store.uri to a folder or bucket "
-                              f"you can write.")
+            return StoreError(
+                f"the artifact store {self.uri} refused to {action} {where} ({exc}): it is not "
+                f"{what} by this user. Fix its permissions, or set store.uri to a folder or bucket "
+                f"you can write."
+            )
         if is_transient_io_error(exc):
-            return StoreError(f"cannot {action} {where}: {exc.__class__.__name__}: {exc}. A transient storage "
-                              f"error (the stage is retried); if it persists, check the store's connection and "
-                              f"health (store.uri).", transient=True)
-        return StoreError(f"cannot {action} {where}: {exc}. Check store.uri: it must name a folder or bucket "
-                          f"this user can write.")
+            return StoreError(
+                f"cannot {action} {where}: {exc.__class__.__name__}: {exc}. A transient storage "
+                f"error (the stage is retried); if it persists, check the store's connection and "
+                f"health (store.uri).",
+                transient=True,
+            )
+        return StoreError(
+            f"cannot {action} {where}: {exc}. Check store.uri: it must name a folder or bucket this user can write."
+        )
 
     def exists(self, *parts: str) -> bool:
         with self._io("look up", *parts):
@@ -170,10 +191,12 @@ class ArtifactStore:
         if min_free_bytes > 0 and isinstance(self.fs, LocalFileSystem):
             free = shutil.disk_usage(self.root).free
             if free < min_free_bytes:
-                raise StoreError(f"only {free / 1e6:.0f} MB free on the artifact store {self.uri}; at least "
-                                 f"{min_free_bytes / 1e6:.0f} MB are required before a stage starts "
-                                 f"(store.min_free_mb). Free space there, set store.uri to a store with room, or "
-                                 f"lower store.min_free_mb.")
+                raise StoreError(
+                    f"only {free / 1e6:.0f} MB free on the artifact store {self.uri}; at least "
+                    f"{min_free_bytes / 1e6:.0f} MB are required before a stage starts "
+                    f"(store.min_free_mb). Free space there, set store.uri to a store with room, or "
+                    f"lower store.min_free_mb."
+                )
 
     def remove_stale_temp_files(self, *parts: str) -> list[str]:
         """Remove the temporary files a killed writer left in the folder ``parts``: those written on

@@ -1,6 +1,7 @@
 """A workspace: a folder that holds a dataset version and runs. It is a git repository with DVC
 initialised, a ``data/`` folder tracked by ``data.dvc``, an artifact store and a DVC remote.
 This repository is itself one; ``pretextflow init DIR`` makes a new one."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def at(cls, path: str | Path | None = None) -> "Workspace":
+    def at(cls, path: str | Path | None = None) -> Workspace:
         root = Path(path or os.environ.get("PRETEXTFLOW_WORKSPACE") or os.getcwd()).resolve()
         return cls(root)
 
@@ -41,5 +42,7 @@ class Workspace:
 
     def require_initialised(self) -> None:
         if not (self.root / ".dvc").is_dir():
-            raise PretextflowError(f"{self.root} is not a pretextflow workspace (no .dvc/ folder). "
-                                   f"Run `pretextflow init {self.root}` or pass --workspace DIR.")
+            raise PretextflowError(
+                f"{self.root} is not a pretextflow workspace (no .dvc/ folder). "
+                f"Run `pretextflow init {self.root}` or pass --workspace DIR."
+            )

@@ -1,4 +1,5 @@
 """What every stage task shares: config parsing, retries on transient faults, run logging."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,9 @@ def retry_transient(task, task_run, state) -> bool:
 # Ingest and report always run (ingest decides itself whether the data changed; a report is a new
 # run). They keep no Prefect result. Retries back off: 2 s, then 10 s (a store or network blip
 # usually passes within seconds); every stage is safe to retry (atomic writes, atomic ingest).
-TASK_OPTIONS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-                                    cache_policy=NONE, persist_result=False)
+TASK_OPTIONS: dict[str, Any] = dict(
+    retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NONE, persist_result=False
+)
 
 
 @dataclass
@@ -58,7 +60,7 @@ class StageArtifactCache(CachePolicy):
             if not ctx.store.is_complete(self.stage, key):
                 return None
         except Exception:  # no dataset yet, bad config, store unreachable...: no cache; the task itself
-            return None    # meets the error, reports it, and retries it if it is transient
+            return None  # meets the error, reports it, and retries it if it is transient
         return f"pretextflow-{self.stage}-{key}-{hashlib.sha256(ctx.store.uri.encode()).hexdigest()[:8]}"
 
 

@@ -1,5 +1,6 @@
 """Prefect artifacts for a finished run: the report as Markdown, the probe metrics and the
 label-efficiency results as tables."""
+
 from __future__ import annotations
 
 import re
@@ -18,26 +19,58 @@ def artifact_key(prefix: str, name: str) -> str:
 
 def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
     m = manifest["metrics"]
-    rows = [{"features": "SSL (frozen)", "linear_top1": round(m["linear_top1"], 4), "knn_top1": round(m["knn_top1"], 4)}]
+    rows = [
+        {"features": "SSL (frozen)", "linear_top1": round(m["linear_top1"], 4), "knn_top1": round(m["knn_top1"], 4)}
+    ]
     for name, b in m.get("baselines", {}).items():
         rows.append({"features": name, "linear_top1": round(b["linear_top1"], 4), "knn_top1": round(b["knn_top1"], 4)})
-    md = "\n".join([
-        f"# {manifest['name']}", "", headline(manifest), "",
-        "| features | linear top-1 | kNN top-1 |", "|---|---|---|",
-        *[f"| {r['features']} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} |" for r in rows], "",
-        f"- data version: `{manifest['data_version']}`",
-        f"- run folder: `{redact(run_uri)}` (report.html, report.md, manifest.json)",
-        f"- code: pretextflow {manifest['code_version']['pretextflow']} @ {manifest['code_version'].get('commit')}",
-    ])
-    create_markdown_artifact(markdown=md, key=artifact_key("report", manifest["name"]),
-                             description=f"pretextflow report {manifest['run_id']}")
-    create_table_artifact(table=rows, key=artifact_key("metrics", manifest["name"]),
-                          description=f"probe accuracies of {manifest['run_id']}")
-    efficiency = [{"fraction": r["fraction"], "labels": r["num_labels"], "seeds": r["seeds"],
-                   **{k: None if r.get(k) is None else round(r[k], 4)
-                      for k in ("ssl_linear_top1", "ssl_knn_top1", "supervised_top1", "random_init_linear_top1",
-                                "pixels_linear_top1", "finetune_top1")}}
-                  for r in m.get("label_efficiency", [])]
+    md = "\n".join(
+        [
+            f"# {manifest['name']}",
+            "",
+            headline(manifest),
+            "",
+            "| features | linear top-1 | kNN top-1 |",
+            "|---|---|---|",
+            *[f"| {r['features']} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} |" for r in rows],
+            "",
+            f"- data version: `{manifest['data_version']}`",
+            f"- run folder: `{redact(run_uri)}` (report.html, report.md, manifest.json)",
+            f"- code: pretextflow {manifest['code_version']['pretextflow']} @ {manifest['code_version'].get('commit')}",
+        ]
+    )
+    create_markdown_artifact(
+        markdown=md,
+        key=artifact_key("report", manifest["name"]),
+        description=f"pretextflow report {manifest['run_id']}",
+    )
+    create_table_artifact(
+        table=rows,
+        key=artifact_key("metrics", manifest["name"]),
+        description=f"probe accuracies of {manifest['run_id']}",
+    )
+    efficiency = [
+        {
+            "fraction": r["fraction"],
+            "labels": r["num_labels"],
+            "seeds": r["seeds"],
+            **{
+                k: None if r.get(k) is None else round(r[k], 4)
+                for k in (
+                    "ssl_linear_top1",
+                    "ssl_knn_top1",
+                    "supervised_top1",
+                    "random_init_linear_top1",
+                    "pixels_linear_top1",
+                    "finetune_top1",
+                )
+            },
+        }
+        for r in m.get("label_efficiency", [])
+    ]
     if efficiency:
-        create_table_artifact(table=efficiency, key=artifact_key("label-efficiency", manifest["name"]),
-                              description=f"test top-1 by labelled fraction, {manifest['run_id']}")
+        create_table_artifact(
+            table=efficiency,
+            key=artifact_key("label-efficiency", manifest["name"]),
+            description=f"test top-1 by labelled fraction, {manifest['run_id']}",
+        )

@@ -9,8 +9,14 @@ from pretextflow.core.runs.rerun import compare_rerun, prepare_rerun
 from pretextflow.flows.pipeline import pipeline_flow
 
 
-def rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolerance: float | None = None,
-          remote: str | None = None, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def rerun(
+    ref: str,
+    workspace: str | None = None,
+    no_cache: bool = False,
+    tolerance: float | None = None,
+    remote: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict)."""
     plan = prepare_rerun(ref, workspace, no_cache, tolerance, remote, storage_options)
     result = pipeline_flow(plan.cfg.model_dump(mode="json"), str(plan.root), False)

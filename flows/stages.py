@@ -1,4 +1,5 @@
 """One Prefect task per stage (used by the pipeline) and one flow per stage (to run it alone)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,8 +12,9 @@ from .common import TASK_OPTIONS, context, stage_task_options
 
 
 @task(name="ingest", **TASK_OPTIONS)
-def ingest_task(config: dict[str, Any], workspace: str | None = None, push: bool = True,
-                refresh: bool = False) -> dict[str, Any]:
+def ingest_task(
+    config: dict[str, Any], workspace: str | None = None, push: bool = True, refresh: bool = False
+) -> dict[str, Any]:
     return stages.run_ingest(context(config, workspace), push=push, logger=get_run_logger(), refresh=refresh)
 
 
@@ -32,8 +34,9 @@ def probe_task(config: dict[str, Any], workspace: str | None = None) -> dict[str
 
 
 @task(name="report", **TASK_OPTIONS)
-def report_task(config: dict[str, Any], workspace: str | None = None,
-                stage_times: dict[str, Any] | None = None) -> dict[str, Any]:
+def report_task(
+    config: dict[str, Any], workspace: str | None = None, stage_times: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from .publish import publish_artifacts
 
     result = stages.run_report(context(config, workspace), stage_times=stage_times, logger=get_run_logger())

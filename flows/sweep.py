@@ -9,20 +9,22 @@ A failing point does not stop the others; the flow writes the comparison of thos
 then ends Failed naming the failed points.
 
 Absolute imports only: a deployment may load this file as its entry point."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from pretextflow.core import stages
-from pretextflow.core.runs import sweep as sw
 from pretextflow.core.errors import ConfigError, PretextflowError
+from pretextflow.core.runs import sweep as sw
 from pretextflow.flows.common import TASK_OPTIONS, context, timed
 from pretextflow.flows.stages import ingest_task
 
@@ -58,13 +60,15 @@ def task_runner(runner: str = "thread", workers: int = 2, dask_address: str | No
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
-            raise ConfigError("--runner dask needs prefect-dask: pip install 'pretextflow[dask]' "
-                              "(make install includes it)") from None
+            raise ConfigError(
+                "--runner dask needs prefect-dask: pip install 'pretextflow[dask]' (make install includes it)"
+            ) from None
         if dask_address:
             return DaskTaskRunner(address=dask_address)
         # one single-threaded worker process per point: torch gets its threads from train.threads
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        )
     raise ConfigError(f"--runner {runner!r}: choose one of {', '.join(RUNNERS)}")
 
 
@@ -95,8 +99,9 @@ def _error_text(exc: BaseException | None) -> str:
 
 
 @task(name="sweep-point", task_run_name="{name}", **TASK_OPTIONS)
-def point_task(name: str, point: dict[str, Any], config: dict[str, Any], workspace: str | None,
-               ingest: dict[str, Any]) -> dict[str, Any]:
+def point_task(
+    name: str, point: dict[str, Any], config: dict[str, Any], workspace: str | None, ingest: dict[str, Any]
+) -> dict[str, Any]:
     """One grid point: pretrain -> freeze -> probe -> report; returns its row of the comparison."""
     from pretextflow.core.data.versioning import data_version
     from pretextflow.flows.publish import publish_artifacts
@@ -105,15 +110,22 @@ def point_task(name: str, point: dict[str, Any], config: dict[str, Any], workspa
     ctx = context(config, workspace)
     here = data_version(ctx.ws)
     if here != ingest["data_version"]:  # a worker on another machine, with another checkout of the data
-        raise PretextflowError(f"{name}: the workspace {ctx.ws.root} on this machine holds data version {here}, "
-                               f"the sweep ingested {ingest['data_version']}. Run `dvc pull` there (or use one "
-                               f"shared workspace folder) and rerun the sweep.")
-    times: dict[str, dict[str, Any]] = {"ingest": {"seconds": ingest.get("seconds", 0.0),
-                                                   "cached": ingest.get("changed") is False}}
+        raise PretextflowError(
+            f"{name}: the workspace {ctx.ws.root} on this machine holds data version {here}, "
+            f"the sweep ingested {ingest['data_version']}. Run `dvc pull` there (or use one "
+            f"shared workspace folder) and rerun the sweep."
+        )
+    times: dict[str, dict[str, Any]] = {
+        "ingest": {"seconds": ingest.get("seconds", 0.0), "cached": ingest.get("changed") is False}
+    }
     for stage, fn in (("pretrain", stages.run_pretrain), ("freeze", stages.run_freeze), ("probe", stages.run_probe)):
         out, t = timed(fn, ctx, logger=logger)
-        times[stage] = {"seconds": t, "cached": bool(out.get("cached")), "key": out.get("key"),
-                        "compute_seconds": out.get("compute_seconds")}
+        times[stage] = {
+            "seconds": t,
+            "cached": bool(out.get("cached")),
+            "key": out.get("key"),
+            "compute_seconds": out.get("compute_seconds"),
+        }
     report, t = timed(stages.run_report, ctx, stage_times=times, logger=logger)
     publish_artifacts(report["manifest"], report["run_uri"])
     logger.info("%s: run %s, linear top-1 %.4f", name, report["run_id"], report["manifest"]["metrics"]["linear_top1"])
@@ -121,29 +133,43 @@ def point_task(name: str, point: dict[str, Any], config: dict[str, Any], workspa
 
 
 @flow(name="pretextflow-sweep", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def sweep_flow(config: dict[str, Any], grid: list[str], workspace: str | None = None, push: bool = True,
-               threads: int | None = None, runner: str = "thread", workers: int | None = 2,
-               dask_address: str | None = None) -> dict[str, Any]:
+def sweep_flow(
+    config: dict[str, Any],
+    grid: list[str],
+    workspace: str | None = None,
+    push: bool = True,
+    threads: int | None = None,
+    runner: str = "thread",
+    workers: int | None = 2,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
     """``config``: the validated base config (``--set`` applied); ``grid``: ``KEY=v1,v2`` specs.
     ``threads``: train.threads of every point that does not set it. ``runner``, ``workers`` and
     ``dask_address`` describe the task runner (pick it with ``sweep_flow.with_options``)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from pretextflow.core.store import ArtifactStore
     from pretextflow.core.data.versioning import data_version
+    from pretextflow.core.store import ArtifactStore
     from pretextflow.core.workspace import Workspace
     from pretextflow.flows.publish import artifact_key
 
     logger = get_run_logger()
     axes, points = sw.plan_sweep(config, grid)  # every point validated before anything runs
     if runner == "thread" and (workers or 1) > 1:
-        logger.warning("--runner thread: concurrent points share torch's process-wide RNG while they build "
-                       "their models, so a point's numbers can differ from the same config run alone; "
-                       "--runner process or dask reproduces them exactly")
+        logger.warning(
+            "--runner thread: concurrent points share torch's process-wide RNG while they build "
+            "their models, so a point's numbers can differ from the same config run alone; "
+            "--runner process or dask reproduces them exactly"
+        )
     sw.with_threads(points, threads)
     sweep_id = sw.new_sweep_id(str(config.get("name") or "sweep"), points)
-    logger.info("sweep %s: %d points (%s), train.threads %s", sweep_id, len(points),
-                ", ".join(p.name for p in points), threads or "as configured")
+    logger.info(
+        "sweep %s: %d points (%s), train.threads %s",
+        sweep_id,
+        len(points),
+        ", ".join(p.name for p in points),
+        threads or "as configured",
+    )
 
     # 1. ingest, once per distinct data config, one after the other (DVC's workspace lock)
     ingested: dict[str, dict[str, Any]] = {}
@@ -192,32 +218,57 @@ def sweep_flow(config: dict[str, Any], grid: list[str], workspace: str | None = 
                 running[submit(nxt)] = (key, nxt)
 
     # 4. the comparison, in the base config's artifact store
-    summary = sw.build_summary(sweep_id=sweep_id, base=config, axes=axes, points=points,
-                               rows=[rows[p.name] for p in points], workers=workers,
-                               runner=runner + (f" at {dask_address}" if dask_address else ""),
-                               data_versions=[version])
-    store = ArtifactStore(Workspace.at(workspace).store_uri(config["store"]["uri"]),
-                          config["store"].get("storage_options"))
+    summary = sw.build_summary(
+        sweep_id=sweep_id,
+        base=config,
+        axes=axes,
+        points=points,
+        rows=[rows[p.name] for p in points],
+        workers=workers,
+        runner=runner + (f" at {dask_address}" if dask_address else ""),
+        data_versions=[version],
+    )
+    store = ArtifactStore(
+        Workspace.at(workspace).store_uri(config["store"]["uri"]), config["store"].get("storage_options")
+    )
     uri = sw.write_comparison(store, summary)
     logger.info("sweep report: %s/sweep.html", uri)
     header, cells = sw.table(summary)
-    create_markdown_artifact(markdown=sw.render_markdown(summary) + f"\nReport folder: `{uri}`\n",
-                             key=artifact_key("sweep", summary["name"] or "sweep"),
-                             description=f"pretextflow sweep {sweep_id}")
-    create_table_artifact(table=[dict(zip(header, row)) for row in cells],
-                          key=artifact_key("sweep-table", summary["name"] or "sweep"),
-                          description=f"every point of sweep {sweep_id}, best linear top-1 first")
+    create_markdown_artifact(
+        markdown=sw.render_markdown(summary) + f"\nReport folder: `{uri}`\n",
+        key=artifact_key("sweep", summary["name"] or "sweep"),
+        description=f"pretextflow sweep {sweep_id}",
+    )
+    create_table_artifact(
+        table=[dict(zip(header, row, strict=False)) for row in cells],
+        key=artifact_key("sweep-table", summary["name"] or "sweep"),
+        description=f"every point of sweep {sweep_id}, best linear top-1 first",
+    )
     if summary["failed"]:
-        raise sw.SweepFailed("\n".join([f"{len(summary['failed'])} of {len(points)} sweep points failed:",
-                                         *(f"  {f['point']}: {f['error']}" for f in summary["failed"]),
-                                         f"The comparison of the others: {uri}/sweep.html"]), summary)
+        raise sw.SweepFailed(
+            "\n".join(
+                [
+                    f"{len(summary['failed'])} of {len(points)} sweep points failed:",
+                    *(f"  {f['point']}: {f['error']}" for f in summary["failed"]),
+                    f"The comparison of the others: {uri}/sweep.html",
+                ]
+            ),
+            summary,
+        )
     return summary
 
 
 @flow(name="pretextflow-sweep-config")
-def sweep_from_config(config_path: str, grid: list[str], overrides: list[str] | None = None,
-                      workspace: str | None = None, runner: str = "thread", workers: int = 2,
-                      dask_address: str | None = None, push: bool = True) -> dict[str, Any]:
+def sweep_from_config(
+    config_path: str,
+    grid: list[str],
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    runner: str = "thread",
+    workers: int = 2,
+    dask_address: str | None = None,
+    push: bool = True,
+) -> dict[str, Any]:
     """A sweep as a deployment runs it (``flows/sweep.py:sweep_from_config``): plain parameters
     (a config path, ``--set``-style overrides, ``--grid`` specs); the sweep itself is a subflow."""
     from pretextflow.core.config import load_config
@@ -225,5 +276,12 @@ def sweep_from_config(config_path: str, grid: list[str], overrides: list[str] | 
     cfg = load_config(config_path, overrides or []).model_dump(mode="json")
     chosen = task_runner(runner, workers, dask_address)
     return sweep_flow.with_options(task_runner=chosen)(
-        cfg, grid, workspace, push, point_threads(runner, workers, dask_address), runner,
-        None if dask_address else workers, dask_address)
+        cfg,
+        grid,
+        workspace,
+        push,
+        point_threads(runner, workers, dask_address),
+        runner,
+        None if dask_address else workers,
+        dask_address,
+    )

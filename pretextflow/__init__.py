@@ -3,6 +3,7 @@
 The import package maps the repository's top-level folders: ``pretextflow.core`` (``core/``),
 ``pretextflow.plugins`` (``plugins/``) and ``pretextflow.flows`` (``flows/``).
 """
+
 from importlib import metadata as _metadata
 
 try:

@@ -6,6 +6,7 @@ Names in ``__all__`` keep their meaning and signatures across minor releases; th
 come from (``pretextflow.core.*``) are internal and may move. The contracts and their invariants
 are documented in ``docs/plugins.md``; ``pretextflow.testing`` checks a plugin against them.
 """
+
 from __future__ import annotations
 
 from pretextflow.core.data.sources import gunzip_bounded, join_uri, read_source_bytes

@@ -1,18 +1,23 @@
 """The ``pretextflow`` command. Heavy imports (torch, prefect, dvc) happen inside the commands,
 so ``pretextflow --help`` and ``pretextflow plugins`` start fast."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Self-supervised visual features from unlabeled images, as a reproducible pipeline.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Self-supervised visual features from unlabeled images, as a reproducible pipeline.",
+)
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace folder (default: current folder)")
 SetOpt = typer.Option(None, "--set", help="override a config field: --set train.epochs=3 (repeatable)")
@@ -32,17 +37,17 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _workspace(path: Optional[Path]) -> str:
+def _workspace(path: Path | None) -> str:
     return str((path or Path(os.environ.get("PRETEXTFLOW_WORKSPACE") or Path.cwd())).resolve())
 
 
-def _config(config: Path, overrides: Optional[List[str]]) -> dict:
+def _config(config: Path, overrides: list[str] | None) -> dict:
     from pretextflow.core.config import load_config
 
     return load_config(config, overrides or []).model_dump(mode="json")
 
 
-def _checked_config(config: Path, overrides: Optional[List[str]]) -> dict:
+def _checked_config(config: Path, overrides: list[str] | None) -> dict:
     """The config, also checked against the installed plugins, before anything runs."""
     from pretextflow.core.config import load_config
     from pretextflow.core.registry.preflight import check_plugins
@@ -59,15 +64,20 @@ def _quiet_prefect() -> None:
 
 
 # -- plugins -----------------------------------------------------------------------------------
-plugins_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                          help="List installed plugins; scaffold a new plugin package; check a plugin.")
+plugins_app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="List installed plugins; scaffold a new plugin package; check a plugin.",
+)
 app.add_typer(plugins_app, name="plugins")
 
 
 @plugins_app.callback(invoke_without_command=True)
-def plugins(ctx: typer.Context,
-            as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects"),
-            refresh: bool = typer.Option(False, "--refresh", help="rebuild the cached listing (imports every plugin)")) -> None:
+def plugins(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list of objects"),
+    refresh: bool = typer.Option(False, "--refresh", help="rebuild the cached listing (imports every plugin)"),
+) -> None:
     """List installed plugins: name, kind, family (pretext tasks), providing package and version."""
     if ctx.invoked_subcommand is not None:
         return
@@ -90,10 +100,11 @@ def plugins(ctx: typer.Context,
 
 
 @plugins_app.command("new")
-def plugins_new(name: str = typer.Argument(..., help="the plugin's name, e.g. my-task"),
-                kind: str = typer.Option("pretext", "--kind", "-k", help="pretext | backbone | dataset"),
-                directory: Optional[Path] = typer.Option(None, "--dir", "-d",
-                                                         help="folder to create (default: ./pretextflow-NAME)")) -> None:
+def plugins_new(
+    name: str = typer.Argument(..., help="the plugin's name, e.g. my-task"),
+    kind: str = typer.Option("pretext", "--kind", "-k", help="pretext | backbone | dataset"),
+    directory: Path | None = typer.Option(None, "--dir", "-d", help="folder to create (default: ./pretextflow-NAME)"),
+) -> None:
     """Scaffold an installable plugin package that passes its own tests as generated.
 
     The package has a pyproject.toml with the entry point, a small working module, conformance
@@ -104,28 +115,39 @@ def plugins_new(name: str = typer.Argument(..., help="the plugin's name, e.g. my
         from pretextflow.core.registry.registry import get_registry
 
         registry = get_registry()
-        taken = {"pretext": set(registry.pretext), "backbone": set(registry.backbones),
-                 "dataset": set(registry.formats)}.get(kind, set())
+        taken = {
+            "pretext": set(registry.pretext),
+            "backbone": set(registry.backbones),
+            "dataset": set(registry.formats),
+        }.get(kind, set())
         root = scaffold(name, kind, directory, taken)
     typer.echo(f"created {root}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         typer.echo(f"  {path.relative_to(root)}")
-    typer.echo(f"next: cd {root} && pip install -e '.[test]' && pytest && pretextflow plugins check {name}"
-               + (" --source DATA" if kind == "dataset" else ""))
+    typer.echo(
+        f"next: cd {root} && pip install -e '.[test]' && pytest && pretextflow plugins check {name}"
+        + (" --source DATA" if kind == "dataset" else "")
+    )
 
 
 @plugins_app.command("check")
-def plugins_check(name: str = typer.Argument(..., help="an installed plugin's name (e.g. my-task, timm/resnet18)"),
-                  kind: Optional[str] = typer.Option(None, "--kind", "-k",
-                                                     help="pretext | backbone | dataset (default: found by name)"),
-                  option: Optional[List[str]] = typer.Option(
-                      None, "--option", "-o", help="key=value (YAML): the task's params, the backbone's kwargs or "
-                                                   "the dataset format's options (repeatable)"),
-                  source: Optional[str] = typer.Option(None, "--source", help="what a dataset format reads (path/URI)"),
-                  backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone for a pretext task's "
-                                                         "checks (default: a small convnet-s)"),
-                  pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline",
-                                                help="also pretrain -> freeze -> probe on digits (seconds)")) -> None:
+def plugins_check(
+    name: str = typer.Argument(..., help="an installed plugin's name (e.g. my-task, timm/resnet18)"),
+    kind: str | None = typer.Option(None, "--kind", "-k", help="pretext | backbone | dataset (default: found by name)"),
+    option: list[str] | None = typer.Option(
+        None,
+        "--option",
+        "-o",
+        help="key=value (YAML): the task's params, the backbone's kwargs or the dataset format's options (repeatable)",
+    ),
+    source: str | None = typer.Option(None, "--source", help="what a dataset format reads (path/URI)"),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="backbone for a pretext task's checks (default: a small convnet-s)"
+    ),
+    pipeline: bool = typer.Option(
+        True, "--pipeline/--no-pipeline", help="also pretrain -> freeze -> probe on digits (seconds)"
+    ),
+) -> None:
     """Check an installed plugin against its contract: one PASS/FAIL line per check.
 
     The checks of pretextflow.testing, on tiny data in seconds. Exit 1 if any check fails, 2 if
@@ -157,10 +179,14 @@ def plugins_check(name: str = typer.Argument(..., help="an installed plugin's na
 
 # -- workspace and data ------------------------------------------------------------------------
 @app.command()
-def init(directory: Path = typer.Argument(Path("."), help="folder to make a workspace"),
-         remote: Optional[str] = typer.Option(None, help="DVC remote URL (default: DIR/.dvc-remote), e.g. s3://b/dvc"),
-         endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible server for an s3:// remote "
-                                                    "(credentials: AWS_* environment variables, never the config)")) -> None:
+def init(
+    directory: Path = typer.Argument(Path("."), help="folder to make a workspace"),
+    remote: str | None = typer.Option(None, help="DVC remote URL (default: DIR/.dvc-remote), e.g. s3://b/dvc"),
+    endpoint_url: str | None = typer.Option(
+        None,
+        help="S3-compatible server for an s3:// remote (credentials: AWS_* environment variables, never the config)",
+    ),
+) -> None:
     """Make a folder a workspace: git repository, DVC, a default DVC remote."""
     from pretextflow.core.data.versioning import configure_s3_remote, init_workspace
 
@@ -173,9 +199,11 @@ def init(directory: Path = typer.Argument(Path("."), help="folder to make a work
 
 
 @app.command()
-def fetch(name: str = typer.Argument(..., help="known dataset, e.g. fashion-mnist"),
-          dest: Path = typer.Argument(..., help="folder to download into"),
-          mirror: Optional[str] = typer.Option(None, help="base URL or fsspec URI replacing the official one")) -> None:
+def fetch(
+    name: str = typer.Argument(..., help="known dataset, e.g. fashion-mnist"),
+    dest: Path = typer.Argument(..., help="folder to download into"),
+    mirror: str | None = typer.Option(None, help="base URL or fsspec URI replacing the official one"),
+) -> None:
     """Download a known dataset with checksum verification."""
     from pretextflow.plugins.datasets.known import fetch_known
 
@@ -185,23 +213,27 @@ def fetch(name: str = typer.Argument(..., help="known dataset, e.g. fashion-mnis
 
 
 @app.command()
-def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the source"),
-           fmt: str = typer.Option(..., "--format", "-f", help="dataset-format plugin (idx, imagefolder, ...)"),
-           name: Optional[str] = typer.Option(None, "--name", "-n",
-                                              help="dataset name in the workspace (default: from the source)"),
-           option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="format option key=value"),
-           push: bool = typer.Option(True, "--push/--no-push", help="dvc push after dvc add"),
-           workspace: Optional[Path] = WorkspaceOpt) -> None:
+def ingest(
+    source: str = typer.Argument(..., help="fsspec URI or path of the source"),
+    fmt: str = typer.Option(..., "--format", "-f", help="dataset-format plugin (idx, imagefolder, ...)"),
+    name: str | None = typer.Option(
+        None, "--name", "-n", help="dataset name in the workspace (default: from the source)"
+    ),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="format option key=value"),
+    push: bool = typer.Option(True, "--push/--no-push", help="dvc push after dvc add"),
+    workspace: Path | None = WorkspaceOpt,
+) -> None:
     """Ingest a dataset into the workspace's data/ and version it with DVC."""
     from pretextflow.core.config import apply_overrides
-
     from pretextflow.core.data.dataset import default_name
 
     _quiet_prefect()
     with user_errors():  # a bad name or -o value is a user error too
         name = name or default_name(source)
-        config = {"name": f"ingest-{name}", "data": {"name": name, "source": source, "format": fmt,
-                                                     "options": apply_overrides({}, option or [])}}
+        config = {
+            "name": f"ingest-{name}",
+            "data": {"name": name, "source": source, "format": fmt, "options": apply_overrides({}, option or [])},
+        }
         from pretextflow.core.config import load_config
         from pretextflow.core.registry.preflight import check_plugins
         from pretextflow.flows.stages import ingest_flow
@@ -214,16 +246,19 @@ def ingest(source: str = typer.Argument(..., help="fsspec URI or path of the sou
 
 # -- the pipeline and its stages -------------------------------------------------------------
 @app.command()
-def run(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/fashion_mnist.yaml"),
-        set_: Optional[List[str]] = SetOpt, workspace: Optional[Path] = WorkspaceOpt,
-        push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest")) -> None:
+def run(
+    config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/fashion_mnist.yaml"),
+    set_: list[str] | None = SetOpt,
+    workspace: Path | None = WorkspaceOpt,
+    push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest"),
+) -> None:
     """Run the whole pipeline (ingest, pretrain, freeze, probe, report); prints the run folder."""
     _quiet_prefect()
     with user_errors():
         cfg = _checked_config(config, set_)
         from pretextflow.core.runs.report import headline
-        from pretextflow.core.store import ArtifactStore
         from pretextflow.core.security.redaction import redact
+        from pretextflow.core.store import ArtifactStore
         from pretextflow.flows.pipeline import pipeline_flow
 
         result = pipeline_flow(cfg, _workspace(workspace), push)
@@ -234,8 +269,11 @@ def run(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/f
 
 
 def _stage_command(stage: str):
-    def command(config: Path = typer.Argument(..., help="experiment YAML"), set_: Optional[List[str]] = SetOpt,
-                workspace: Optional[Path] = WorkspaceOpt) -> None:
+    def command(
+        config: Path = typer.Argument(..., help="experiment YAML"),
+        set_: list[str] | None = SetOpt,
+        workspace: Path | None = WorkspaceOpt,
+    ) -> None:
         _quiet_prefect()
         with user_errors():
             cfg = _checked_config(config, set_)
@@ -257,18 +295,29 @@ for _stage in ("pretrain", "freeze", "probe", "report"):
 
 # -- sweeps ------------------------------------------------------------------------------------
 @app.command()
-def sweep(config: Path = typer.Argument(..., help="experiment YAML: the base config of every point"),
-          grid: List[str] = typer.Option(..., "--grid", help="KEY=v1,v2 (repeatable; values are YAML): every "
-                                         "combination runs, e.g. --grid pretext=simclr,byol --grid seed=0,1"),
-          set_: Optional[List[str]] = SetOpt,
-          runner: str = typer.Option("process", "--runner", help="process | dask | thread (process and dask "
-                                     "reproduce a solo run exactly; thread points share torch's process-wide RNG "
-                                     "while building models, so their numbers can differ from a solo run)"),
-          workers: int = typer.Option(2, "--workers", help="points at once (dask: LocalCluster worker processes)"),
-          dask_address: Optional[str] = typer.Option(None, "--dask-address",
-                                                     help="a running Dask scheduler, tcp://host:8786 (--runner dask)"),
-          workspace: Optional[Path] = WorkspaceOpt,
-          push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest")) -> None:
+def sweep(
+    config: Path = typer.Argument(..., help="experiment YAML: the base config of every point"),
+    grid: list[str] = typer.Option(
+        ...,
+        "--grid",
+        help="KEY=v1,v2 (repeatable; values are YAML): every "
+        "combination runs, e.g. --grid pretext=simclr,byol --grid seed=0,1",
+    ),
+    set_: list[str] | None = SetOpt,
+    runner: str = typer.Option(
+        "process",
+        "--runner",
+        help="process | dask | thread (process and dask "
+        "reproduce a solo run exactly; thread points share torch's process-wide RNG "
+        "while building models, so their numbers can differ from a solo run)",
+    ),
+    workers: int = typer.Option(2, "--workers", help="points at once (dask: LocalCluster worker processes)"),
+    dask_address: str | None = typer.Option(
+        None, "--dask-address", help="a running Dask scheduler, tcp://host:8786 (--runner dask)"
+    ),
+    workspace: Path | None = WorkspaceOpt,
+    push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest"),
+) -> None:
     """Run the pipeline for every combination of --grid values, in parallel through a Prefect task
     runner, and write one comparison report (sweeps/<sweep id>/sweep.html in the artifact store).
 
@@ -285,14 +334,16 @@ def sweep(config: Path = typer.Argument(..., help="experiment YAML: the base con
         _, points = plan_sweep(cfg, grid)  # every point validated before Prefect starts
         chosen = task_runner(runner, workers, dask_address)
         threads = point_threads(runner, workers, dask_address)
-        typer.echo(f"sweep: {len(points)} points, --runner {runner}"
-                   f"{' at ' + dask_address if dask_address else f' x {workers}'}, train.threads "
-                   f"{threads or 'as configured'} unless set")
+        typer.echo(
+            f"sweep: {len(points)} points, --runner {runner}"
+            f"{' at ' + dask_address if dask_address else f' x {workers}'}, train.threads "
+            f"{threads or 'as configured'} unless set"
+        )
         failed = None
         try:
             summary = sweep_flow.with_options(task_runner=chosen)(
-                cfg, grid, _workspace(workspace), push, threads, runner, None if dask_address else workers,
-                dask_address)
+                cfg, grid, _workspace(workspace), push, threads, runner, None if dask_address else workers, dask_address
+            )
         except SweepFailed as exc:
             if exc.summary is None:
                 raise
@@ -316,9 +367,11 @@ def sweep(config: Path = typer.Argument(..., help="experiment YAML: the base con
 
 # -- past runs, reruns, schedules --------------------------------------------------------------
 @app.command()
-def runs(store: Optional[str] = typer.Option(None, help="artifact store URI (default: the workspace's artifacts/)"),
-         workspace: Optional[Path] = WorkspaceOpt,
-         as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
+def runs(
+    store: str | None = typer.Option(None, help="artifact store URI (default: the workspace's artifacts/)"),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list"),
+) -> None:
     """List past runs: id, time, data version, config name, headline metrics."""
     from pretextflow.core.runs.history import list_runs
     from pretextflow.core.store import ArtifactStore
@@ -335,21 +388,36 @@ def runs(store: Optional[str] = typer.Option(None, help="artifact store URI (def
     table = Table("run id", "created (UTC)", "name", "data version", "pretext", "linear", "kNN", "fewest labels")
     for r in rows:
         low = r["low_label"]
-        few = (f"{low['fraction'] * 100:g}%: {low['ssl_linear_top1']:.4f} vs sup. "
-               f"{low['supervised_top1']:.4f}" if low and low.get("supervised_top1") is not None else "-")
-        table.add_row(r["run_id"], r["created_at"], r["name"], r["data_version"][:12], r["pretext"],
-                      f"{r['linear_top1']:.4f}", f"{r['knn_top1']:.4f}", few)
+        few = (
+            f"{low['fraction'] * 100:g}%: {low['ssl_linear_top1']:.4f} vs sup. {low['supervised_top1']:.4f}"
+            if low and low.get("supervised_top1") is not None
+            else "-"
+        )
+        table.add_row(
+            r["run_id"],
+            r["created_at"],
+            r["name"],
+            r["data_version"][:12],
+            r["pretext"],
+            f"{r['linear_top1']:.4f}",
+            f"{r['knn_top1']:.4f}",
+            few,
+        )
     Console().print(table)
 
 
 @app.command()
-def rerun(run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>) or its manifest.json"),
-          no_cache: bool = typer.Option(False, "--no-cache", help="recompute every stage in a fresh store"),
-          workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
-                                                   help="empty folder to rerun in (default: a new temp folder)"),
-          tolerance: Optional[float] = typer.Option(None, help="allowed |difference| per metric "
-                                                    "(default: 0 on CPU, 0.005 on GPU)"),
-          remote: Optional[str] = typer.Option(None, help="DVC remote holding the data (default: the recorded one)")) -> None:
+def rerun(
+    run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>) or its manifest.json"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute every stage in a fresh store"),
+    workspace: Path | None = typer.Option(
+        None, "--workspace", "-w", help="empty folder to rerun in (default: a new temp folder)"
+    ),
+    tolerance: float | None = typer.Option(
+        None, help="allowed |difference| per metric (default: 0 on CPU, 0.005 on GPU)"
+    ),
+    remote: str | None = typer.Option(None, help="DVC remote holding the data (default: the recorded one)"),
+) -> None:
     """Rerun a past run exactly (data version via DVC, recorded config and seed) and compare every
     metric. Exit 0 only if all are identical (or within the tolerance)."""
     _quiet_prefect()
@@ -363,14 +431,21 @@ def rerun(run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>
     table = Table("metric", f"recorded ({out['before'][:15]})", "rerun", "difference", "")
     for r in out["rows"]:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        table.add_row(r["metric"], fmt(r["before"]), fmt(r["after"]),
-                      "-" if r["diff"] is None else f"{r['diff']:+.6f}", "same" if r["ok"] else "DIFFERENT")
+        table.add_row(
+            r["metric"],
+            fmt(r["before"]),
+            fmt(r["after"]),
+            "-" if r["diff"] is None else f"{r['diff']:+.6f}",
+            "same" if r["ok"] else "DIFFERENT",
+        )
     console = Console()
     console.print(table)
     for w in out["warnings"]:
         typer.secho(f"warning: {w}", fg="yellow", err=True)
     cached = [s for s in ("pretrain", "freeze", "probe") if out["stages"].get(s, {}).get("cached")]
-    typer.echo(f"rerun {out['after']} in {out['workspace']} ({'no cache' if out['no_cache'] else 'cached stages: ' + (', '.join(cached) or 'none')})")
+    typer.echo(
+        f"rerun {out['after']} in {out['workspace']} ({'no cache' if out['no_cache'] else 'cached stages: ' + (', '.join(cached) or 'none')})"
+    )
     if out["identical"]:
         typer.echo(f"identical: every metric matches (tolerance {out['tolerance']:g})")
     else:
@@ -380,10 +455,13 @@ def rerun(run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>
 
 
 @app.command()
-def serve(config: Path = typer.Argument(..., help="experiment YAML"), set_: Optional[List[str]] = SetOpt,
-          cron: str = typer.Option(..., "--cron", help='schedule, e.g. "0 3 * * *" (03:00 every day)'),
-          name: Optional[str] = typer.Option(None, help="deployment name (default: the config's name)"),
-          workspace: Optional[Path] = WorkspaceOpt) -> None:
+def serve(
+    config: Path = typer.Argument(..., help="experiment YAML"),
+    set_: list[str] | None = SetOpt,
+    cron: str = typer.Option(..., "--cron", help='schedule, e.g. "0 3 * * *" (03:00 every day)'),
+    name: str | None = typer.Option(None, help="deployment name (default: the config's name)"),
+    workspace: Path | None = WorkspaceOpt,
+) -> None:
     """Serve the pipeline on a schedule through Prefect (needs PREFECT_API_URL of a running
     `prefect server start`). Each scheduled run first refreshes the data, then recomputes only
     what changed, and compares its report with the previous run."""
@@ -397,16 +475,23 @@ def serve(config: Path = typer.Argument(..., help="experiment YAML"), set_: Opti
         try:
             CronSchedule(cron=cron)
         except ValueError:
-            raise ConfigError(f"--cron {cron!r} is not a cron expression; e.g. \"0 3 * * *\" runs at 03:00 daily.") from None
+            raise ConfigError(
+                f'--cron {cron!r} is not a cron expression; e.g. "0 3 * * *" runs at 03:00 daily.'
+            ) from None
         if not os.environ.get("PREFECT_API_URL"):
-            raise ConfigError("serving a schedule needs a Prefect server: run `prefect server start` and set "
-                              "PREFECT_API_URL=http://127.0.0.1:4200/api (see the README, Scheduled retraining).")
+            raise ConfigError(
+                "serving a schedule needs a Prefect server: run `prefect server start` and set "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api (see the README, Scheduled retraining)."
+            )
         from pretextflow.flows.pipeline import pipeline_flow
 
         deployment = name or cfg["name"]
         typer.echo(f"serving pretextflow-pipeline/{deployment} on {cron!r}; Ctrl-C stops")
-        pipeline_flow.serve(name=deployment, cron=cron, parameters={
-            "config": cfg, "workspace": _workspace(workspace), "push": True, "refresh": True})
+        pipeline_flow.serve(
+            name=deployment,
+            cron=cron,
+            parameters={"config": cfg, "workspace": _workspace(workspace), "push": True, "refresh": True},
+        )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ package that passes its own conformance tests as generated.
 The templates are plain strings (``string.Template``, ``$name`` placeholders): they ship inside
 this module, so an installed wheel can scaffold without package data.
 """
+
 from __future__ import annotations
 
 import keyword
@@ -25,7 +26,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 MODULE_OF = {"pretext": "task", "backbone": "backbone", "dataset": "dataset_format"}
 
 # -- shared files ------------------------------------------------------------------------------
-PYPROJECT = Template('''\
+PYPROJECT = Template("""\
 [build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -52,7 +53,7 @@ packages = ["$package"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
-''')
+""")
 
 INIT = Template('''\
 """pretextflow plugin: $summary."""
@@ -64,7 +65,7 @@ except _metadata.PackageNotFoundError:  # not installed: run `pip install -e .`
     __version__ = "0.0.0"
 ''')
 
-README = Template('''\
+README = Template("""\
 # $dist
 
 A pretextflow plugin that provides $summary.
@@ -80,7 +81,7 @@ $usage
 The contract, its invariants and the hooks are in pretextflow's `docs/plugins.md`; everything a
 plugin imports comes from `pretextflow.api`. Bump `version` in `pyproject.toml` when the plugin's
 behaviour changes: the version is part of every stage key, so runs that used it are retrained.
-''')
+""")
 
 # -- pretext task ------------------------------------------------------------------------------
 PRETEXT_MODULE = Template('''\
@@ -319,11 +320,19 @@ def test_conforms_before_installing(source):
 ''')
 
 TEMPLATES = {
-    "pretext": (PRETEXT_MODULE, PRETEXT_TEST, "the pretext task",
-                "pretextflow run CONFIG --set pretext.name=$name --set pretext.params={}"),
+    "pretext": (
+        PRETEXT_MODULE,
+        PRETEXT_TEST,
+        "the pretext task",
+        "pretextflow run CONFIG --set pretext.name=$name --set pretext.params={}",
+    ),
     "backbone": (BACKBONE_MODULE, BACKBONE_TEST, "the backbone", "pretextflow run CONFIG --set backbone.name=$name"),
-    "dataset": (DATASET_MODULE, DATASET_TEST, "the dataset format",
-                "pretextflow ingest data.npz --format $name --name my-data"),
+    "dataset": (
+        DATASET_MODULE,
+        DATASET_TEST,
+        "the dataset format",
+        "pretextflow ingest data.npz --format $name --name my-data",
+    ),
 }
 
 
@@ -331,13 +340,14 @@ def names_for(name: str) -> dict[str, str]:
     """The names derived from a plugin name: ``my-task`` -> dist ``pretextflow-my-task``,
     package ``pretextflow_my_task``, class ``MyTask``."""
     if not NAME_RE.match(name):
-        raise PluginError(f"plugin name {name!r} is invalid: use lowercase letters, digits and single hyphens, "
-                          f"starting with a letter (e.g. my-task)")
+        raise PluginError(
+            f"plugin name {name!r} is invalid: use lowercase letters, digits and single hyphens, "
+            f"starting with a letter (e.g. my-task)"
+        )
     cls = "".join(part.capitalize() for part in name.split("-"))
     if keyword.iskeyword(cls) or not cls.isidentifier():
         raise PluginError(f"plugin name {name!r} does not make a Python class name")
-    return {"name": name, "dist": f"pretextflow-{name}", "package": "pretextflow_" + name.replace("-", "_"),
-            "cls": cls}
+    return {"name": name, "dist": f"pretextflow-{name}", "package": "pretextflow_" + name.replace("-", "_"), "cls": cls}
 
 
 def scaffold(name: str, kind: str, directory: str | Path | None = None, taken: set[str] | None = None) -> Path:
@@ -347,16 +357,24 @@ def scaffold(name: str, kind: str, directory: str | Path | None = None, taken: s
         raise PluginError(f"unknown plugin kind {kind!r}: use one of {', '.join(KINDS)}")
     names = names_for(name)
     if taken and name in taken:
-        raise PluginError(f"{kind} {name!r} is already provided by an installed plugin: choose another name "
-                          f"(`pretextflow plugins` lists the taken ones)")
+        raise PluginError(
+            f"{kind} {name!r} is already provided by an installed plugin: choose another name "
+            f"(`pretextflow plugins` lists the taken ones)"
+        )
     root = Path(directory) if directory else Path.cwd() / names["dist"]
     if root.exists() and any(root.iterdir()):
         raise PluginError(f"{root} already exists and is not empty: choose another --dir")
     module_t, test_t, what, usage = TEMPLATES[kind]
     module = MODULE_OF[kind]
     check_args = " --source data.npz" if kind == "dataset" else ""
-    values = {**names, "kind": kind, "module": module, "check_args": check_args,
-              "summary": f"{what} `{name}`", "usage": Template(usage).substitute(name=name)}
+    values = {
+        **names,
+        "kind": kind,
+        "module": module,
+        "check_args": check_args,
+        "summary": f"{what} `{name}`",
+        "usage": Template(usage).substitute(name=name),
+    }
     files = {
         "pyproject.toml": PYPROJECT.substitute(values),
         "README.md": README.substitute(values),

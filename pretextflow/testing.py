@@ -32,6 +32,7 @@ read, validate, determinism (the same source gives byte-identical canonical file
 The checks run on the CPU in seconds, restore the global RNG and determinism settings they touch,
 and write only to a temporary folder and a ``memory://`` artifact store that they delete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,25 +45,46 @@ import shutil
 import tempfile
 import traceback
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from pretextflow.core.training import checkpoint as ckpt
-from pretextflow.core.toolkit.augment import Augmenter
-from pretextflow.core.registry.contracts import Backbone, BackboneParams, BackboneSpec, DatasetArrays, DatasetFormat, PretextTask, StepOutput
 from pretextflow.core.errors import PluginError
+from pretextflow.core.registry.contracts import (
+    Backbone,
+    BackboneParams,
+    BackboneSpec,
+    DatasetArrays,
+    DatasetFormat,
+    PretextTask,
+    StepOutput,
+)
 from pretextflow.core.registry.hookspecs import hookimpl
 from pretextflow.core.registry.registry import PluginInfo, Registry, build_registry, get_registry
+from pretextflow.core.toolkit.augment import Augmenter
+from pretextflow.core.training import checkpoint as ckpt
 
-__all__ = ["CheckResult", "ConformanceError", "PRETEXT_CHECKS", "BACKBONE_CHECKS", "DATASET_CHECKS",
-           "check_pretext_task", "check_backbone", "check_dataset_format", "check_plugin", "assert_conforms",
-           "registry_with", "format_results", "HostTensorGuard"]
+__all__ = [
+    "CheckResult",
+    "ConformanceError",
+    "PRETEXT_CHECKS",
+    "BACKBONE_CHECKS",
+    "DATASET_CHECKS",
+    "check_pretext_task",
+    "check_backbone",
+    "check_dataset_format",
+    "check_plugin",
+    "assert_conforms",
+    "registry_with",
+    "format_results",
+    "HostTensorGuard",
+]
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 PRETEXT_CHECKS = ("registered", "params", "forward", "gradients", "determinism", "state_dict", "device", "pipeline")
@@ -167,8 +189,9 @@ def _short(path: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else path
 
 
-def _run(checks: list[tuple[str, Callable[[], str | None], tuple[str, ...]]],
-         only: Sequence[str] | None = None) -> list[CheckResult]:
+def _run(
+    checks: list[tuple[str, Callable[[], str | None], tuple[str, ...]]], only: Sequence[str] | None = None
+) -> list[CheckResult]:
     results: dict[str, CheckResult] = {}
     for name, fn, needs in checks:
         if only is not None and name not in only:
@@ -202,13 +225,38 @@ def _fmt(x: float) -> str:
 # --------------------------------------------------------------------------------------------
 # The device guard: simulates a second device on a CPU-only machine
 # --------------------------------------------------------------------------------------------
-_FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.eye, torch.tensor,
-              torch.as_tensor, torch.rand, torch.randn, torch.randint, torch.randperm, torch.linspace,
-              torch.logspace, torch.tril_indices, torch.triu_indices, torch.from_numpy, torch.scalar_tensor,
-              torch.empty_strided, torch.normal, torch.bernoulli}
+_FACTORIES = {
+    torch.arange,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.eye,
+    torch.tensor,
+    torch.as_tensor,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.linspace,
+    torch.logspace,
+    torch.tril_indices,
+    torch.triu_indices,
+    torch.from_numpy,
+    torch.scalar_tensor,
+    torch.empty_strided,
+    torch.normal,
+    torch.bernoulli,
+}
 # results on self's device (copy_ copies across devices, as PyTorch allows)
-_FOLLOW_SELF = {torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full, torch.Tensor.new_empty,
-                torch.Tensor.new_tensor, torch.Tensor.copy_}
+_FOLLOW_SELF = {
+    torch.Tensor.new_zeros,
+    torch.Tensor.new_ones,
+    torch.Tensor.new_full,
+    torch.Tensor.new_empty,
+    torch.Tensor.new_tensor,
+    torch.Tensor.copy_,
+}
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 
 
@@ -268,8 +316,9 @@ class HostTensorGuard(torch.overrides.TorchFunctionMode):
         if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.type_as) or func in _FOLLOW_SELF:
             target = None
             if func is torch.Tensor.to:
-                if "device" in kwargs or any(isinstance(a, (str, torch.device, int)) and not isinstance(a, bool)
-                                             for a in args[1:]):
+                if "device" in kwargs or any(
+                    isinstance(a, (str, torch.device, int)) and not isinstance(a, bool) for a in args[1:]
+                ):
                     self._unmark(out)
                     return out
                 target = next((a for a in args[1:] if isinstance(a, torch.Tensor)), kwargs.get("other"))
@@ -294,8 +343,10 @@ class HostTensorGuard(torch.overrides.TorchFunctionMode):
         if big_host and big_device:
             if not (func in _INDEXING and args and not self._origin(args[0])):
                 name = getattr(func, "__name__", str(func))
-                self.problems.append(f"{name} at {self._site()} mixes a tensor made by {big_host[0][1]} without "
-                                     f"device= with tensors on the input's device")
+                self.problems.append(
+                    f"{name} at {self._site()} mixes a tensor made by {big_host[0][1]} without "
+                    f"device= with tensors on the input's device"
+                )
             return out
         if big_host or (host and not [t for t in tensors if not self._origin(t)]):
             self._mark(out, (big_host or host)[0][1])
@@ -380,14 +431,29 @@ def _kit_workspace(arrays: DatasetArrays, name: str, fmt: str) -> Iterator[tuple
 
 def _digits_for(size: int, chans: int) -> DatasetArrays:
     d = _digits_arrays()
-    return DatasetArrays(train_images=_resize_uint8(d.train_images, size, chans), train_labels=d.train_labels,
-                         test_images=_resize_uint8(d.test_images, size, chans), test_labels=d.test_labels,
-                         class_names=d.class_names, source_files=d.source_files)
+    return DatasetArrays(
+        train_images=_resize_uint8(d.train_images, size, chans),
+        train_labels=d.train_labels,
+        test_images=_resize_uint8(d.test_images, size, chans),
+        test_labels=d.test_labels,
+        class_names=d.class_names,
+        source_files=d.source_files,
+    )
 
 
-def _run_pipeline(registry: Registry, arrays: DatasetArrays, data_name: str, fmt: str, pretext: str,
-                  pretext_params: dict, backbone: str, backbone_kwargs: dict, max_train_samples: int = 512,
-                  batch_size: int = 64, probe: bool = True) -> str:
+def _run_pipeline(
+    registry: Registry,
+    arrays: DatasetArrays,
+    data_name: str,
+    fmt: str,
+    pretext: str,
+    pretext_params: dict,
+    backbone: str,
+    backbone_kwargs: dict,
+    max_train_samples: int = 512,
+    batch_size: int = 64,
+    probe: bool = True,
+) -> str:
     """pretrain -> freeze -> probe through ``core.stages`` (the functions the Prefect flows wrap)."""
     from pretextflow.core.config import load_config
     from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe
@@ -397,15 +463,31 @@ def _run_pipeline(registry: Registry, arrays: DatasetArrays, data_name: str, fmt
     n = min(max_train_samples, len(arrays.train_images))
     batch = max(2, min(batch_size, n))
     with _kit_workspace(arrays, data_name, fmt) as (root, store_uri):
-        cfg = load_config(raw={
-            "name": "pretextflow-kit", "seed": 0, "data": {"name": data_name},
-            "backbone": {"name": backbone, "kwargs": backbone_kwargs},
-            "pretext": {"name": pretext, "params": pretext_params},
-            "train": {"epochs": 1, "batch_size": batch, "lr": 1e-3, "warmup_epochs": 0, "device": "cpu",
-                      "max_train_samples": n},
-            "probe": {"knn_k": [5], "linear_weight_decays": [1e-4], "linear_max_iter": 50,
-                      "label_fractions": [1.0], "baselines": []},
-            "store": {"uri": store_uri}})
+        cfg = load_config(
+            raw={
+                "name": "pretextflow-kit",
+                "seed": 0,
+                "data": {"name": data_name},
+                "backbone": {"name": backbone, "kwargs": backbone_kwargs},
+                "pretext": {"name": pretext, "params": pretext_params},
+                "train": {
+                    "epochs": 1,
+                    "batch_size": batch,
+                    "lr": 1e-3,
+                    "warmup_epochs": 0,
+                    "device": "cpu",
+                    "max_train_samples": n,
+                },
+                "probe": {
+                    "knn_k": [5],
+                    "linear_weight_decays": [1e-4],
+                    "linear_max_iter": 50,
+                    "label_fractions": [1.0],
+                    "baselines": [],
+                },
+                "store": {"uri": store_uri},
+            }
+        )
         ctx = StageContext(Workspace(root), cfg, registry, ArtifactStore(store_uri))
         pre = run_pretrain(ctx, logger=log)
         if pre["final_loss"] is None or not math.isfinite(pre["final_loss"]):
@@ -420,8 +502,10 @@ def _run_pipeline(registry: Registry, arrays: DatasetArrays, data_name: str, fmt
             value = metrics.get(key)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise _Fail(f"probe: {key} is {value!r}, expected a number in [0, 1]")
-        return (f"{done}, probe on {data_name} ({size}px): linear top-1 {metrics['linear_top1']:.3f}, "
-                f"kNN top-1 {metrics['knn_top1']:.3f}")
+        return (
+            f"{done}, probe on {data_name} ({size}px): linear top-1 {metrics['linear_top1']:.3f}, "
+            f"kNN top-1 {metrics['knn_top1']:.3f}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +542,11 @@ def registry_with(*plugins: Any, load_entry_points: bool = False) -> Registry:
 
 
 def _skipped_note(registry: Registry, name: str) -> str:
-    notes = [f"{s.plugin} ({s.package}): {s.reason}" for s in registry.skipped
-             if name in s.reason or name in s.plugin or name.replace("-", "_") in s.plugin]
+    notes = [
+        f"{s.plugin} ({s.package}): {s.reason}"
+        for s in registry.skipped
+        if name in s.reason or name in s.plugin or name.replace("-", "_") in s.plugin
+    ]
     return (" Skipped plugins: " + "; ".join(notes)) if notes else ""
 
 
@@ -471,9 +558,11 @@ def _resolve_name(registry: Registry, kind: str, name: str) -> Any:
             return registry.backbone(name)
         return registry.dataset_format(name)
     except PluginError as exc:
-        raise PluginError(f"{exc}{_skipped_note(registry, name)} If it is yours: declare the entry point "
-                          f"([project.entry-points.pretextflow] {name} = \"your_package.module\") and "
-                          f"`pip install -e .` the package.") from None
+        raise PluginError(
+            f"{exc}{_skipped_note(registry, name)} If it is yours: declare the entry point "
+            f'([project.entry-points.pretextflow] {name} = "your_package.module") and '
+            f"`pip install -e .` the package."
+        ) from None
 
 
 def _table(registry: Registry, kind: str) -> dict:
@@ -486,17 +575,29 @@ def _with_plugin(registry: Registry, kind: str, obj: Any) -> Registry:
     table = _table(registry, kind)
     if table.get(obj.name) is obj:
         return registry
-    new = Registry(pretext=dict(registry.pretext), backbones=dict(registry.backbones),
-                   formats=dict(registry.formats), info=list(registry.info), skipped=list(registry.skipped))
+    new = Registry(
+        pretext=dict(registry.pretext),
+        backbones=dict(registry.backbones),
+        formats=dict(registry.formats),
+        info=list(registry.info),
+        skipped=list(registry.skipped),
+    )
     new_table = _table(new, kind)
     new_table.pop(obj.name, None)
     if kind == "backbone":  # first, so it wins over a namespace (``timm/*``) that would also match
         new.backbones = {obj.name: obj, **new.backbones}
     else:
         new_table[obj.name] = obj
-    new.info = [PluginInfo(name=obj.name, kind=kind, family=getattr(obj, "family", None) if kind == "pretext" else None,
-                           package="(not installed)", version="0", plugin="pretextflow.testing")] + \
-        [i for i in new.info if not (i.kind == kind and i.name == obj.name)]
+    new.info = [
+        PluginInfo(
+            name=obj.name,
+            kind=kind,
+            family=getattr(obj, "family", None) if kind == "pretext" else None,
+            package="(not installed)",
+            version="0",
+            plugin="pretextflow.testing",
+        )
+    ] + [i for i in new.info if not (i.kind == kind and i.name == obj.name)]
     return new
 
 
@@ -510,11 +611,16 @@ def _registered_check(registry: Registry, kind: str, obj: Any) -> Callable[[], s
             family = f", {row.family}" if row.family else ""
             return f"listed as {name!r} ({kind}{family}) from {row.package} {row.version}"
         if held is not None and row is not None:
-            raise _Fail(f"the name {name!r} is provided by {row.package} ({row.plugin}), not by this plugin: "
-                        f"choose another name.{_skipped_note(registry, name)}")
-        raise _Fail(f"no installed plugin provides {kind} {name!r}: declare the entry point "
-                    f"([project.entry-points.pretextflow] {name} = \"your_package.module\"), install the package "
-                    f"(pip install -e .) and return it from the @hookimpl hook.{_skipped_note(registry, name)}")
+            raise _Fail(
+                f"the name {name!r} is provided by {row.package} ({row.plugin}), not by this plugin: "
+                f"choose another name.{_skipped_note(registry, name)}"
+            )
+        raise _Fail(
+            f"no installed plugin provides {kind} {name!r}: declare the entry point "
+            f'([project.entry-points.pretextflow] {name} = "your_package.module"), install the package '
+            f"(pip install -e .) and return it from the @hookimpl hook.{_skipped_note(registry, name)}"
+        )
+
     return check
 
 
@@ -526,23 +632,32 @@ def _params_check(model: Any, values: dict, what: str) -> Callable[[], str]:
             p = model.model_validate(values)
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
-            raise _Fail(f"{what}({values or ''}) does not validate ({fields}): give every field a default "
-                        f"(the published recipe)" if not values else f"{what} rejects {values}: {fields}") from None
+            raise _Fail(
+                f"{what}({values or ''}) does not validate ({fields}): give every field a default "
+                f"(the published recipe)"
+                if not values
+                else f"{what} rejects {values}: {fields}"
+            ) from None
         try:
             model.model_validate({**values, _UNKNOWN_KEY: 1})
         except ValidationError:
             pass
         else:
-            raise _Fail(f"{what} accepts an unknown key ({_UNKNOWN_KEY}): a typo in a config would be silently "
-                        f"ignored. Subclass pretextflow.api.Params (extra='forbid').")
+            raise _Fail(
+                f"{what} accepts an unknown key ({_UNKNOWN_KEY}): a typo in a config would be silently "
+                f"ignored. Subclass pretextflow.api.Params (extra='forbid')."
+            )
         dumped = p.model_dump(mode="json")
         try:
             again = model.model_validate(json.loads(json.dumps(dumped)))
         except (TypeError, ValueError) as exc:
-            raise _Fail(f"{what} does not round-trip through JSON (the manifest and stage keys record it): {exc}")
+            raise _Fail(
+                f"{what} does not round-trip through JSON (the manifest and stage keys record it): {exc}"
+            ) from exc
         if again != p:
             raise _Fail(f"{what} does not round-trip through JSON: {dumped} reads back as {again!r}")
         return f"{len(model.model_fields)} field(s): defaults valid, unknown keys rejected, JSON round-trip"
+
     return check
 
 
@@ -559,8 +674,10 @@ def _check_step_output(out: Any) -> torch.Tensor:
     if not torch.isfinite(loss.detach()):
         raise _Fail(f"the loss is not finite ({loss.item()}) on a tiny batch of digits")
     if not loss.requires_grad or loss.grad_fn is None:
-        raise _Fail("the loss does not require grad: it must be computed from the model's parameters "
-                    "(no .detach(), .item() or torch.no_grad() on the way)")
+        raise _Fail(
+            "the loss does not require grad: it must be computed from the model's parameters "
+            "(no .detach(), .item() or torch.no_grad() on the way)"
+        )
     if not isinstance(out.logs, dict):
         raise _Fail(f"StepOutput.logs must be a dict of name -> number, got {type(out.logs).__name__}")
     for k, v in out.logs.items():
@@ -595,8 +712,10 @@ def _through_checkpoint(module: nn.Module, prefix_required: str | None) -> dict[
     if odd:
         raise _Fail(f"state dict entries must be tensors (checkpoints are safetensors, nothing is pickled): {odd[:5]}")
     if prefix_required and not any(k.startswith(prefix_required) for k in sd):
-        raise _Fail(f"the state dict holds no `{prefix_required}*` weights: keep the backbone you were given as "
-                    f"`self.backbone` (freeze exports exactly those weights)")
+        raise _Fail(
+            f"the state dict holds no `{prefix_required}*` weights: keep the backbone you were given as "
+            f"`self.backbone` (freeze exports exactly those weights)"
+        )
     groups, _ = ckpt.decode(ckpt.encode({"model": sd}, {}))
     return groups.get("model", {})
 
@@ -613,11 +732,22 @@ def _default_backbone(cls: type[PretextTask]) -> tuple[str, dict]:
     return "convnet-s", {"width": 8, "depth": 3}
 
 
-def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = None, backbone: str | None = None,
-                       backbone_kwargs: dict | None = None, image_size: int = 16, in_chans: int = 1,
-                       batch_size: int = 16, seed: int = 0, devices: Sequence[str] | None = None,
-                       pipeline: bool = True, pipeline_image_size: int = 8, registry: Registry | None = None,
-                       only: Sequence[str] | None = None) -> list[CheckResult]:
+def check_pretext_task(
+    task: str | type[PretextTask],
+    *,
+    params: dict | None = None,
+    backbone: str | None = None,
+    backbone_kwargs: dict | None = None,
+    image_size: int = 16,
+    in_chans: int = 1,
+    batch_size: int = 16,
+    seed: int = 0,
+    devices: Sequence[str] | None = None,
+    pipeline: bool = True,
+    pipeline_image_size: int = 8,
+    registry: Registry | None = None,
+    only: Sequence[str] | None = None,
+) -> list[CheckResult]:
     """Check a pretext task (its registered name, or the class) against the contract.
 
     ``params`` are the task's hyper-parameters (default: its defaults); the backbone defaults to a
@@ -641,8 +771,13 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
     from pretextflow.core.config import load_config
     from pretextflow.core.training.model import build_backbone, build_task
 
-    cfg = load_config(raw={"data": {"name": "kit"}, "backbone": {"name": bb_name, "kwargs": bb_kwargs},
-                           "pretext": {"name": cls.name, "params": values}})
+    cfg = load_config(
+        raw={
+            "data": {"name": "kit"},
+            "backbone": {"name": bb_name, "kwargs": bb_kwargs},
+            "pretext": {"name": cls.name, "params": values},
+        }
+    )
 
     def build(s: int) -> tuple[PretextTask, Backbone]:
         try:
@@ -671,8 +806,10 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
         if bad:
             raise _Fail(f"non-finite gradients in {bad[:5]}")
         if not reached:
-            raise _Fail("no gradient reaches the backbone: compute the loss from the backbone's features "
-                        "without .detach() or torch.no_grad() (a frozen backbone learns nothing)")
+            raise _Fail(
+                "no gradient reaches the backbone: compute the loss from the backbone's features "
+                "without .detach() or torch.no_grad() (a frozen backbone learns nothing)"
+            )
         return f"{len(reached)}/{len(trainable)} backbone tensors get a non-zero gradient"
 
     def determinism() -> str:
@@ -682,9 +819,11 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
             with _seeded(seed):
                 runs.append(_train_steps(t, images, seed))
         if runs[0] != runs[1]:
-            raise _Fail(f"the same seed gave different losses: {runs[0]} vs {runs[1]}. Draw randomness from "
-                        f"`aug` (the seeded Augmenter: aug.rand/randn/uniform/randint/bernoulli) or torch's "
-                        f"seeded global RNG, never Python's `random`, the clock or an unseeded generator")
+            raise _Fail(
+                f"the same seed gave different losses: {runs[0]} vs {runs[1]}. Draw randomness from "
+                f"`aug` (the seeded Augmenter: aug.rand/randn/uniform/randint/bernoulli) or torch's "
+                f"seeded global RNG, never Python's `random`, the clock or an unseeded generator"
+            )
         return f"two runs of 2 training steps: identical losses {[_fmt(x) for x in runs[0]]}"
 
     def state_dict() -> str:
@@ -700,9 +839,11 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
             with _seeded(seed + 2):
                 outs.append(m(images, Augmenter(seed + 3)).loss.detach())
         if not _same(*outs):
-            raise _Fail(f"a fresh instance loaded with the state dict computes another loss ({_fmt(outs[0].item())} "
-                        f"vs {_fmt(outs[1].item())}): state that changes in training (counters, queues, EMA "
-                        f"teachers, centres) must be registered buffers or parameters, not plain attributes")
+            raise _Fail(
+                f"a fresh instance loaded with the state dict computes another loss ({_fmt(outs[0].item())} "
+                f"vs {_fmt(outs[1].item())}): state that changes in training (counters, queues, EMA "
+                f"teachers, centres) must be registered buffers or parameters, not plain attributes"
+            )
         return f"{len(loaded)} tensors through the safetensors checkpoint; same loss after loading"
 
     def device() -> str:
@@ -712,8 +853,10 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
             t.to(dev)
             plain = _plain_tensor_attributes(t)
             if plain:
-                raise _Fail(f"tensor attribute(s) {plain[:5]} are neither parameters nor buffers: .to(device) "
-                            f"leaves them behind. Use self.register_buffer(name, tensor)")
+                raise _Fail(
+                    f"tensor attribute(s) {plain[:5]} are neither parameters nor buffers: .to(device) "
+                    f"leaves them behind. Use self.register_buffer(name, tensor)"
+                )
             stray = _placement_problems(t, dev)
             if stray:
                 raise _Fail(f"after .to({dev}) these are elsewhere: {stray[:5]}")
@@ -723,8 +866,10 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
                     out = t(x, Augmenter(seed + 1, dev))
                     out.loss.backward()
                 if guard.problems:
-                    raise _Fail(f"would fail on a GPU: {guard.problems[0]}. Create tensors with "
-                                f"device=images.device (or .to(images.device))")
+                    raise _Fail(
+                        f"would fail on a GPU: {guard.problems[0]}. Create tensors with "
+                        f"device=images.device (or .to(images.device))"
+                    )
             else:  # as the training loop runs there: seeded, without deterministic algorithms
                 torch.manual_seed(seed)
                 out = t(x, Augmenter(seed + 1, dev))
@@ -737,34 +882,49 @@ def check_pretext_task(task: str | type[PretextTask], *, params: dict | None = N
     def run_pipeline() -> str:
         psize = max(pipeline_image_size, cls.requires.min_image_size)
         try:
-            return _run_pipeline(reg, _digits_for(psize, in_chans), "kit-digits", "sklearn-digits", cls.name, values,
-                                 bb_name, bb_kwargs)
+            return _run_pipeline(
+                reg, _digits_for(psize, in_chans), "kit-digits", "sklearn-digits", cls.name, values, bb_name, bb_kwargs
+            )
         except _Fail:
             raise
         except Exception as exc:
-            raise _Fail(f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                        f"{_where(exc)} (training on {psize}px digits; a task that needs larger images declares "
-                        f"requires = Requirements(min_image_size=...))") from None
+            raise _Fail(
+                f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                f"{_where(exc)} (training on {psize}px digits; a task that needs larger images declares "
+                f"requires = Requirements(min_image_size=...))"
+            ) from None
 
-    return _run([
-        ("registered", _registered_check(base, "pretext", cls), ()),
-        ("params", _params_check(getattr(cls, "Params", None), values, f"{cls.__name__}.Params"), ()),
-        ("forward", forward, ()),
-        ("gradients", gradients, ("forward",)),
-        ("determinism", determinism, ("forward",)),
-        ("state_dict", state_dict, ("forward", "determinism")),
-        ("device", device, ("forward",)),
-        *([("pipeline", run_pipeline, ("forward",))] if pipeline else []),
-    ], only)
+    return _run(
+        [
+            ("registered", _registered_check(base, "pretext", cls), ()),
+            ("params", _params_check(getattr(cls, "Params", None), values, f"{cls.__name__}.Params"), ()),
+            ("forward", forward, ()),
+            ("gradients", gradients, ("forward",)),
+            ("determinism", determinism, ("forward",)),
+            ("state_dict", state_dict, ("forward", "determinism")),
+            ("device", device, ("forward",)),
+            *([("pipeline", run_pipeline, ("forward",))] if pipeline else []),
+        ],
+        only,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Backbones
 # --------------------------------------------------------------------------------------------
-def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, image_size: int = 16,
-                   in_chans: Sequence[int] = (1, 3), batch_size: int = 4, seed: int = 0,
-                   devices: Sequence[str] | None = None, pipeline: bool = True, registry: Registry | None = None,
-                   only: Sequence[str] | None = None) -> list[CheckResult]:
+def check_backbone(
+    backbone: str | BackboneSpec,
+    *,
+    kwargs: dict | None = None,
+    image_size: int = 16,
+    in_chans: Sequence[int] = (1, 3),
+    batch_size: int = 4,
+    seed: int = 0,
+    devices: Sequence[str] | None = None,
+    pipeline: bool = True,
+    registry: Registry | None = None,
+    only: Sequence[str] | None = None,
+) -> list[CheckResult]:
     """Check a backbone (a name such as ``convnet-s`` or ``timm/resnet18``, or a BackboneSpec).
 
     It is built for each of ``in_chans`` at ``image_size`` px with ``kwargs`` (``backbone.kwargs``
@@ -777,8 +937,9 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
     if not isinstance(spec, BackboneSpec):
         raise PluginError(f"{backbone!r} is not a BackboneSpec")
     if full_name.endswith("/*"):
-        raise PluginError(f"{spec.name!r} is a namespace: check one of its models by name, e.g. "
-                          f"{spec.name[:-1] + 'resnet18'!r}")
+        raise PluginError(
+            f"{spec.name!r} is a namespace: check one of its models by name, e.g. {spec.name[:-1] + 'resnet18'!r}"
+        )
     reg = _with_plugin(base, "backbone", spec)
     kw = dict(kwargs or {})
     chans = list(in_chans)
@@ -794,8 +955,9 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
             raise _Fail(f"build() returned {type(net).__name__} where an nn.Module belongs")
         if isinstance(nf, bool) or not isinstance(nf, (int, np.integer)) or nf <= 0:
             raise _Fail(f"build() must return a positive int num_features, got {nf!r}")
-        return Backbone(net, int(nf), [0.3] * c, [0.35] * c, image_size=image_size,
-                        provides_tokens=spec.provides_tokens)
+        return Backbone(
+            net, int(nf), [0.3] * c, [0.35] * c, image_size=image_size, provides_tokens=spec.provides_tokens
+        )
 
     def images(c: int) -> torch.Tensor:
         return _tiny_batch(batch_size, image_size, c).float() / 255.0
@@ -809,8 +971,10 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
     def build() -> str:
         built = [make(c, seed) for c in chans]
         n = sum(p.numel() for p in built[-1].parameters())
-        return (f"{full_name} builds for in_chans={', '.join(map(str, chans))} at {image_size}px: {n:,} "
-                f"parameters, {built[-1].num_features} features")
+        return (
+            f"{full_name} builds for in_chans={', '.join(map(str, chans))} at {image_size}px: {n:,} "
+            f"parameters, {built[-1].num_features} features"
+        )
 
     def forward() -> str:
         for c in chans:
@@ -821,8 +985,10 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
                 want = (batch_size, bb.num_features)
                 if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
                     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                    raise _Fail(f"forward on ({batch_size}, {c}, {image_size}, {image_size}) must return "
-                                f"(N, num_features) = {want}, got {got}")
+                    raise _Fail(
+                        f"forward on ({batch_size}, {c}, {image_size}, {image_size}) must return "
+                        f"(N, num_features) = {want}, got {got}"
+                    )
                 if not out.is_floating_point() or not torch.isfinite(out).all():
                     raise _Fail(f"features must be finite floats ({mode} mode)")
             api = bb.token_api
@@ -852,8 +1018,10 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
         if bad:
             raise _Fail(f"non-finite gradients in {bad[:5]}")
         if none:
-            raise _Fail(f"{len(none)} trainable tensor(s) get no gradient from the features: {none[:5]} "
-                        f"(unused parameters, or a .detach() in forward)")
+            raise _Fail(
+                f"{len(none)} trainable tensor(s) get no gradient from the features: {none[:5]} "
+                f"(unused parameters, or a .detach() in forward)"
+            )
         return f"all {len(trainable)} trainable tensors get a finite gradient"
 
     def determinism() -> str:
@@ -862,8 +1030,9 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
         sa, sb = a.state_dict(), b.state_dict()
         diff = [k for k in sa if k not in sb or not _same(sa[k], sb[k])]
         if diff:
-            raise _Fail(f"the same seed initialised different weights: {diff[:5]}. Initialise from torch's "
-                        f"(seeded) global RNG")
+            raise _Fail(
+                f"the same seed initialised different weights: {diff[:5]}. Initialise from torch's (seeded) global RNG"
+            )
         a.eval(), b.eval()
         x = images(c)
         if not _same(a(x), b(x)):
@@ -883,8 +1052,10 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
         a.eval(), b.eval()
         x = images(c)
         if not _same(a(x), b(x)):
-            raise _Fail("a fresh backbone loaded with the state dict computes other features: keep all state in "
-                        "parameters and registered buffers")
+            raise _Fail(
+                "a fresh backbone loaded with the state dict computes other features: keep all state in "
+                "parameters and registered buffers"
+            )
         return f"{len(loaded)} tensors through the safetensors checkpoint; same features after loading"
 
     def device() -> str:
@@ -893,8 +1064,10 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
             bb = safe_make(c, seed).to(dev)
             plain = _plain_tensor_attributes(bb)
             if plain:
-                raise _Fail(f"tensor attribute(s) {plain[:5]} are neither parameters nor buffers: .to(device) "
-                            f"leaves them behind. Use self.register_buffer(name, tensor)")
+                raise _Fail(
+                    f"tensor attribute(s) {plain[:5]} are neither parameters nor buffers: .to(device) "
+                    f"leaves them behind. Use self.register_buffer(name, tensor)"
+                )
             stray = _placement_problems(bb, dev)
             if stray:
                 raise _Fail(f"after .to({dev}) these are elsewhere: {stray[:5]}")
@@ -915,32 +1088,46 @@ def check_backbone(backbone: str | BackboneSpec, *, kwargs: dict | None = None, 
     def run_pipeline() -> str:
         c = chans[0]
         try:
-            return _run_pipeline(reg, _digits_for(image_size, c), "kit-digits", "sklearn-digits", "rotation", {},
-                                 full_name, kw)
+            return _run_pipeline(
+                reg, _digits_for(image_size, c), "kit-digits", "sklearn-digits", "rotation", {}, full_name, kw
+            )
         except _Fail:
             raise
         except Exception as exc:
-            raise _Fail(f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{_where(exc)} "
-                        f"(rotation on {image_size}px digits)") from None
+            raise _Fail(
+                f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{_where(exc)} "
+                f"(rotation on {image_size}px digits)"
+            ) from None
 
-    return _run([
-        ("registered", _registered_check(base, "backbone", spec), ()),
-        ("build", build, ()),
-        ("forward", forward, ("build",)),
-        ("gradients", gradients, ("forward",)),
-        ("determinism", determinism, ("forward",)),
-        ("state_dict", state_dict, ("forward", "determinism")),
-        ("device", device, ("forward",)),
-        *([("pipeline", run_pipeline, ("forward",))] if pipeline else []),
-    ], only)
+    return _run(
+        [
+            ("registered", _registered_check(base, "backbone", spec), ()),
+            ("build", build, ()),
+            ("forward", forward, ("build",)),
+            ("gradients", gradients, ("forward",)),
+            ("determinism", determinism, ("forward",)),
+            ("state_dict", state_dict, ("forward", "determinism")),
+            ("device", device, ("forward",)),
+            *([("pipeline", run_pipeline, ("forward",))] if pipeline else []),
+        ],
+        only,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Dataset formats
 # --------------------------------------------------------------------------------------------
-def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None = None, options: dict | None = None,
-                         storage_options: dict | None = None, pipeline: bool = True, max_train_samples: int = 256,
-                         registry: Registry | None = None, only: Sequence[str] | None = None) -> list[CheckResult]:
+def check_dataset_format(
+    fmt: str | type[DatasetFormat],
+    *,
+    source: str | None = None,
+    options: dict | None = None,
+    storage_options: dict | None = None,
+    pipeline: bool = True,
+    max_train_samples: int = 256,
+    registry: Registry | None = None,
+    only: Sequence[str] | None = None,
+) -> list[CheckResult]:
     """Check a dataset format (its name, or the class) by reading ``source`` with ``options``."""
     base = registry or get_registry()
     cls = _resolve_name(base, "dataset", fmt) if isinstance(fmt, str) else fmt
@@ -968,8 +1155,10 @@ def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None =
             if not isinstance(getattr(arrays, key), np.ndarray):
                 raise _Fail(f"DatasetArrays.{key} must be a numpy array, got {type(getattr(arrays, key)).__name__}")
         state["arrays"] = arrays
-        return (f"train {arrays.train_images.shape} {arrays.train_images.dtype}, test {arrays.test_images.shape}, "
-                f"{len(arrays.class_names)} classes")
+        return (
+            f"train {arrays.train_images.shape} {arrays.train_images.dtype}, test {arrays.test_images.shape}, "
+            f"{len(arrays.class_names)} classes"
+        )
 
     def validate() -> str:
         from pretextflow.core.data.dataset import validate_arrays
@@ -991,8 +1180,10 @@ def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None =
         second = encode_dataset("kit", cls.name, read_once())
         diff = sorted(k for k in first if first[k] != second.get(k))
         if diff:
-            raise _Fail(f"reading the same source twice gave different bytes in {diff}: the DVC version of the "
-                        f"same data would change (sort file listings; no timestamps or random order)")
+            raise _Fail(
+                f"reading the same source twice gave different bytes in {diff}: the DVC version of the "
+                f"same data would change (sort file listings; no timestamps or random order)"
+            )
         return "the same source gives byte-identical canonical files"
 
     def run_pipeline() -> str:
@@ -1001,21 +1192,34 @@ def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None =
         test_labelled = int((arrays.test_labels >= 0).sum())
         probe = len(train_classes) >= 2 and test_labelled > 0
         try:
-            return _run_pipeline(reg, arrays, "kit-data", cls.name, "rotation", {}, "convnet-s",
-                                 {"width": 8, "depth": 3}, max_train_samples=max_train_samples, probe=probe)
+            return _run_pipeline(
+                reg,
+                arrays,
+                "kit-data",
+                cls.name,
+                "rotation",
+                {},
+                "convnet-s",
+                {"width": 8, "depth": 3},
+                max_train_samples=max_train_samples,
+                probe=probe,
+            )
         except _Fail:
             raise
         except Exception as exc:
             raise _Fail(f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{_where(exc)}") from None
 
-    return _run([
-        ("registered", _registered_check(base, "dataset", cls), ()),
-        ("options", _params_check(getattr(cls, "Options", None), values, f"{cls.__name__}.Options"), ()),
-        ("read", read, ()),
-        ("validate", validate, ("read",)),
-        ("determinism", determinism, ("read",)),
-        *([("pipeline", run_pipeline, ("validate",))] if pipeline else []),
-    ], only)
+    return _run(
+        [
+            ("registered", _registered_check(base, "dataset", cls), ()),
+            ("options", _params_check(getattr(cls, "Options", None), values, f"{cls.__name__}.Options"), ()),
+            ("read", read, ()),
+            ("validate", validate, ("read",)),
+            ("determinism", determinism, ("read",)),
+            *([("pipeline", run_pipeline, ("validate",))] if pipeline else []),
+        ],
+        only,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1024,15 +1228,23 @@ def check_dataset_format(fmt: str | type[DatasetFormat], *, source: str | None =
 def find_kind(name: str, registry: Registry | None = None) -> str:
     """Which kind of plugin ``name`` is: pretext, backbone or dataset (PluginError if none or several)."""
     reg = registry or get_registry()
-    kinds = [k for k, found in (("pretext", name in reg.pretext),
-                                ("backbone", any(s.matches(name) for s in reg.backbones.values())),
-                                ("dataset", name in reg.formats)) if found]
+    kinds = [
+        k
+        for k, found in (
+            ("pretext", name in reg.pretext),
+            ("backbone", any(s.matches(name) for s in reg.backbones.values())),
+            ("dataset", name in reg.formats),
+        )
+        if found
+    ]
     if len(kinds) > 1:
         raise PluginError(f"{name!r} is a {' and a '.join(kinds)} plugin: pass --kind {'|'.join(kinds)}")
     if not kinds:
         known = sorted(reg.pretext) + sorted(reg.backbones) + sorted(reg.formats)
-        raise PluginError(f"no plugin named {name!r}. Installed: {', '.join(known)}. Run `pretextflow plugins`."
-                          f"{_skipped_note(reg, name)}")
+        raise PluginError(
+            f"no plugin named {name!r}. Installed: {', '.join(known)}. Run `pretextflow plugins`."
+            f"{_skipped_note(reg, name)}"
+        )
     return kinds[0]
 
 

@@ -1,4 +1,5 @@
 """Test set-up: Prefect and DVC never touch the user's home; every workspace is a temp folder."""
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ one Prefect task run (all its attempts) sees: a retry policy of N retries can on
 ride out N faults in a row, so the schedule stays within what the pipeline promises (retries=2).
 Removals are never failed, so cleanup paths run as written. ``FlakyFileSystem.failures`` records
 every injected fault: (call number, operation, path, Prefect task run name or None)."""
+
 from __future__ import annotations
 
 import errno
@@ -18,9 +19,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 PROTOCOL = "flaky"
-_FAULTS = (lambda op, p: OSError(errno.EIO, f"injected I/O error during {op}", p),
-           lambda op, p: ConnectionResetError(errno.ECONNRESET, f"injected connection reset during {op}", p),
-           lambda op, p: TimeoutError(errno.ETIMEDOUT, f"injected timeout during {op}", p))
+_FAULTS = (
+    lambda op, p: OSError(errno.EIO, f"injected I/O error during {op}", p),
+    lambda op, p: ConnectionResetError(errno.ECONNRESET, f"injected connection reset during {op}", p),
+    lambda op, p: TimeoutError(errno.ETIMEDOUT, f"injected timeout during {op}", p),
+)
 
 
 class FlakyFileSystem(LocalFileSystem):
@@ -46,7 +49,7 @@ class FlakyFileSystem(LocalFileSystem):
     def _strip_protocol(cls, path):
         path = str(path)
         if path.startswith(PROTOCOL + "://"):
-            path = path[len(PROTOCOL) + 3:]
+            path = path[len(PROTOCOL) + 3 :]
         return LocalFileSystem._strip_protocol(path)
 
     def unstrip_protocol(self, name: str) -> str:

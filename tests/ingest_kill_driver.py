@@ -7,6 +7,7 @@ POINT is where to stop: ``staging`` (half the files staged), ``swap`` (between t
 ``after-add`` (data.dvc rewritten, nothing pushed), ``after-push`` (pushed, not yet committed).
 On reaching it the driver writes MARKER (JSON: its pid and its DVC children's pids) and sleeps
 until it is killed; the ingest code itself runs unchanged up to that point."""
+
 from __future__ import annotations
 
 import json
@@ -75,6 +76,7 @@ def main(ws_root: str, source: str, name: str, point: str, delay: float, marker:
 
         versioning.dvc = dvc
     elif point == "after-push":
+
         def commit(self):
             stop_here()
 

@@ -1,4 +1,5 @@
 """The commands a user types, as subprocesses: exit codes, output, and the run they leave behind."""
+
 import json
 import os
 import subprocess
@@ -12,8 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pretextflow", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"})
+    return subprocess.run(
+        [sys.executable, "-m", "pretextflow", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"},
+    )
 
 
 def test_init_ingest_and_run_from_the_command_line(tmp_path):

@@ -18,21 +18,26 @@ def test_shipped_configs_validate():
 
 
 def test_set_overrides_any_field_with_yaml_types():
-    cfg = load_config(DIGITS, ["train.epochs=2", "probe.knn_k=[5, 3]", "pretext.params.temperature=0.2",
-                               "backbone.small_image_stem=false"])
+    cfg = load_config(
+        DIGITS,
+        ["train.epochs=2", "probe.knn_k=[5, 3]", "pretext.params.temperature=0.2", "backbone.small_image_stem=false"],
+    )
     assert cfg.train.epochs == 2 and cfg.probe.knn_k == [5, 3]
     assert cfg.pretext.params["temperature"] == 0.2 and cfg.backbone.small_image_stem is False
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.lr=-1", "train.lr"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("train.epochs=many", "train.epochs"),
-    ("probe.val_fraction=1.5", "probe.val_fraction"),
-    ("train.optimiser=sgd", "train.optimiser"),
-    ("colour=blue", "colour"),
-    ("probe.knn_k=[0]", "probe.knn_k"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.lr=-1", "train.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.epochs=many", "train.epochs"),
+        ("probe.val_fraction=1.5", "probe.val_fraction"),
+        ("train.optimiser=sgd", "train.optimiser"),
+        ("colour=blue", "colour"),
+        ("probe.knn_k=[0]", "probe.knn_k"),
+    ],
+)
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(DIGITS, [override])
@@ -56,8 +61,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_pretext_params_are_validated_by_the_plugin(digits_config):
-    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.registry.preflight import resolved_pretext_params
+    from pretextflow.core.registry.registry import get_registry
 
     with pytest.raises(ConfigError, match=r"pretext\.params\.temperature"):
         resolved_pretext_params(digits_config("pretext.params.temperature=-1"), get_registry())
@@ -68,8 +73,11 @@ def test_pretext_params_are_validated_by_the_plugin(digits_config):
 
 
 def test_cli_config_error_exits_2_with_a_message_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pretextflow", "run", str(DIGITS), "--set", "train.lr=-1",
-                           "-w", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretextflow", "run", str(DIGITS), "--set", "train.lr=-1", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "train.lr" in proc.stderr and "greater than 0" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.data.dataset import check_name, encode_dataset, validate_arrays
 from pretextflow.core.errors import DataError
+from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.registry.registry import get_registry
 from pretextflow.plugins.datasets.idx import FILES, IdxOptions
 
@@ -23,8 +23,10 @@ def write_idx_source(fs_root: str, n_train=20, n_test=10, size=6, gz=True, corru
 
     rng = np.random.default_rng(0)
     arrays = {
-        "train_images": rng.integers(0, 256, (n_train, size, size)), "train_labels": np.arange(n_train) % 3,
-        "test_images": rng.integers(0, 256, (n_test, size, size)), "test_labels": np.arange(n_test) % 3,
+        "train_images": rng.integers(0, 256, (n_train, size, size)),
+        "train_labels": np.arange(n_train) % 3,
+        "test_images": rng.integers(0, 256, (n_test, size, size)),
+        "test_labels": np.arange(n_test) % 3,
     }
     for key, stem in FILES.items():
         payload = idx_bytes(arrays[key])
@@ -143,8 +145,13 @@ def test_imagefolder_bad_inputs_are_named(tmp_path):
 
 
 def _arrays(**kw):
-    base = dict(train_images=np.zeros((4, 1, 4, 4), np.uint8), train_labels=np.array([0, 1, 0, 1]),
-                test_images=np.zeros((2, 1, 4, 4), np.uint8), test_labels=np.array([0, 1]), class_names=["a", "b"])
+    base = dict(
+        train_images=np.zeros((4, 1, 4, 4), np.uint8),
+        train_labels=np.array([0, 1, 0, 1]),
+        test_images=np.zeros((2, 1, 4, 4), np.uint8),
+        test_labels=np.array([0, 1]),
+        class_names=["a", "b"],
+    )
     base.update(kw)
     return DatasetArrays(**base)
 
@@ -158,8 +165,9 @@ def test_validate_arrays_refuses_what_would_break_training():
     with pytest.raises(DataError, match="training split is empty"):
         validate_arrays(_arrays(train_images=np.zeros((0, 1, 4, 4), np.uint8), train_labels=np.zeros(0, int)), "src")
     with pytest.raises(DataError, match="square"):
-        validate_arrays(_arrays(train_images=np.zeros((4, 2, 4, 4), np.uint8),
-                                test_images=np.zeros((2, 2, 4, 4), np.uint8)), "src")
+        validate_arrays(
+            _arrays(train_images=np.zeros((4, 2, 4, 4), np.uint8), test_images=np.zeros((2, 2, 4, 4), np.uint8)), "src"
+        )
     with pytest.raises(DataError, match="must match"):
         validate_arrays(_arrays(test_images=np.zeros((2, 1, 5, 5), np.uint8)), "src")
     with pytest.raises(DataError, match="dataset name"):
@@ -170,8 +178,13 @@ def test_canonical_encoding_is_deterministic():
     fmt = get_registry().dataset_format("sklearn-digits")
     a = encode_dataset("digits", "sklearn-digits", fmt().read("sklearn:digits", fmt.Options(), {}))
     b = encode_dataset("digits", "sklearn-digits", fmt().read("sklearn:digits", fmt.Options(), {}))
-    assert a == b and set(a) == {"train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy",
-                                 "meta.json"}
+    assert a == b and set(a) == {
+        "train_images.npy",
+        "train_labels.npy",
+        "test_images.npy",
+        "test_labels.npy",
+        "meta.json",
+    }
 
 
 def test_default_dataset_names():

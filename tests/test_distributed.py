@@ -1,22 +1,22 @@
 """Multi-process (DDP) pretraining, the device/precision policies of the GPU path, and the
 torch.compile flag. DDP runs for real: 2 CPU processes over gloo, against 1 process with the
 same global batch."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pretextflow.core.toolkit import collectives as distributed
-from pretextflow.core.training import launch
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.data.dataset import load_dataset
-from pretextflow.core.errors import ConfigError
+from pretextflow.core.errors import ConfigError, TrainingDiverged
 from pretextflow.core.registry.registry import get_registry
 from pretextflow.core.store import ArtifactStore
-from pretextflow.core.errors import TrainingDiverged
-from pretextflow.core.training.model import amp_dtype, select_device
+from pretextflow.core.toolkit import collectives as distributed
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
+from pretextflow.core.training import launch
 from pretextflow.core.training.loop import pretrain
+from pretextflow.core.training.model import amp_dtype, select_device
 
 # Two processes sum gradients and BatchNorm statistics in another order than one process does:
 # float32 rounding, nothing else. Measured on digits (20 steps): SimCLR's largest relative step-loss
@@ -26,8 +26,9 @@ WEIGHT_ATOL = 1e-4
 
 
 def _train(ws, tmp_path, digits_config, devices: int, *overrides: str):
-    cfg = digits_config("train.epochs=2", "train.batch_size=128", "train.threads=1", f"train.devices={devices}",
-                        *overrides)
+    cfg = digits_config(
+        "train.epochs=2", "train.batch_size=128", "train.threads=1", f"train.devices={devices}", *overrides
+    )
     store = ArtifactStore(str(tmp_path / f"store-{devices}"))
     ds = load_dataset(str(ws.data_dir), "digits")
     outcome = pretrain(cfg, ds, store, "key", get_registry())
@@ -64,8 +65,16 @@ def test_two_processes_follow_the_single_process_trajectory(digits_workspace, tm
 
 def test_a_failing_rank_raises_its_own_error(digits_workspace, tmp_path, digits_config):
     with pytest.raises(TrainingDiverged, match="non-finite loss"):
-        _train(digits_workspace, tmp_path, digits_config, 2, "train.lr=1e30", "train.warmup_epochs=0",
-               "pretext.name=rotation", "pretext.params={}")
+        _train(
+            digits_workspace,
+            tmp_path,
+            digits_config,
+            2,
+            "train.lr=1e30",
+            "train.warmup_epochs=0",
+            "pretext.name=rotation",
+            "pretext.params={}",
+        )
 
 
 def test_multiprocess_preconditions_are_clear_errors(digits_workspace, digits_config):
@@ -81,8 +90,9 @@ def test_sharded_augmenter_makes_the_single_process_views():
     spec = ViewSpec(blur_p=0.5, solarize_p=0.3)
     whole = Augmenter(7)
     parts = [Augmenter(7, shard=(r, 2)) for r in range(2)]
-    torch.testing.assert_close(torch.cat([a.view(images[r * 4:(r + 1) * 4], spec) for r, a in enumerate(parts)]),
-                               whole.view(images, spec))
+    torch.testing.assert_close(
+        torch.cat([a.view(images[r * 4 : (r + 1) * 4], spec) for r, a in enumerate(parts)]), whole.view(images, spec)
+    )
     torch.testing.assert_close(torch.cat([a.randint(5, (4, 3)) for a in parts]), whole.randint(5, (8, 3)))
     torch.testing.assert_close(torch.cat([a.randn(4, 2) for a in parts]), whole.randn(8, 2))
     with pytest.raises(ValueError, match="outside world size"):
@@ -98,8 +108,13 @@ def test_collectives_are_the_identity_in_one_process():
 
 
 def test_global_batchnorm_is_batchnorm_in_one_process():
-    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                             torch.nn.LazyLinear(5), torch.nn.BatchNorm1d(5, affine=False))
+    bn = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(5),
+        torch.nn.BatchNorm1d(5, affine=False),
+    )
     x = torch.randn(6, 1, 8, 8)
     ref = bn(x)
     converted = distributed.convert_batchnorm(bn, "cpu")
@@ -132,9 +147,17 @@ def test_device_selection():
 def test_compile_flag_trains_the_same_model(digits_workspace, tmp_path, digits_config):
     """torch.compile (inductor, C++ on the CPU) changes kernels, not the model: same losses within
     float tolerance, and the saved weights keep their names (no `_orig_mod.` prefix)."""
-    plain = _train(digits_workspace, tmp_path / "plain", digits_config, 1, "train.epochs=1",
-                   "train.max_train_samples=512")
-    compiled = _train(digits_workspace, tmp_path / "compiled", digits_config, 1, "train.epochs=1",
-                      "train.max_train_samples=512", "train.compile=true")
+    plain = _train(
+        digits_workspace, tmp_path / "plain", digits_config, 1, "train.epochs=1", "train.max_train_samples=512"
+    )
+    compiled = _train(
+        digits_workspace,
+        tmp_path / "compiled",
+        digits_config,
+        1,
+        "train.epochs=1",
+        "train.max_train_samples=512",
+        "train.compile=true",
+    )
     np.testing.assert_allclose(compiled[1]["step_loss"], plain[1]["step_loss"], rtol=1e-3)
     assert set(compiled[2]) == set(plain[2]) and not any("_orig_mod" in k for k in compiled[2])

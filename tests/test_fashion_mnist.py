@@ -1,11 +1,12 @@
 """The committed data.dvc is reproducible: ingesting Fashion-MNIST gives exactly its md5."""
+
 import hashlib
 
 import pytest
 import yaml
 
-from pretextflow.core.errors import DataError
 from pretextflow.core.data.ingest import ingest
+from pretextflow.core.errors import DataError
 from pretextflow.plugins.datasets.known import fetch_known
 
 from .conftest import REPO, require_fashion_mnist
@@ -43,7 +44,7 @@ def test_fetch_verifies_checksums_from_a_mirror(tmp_path):
 
 
 def test_remote_sources_must_verify():
-    from pretextflow.plugins.datasets.idx import _verify, IdxOptions
+    from pretextflow.plugins.datasets.idx import IdxOptions, _verify
 
     with pytest.raises(DataError, match="must be verified"):
         _verify("https://example.invalid/x", {"train-images-idx3-ubyte": "00"}, IdxOptions())

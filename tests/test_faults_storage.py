@@ -1,6 +1,7 @@
 """Storage faults (issue 8): transient store errors are retried and change nothing; an ingest is
 atomic under any failure, including SIGKILL; a full or unwritable store stops a stage before it
 starts, with a clear error and no half-written artifact."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,17 @@ from .conftest import REPO
 from .test_reruns import write_digits_idx
 
 # a small config: the fault tests run stages again (retries) or twice at once
-SMALL = ["train.epochs=2", "train.max_train_samples=640", "probe.label_fractions=[0.1,1.0]",
-         "probe.baselines=[supervised]", "probe.supervised.min_steps=30", "probe.linear_max_iter=50",
-         "probe.linear_weight_decays=[0.0001,0.001]", "probe.knn_k=[20]", "probe.supervised.epochs=2"]
+SMALL = [
+    "train.epochs=2",
+    "train.max_train_samples=640",
+    "probe.label_fractions=[0.1,1.0]",
+    "probe.baselines=[supervised]",
+    "probe.supervised.min_steps=30",
+    "probe.linear_max_iter=50",
+    "probe.linear_weight_decays=[0.0001,0.001]",
+    "probe.knn_k=[20]",
+    "probe.supervised.epochs=2",
+]
 DRIVER = Path(__file__).with_name("ingest_kill_driver.py")
 
 
@@ -71,6 +80,7 @@ def dvc_status_clean(ws) -> bool:
 
 def timeless(metrics: dict) -> dict:
     """Metrics without wall-clock seconds (the only thing two identical runs may differ in)."""
+
     def strip(v):
         if isinstance(v, dict):
             return {k: strip(x) for k, x in v.items() if k != "seconds"}
@@ -84,8 +94,11 @@ def timeless(metrics: dict) -> dict:
 # -- 1. the store's errors: transient or not, clear either way ---------------------------------
 def test_store_faults_become_store_errors_marked_transient_or_not(tmp_path, monkeypatch):
     flaky = ArtifactStore(f"flaky://{tmp_path}/s", {"every": 1, "max_per_task": 3})
-    for call in (lambda: flaky.write_json({"a": 1}, "x", "a.json"), lambda: flaky.exists("x"),
-                 lambda: flaky.listdir("x")):
+    for call in (
+        lambda: flaky.write_json({"a": 1}, "x", "a.json"),
+        lambda: flaky.exists("x"),
+        lambda: flaky.listdir("x"),
+    ):
         with pytest.raises(StoreError, match=r"transient storage error .*retried") as err:
             call()
         assert err.value.transient and is_transient(err.value) and isinstance(err.value.__cause__, OSError)
@@ -95,8 +108,12 @@ def test_store_faults_become_store_errors_marked_transient_or_not(tmp_path, monk
     assert not [p for p in (tmp_path / "s").rglob("*") if p.is_file()]  # nothing half-written
 
     store = ArtifactStore(str(tmp_path / "local"))
-    for code, pattern in ((errno.ENOSPC, r"no space left on .*local"), (errno.EACCES, r"not\s+writable"),
-                          (errno.EROFS, r"not\s+writable")):
+    for code, pattern in (
+        (errno.ENOSPC, r"no space left on .*local"),
+        (errno.EACCES, r"not\s+writable"),
+        (errno.EROFS, r"not\s+writable"),
+    ):
+
         def refuse(*a, code=code, **k):
             raise OSError(code, os.strerror(code))
 
@@ -132,8 +149,9 @@ def test_disk_full_mid_write_leaves_the_previous_file_and_no_partial_one(tmp_pat
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])
-def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_stage(kind, tmp_path, digits_workspace,
-                                                                         digits_config, monkeypatch):
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_stage(
+    kind, tmp_path, digits_workspace, digits_config, monkeypatch
+):
     """A writer SIGKILLed mid-write leaves its .tmp-* file; the next stage in that folder removes it,
     and the temporary files of a live writer (another run of the same key) are left alone."""
     from pretextflow.core import store as store_module
@@ -156,8 +174,7 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_stage(kind, 
 
     with monkeypatch.context() as patch:
         patch.setattr(fs_class, "pipe_file", killed_half_way)
-        patch.setattr(store_module, "temp_prefix",
-                      lambda: real_prefix().replace(f"-{os.getpid()}.", f"-{child.pid}."))
+        patch.setattr(store_module, "temp_prefix", lambda: real_prefix().replace(f"-{os.getpid()}.", f"-{child.pid}."))
         with pytest.raises(KeyboardInterrupt):
             store.write_bytes(b"x" * 100, "pretrain", "k1", "checkpoint.safetensors")
     dead = [n for n in store.listdir("pretrain", "k1") if n.startswith(".tmp-")]
@@ -187,7 +204,9 @@ def test_retry_policy_backs_off_and_only_for_transient_faults():
 
     delays = TASK_OPTIONS["retry_delay_seconds"]
     assert TASK_OPTIONS["retries"] >= 2 and len(delays) == TASK_OPTIONS["retries"]
-    assert delays[0] >= 1 and all(b > a for a, b in zip(delays, delays[1:]))  # growing waits, not a hammer
+    assert delays[0] >= 1 and all(
+        b > a for a, b in zip(delays, delays[1:], strict=False)
+    )  # growing waits, not a hammer
     for t in (stages.ingest_task, stages.pretrain_task, stages.freeze_task, stages.probe_task, stages.report_task):
         assert t.retries == TASK_OPTIONS["retries"] and list(t.retry_delay_seconds) == list(delays)
         assert t.retry_condition_fn is retry_transient
@@ -201,8 +220,14 @@ def _task_run_states(flow_run_id):
     async def read():
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {r.name: (r.run_count, [s.name for s in await client.read_task_run_states(r.id)],
-                             r.state.name if r.state else None) for r in runs}
+            return {
+                r.name: (
+                    r.run_count,
+                    [s.name for s in await client.read_task_run_states(r.id)],
+                    r.state.name if r.state else None,
+                )
+                for r in runs
+            }
 
     return asyncio.run(read())
 
@@ -218,14 +243,16 @@ def quick_retries(monkeypatch):
 
 
 @pytest.mark.slow
-def test_pipeline_over_a_flaky_store_retries_and_gives_the_clean_runs_metrics(digits_workspace, digits_config,
-                                                                               tmp_path, quick_retries):
+def test_pipeline_over_a_flaky_store_retries_and_gives_the_clean_runs_metrics(
+    digits_workspace, digits_config, tmp_path, quick_retries
+):
     from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe
     from pretextflow.flows.pipeline import pipeline_flow
 
     ws = str(digits_workspace.root)
-    flaky_cfg = digits_config(*SMALL, f"store.uri=flaky://{tmp_path}/flaky-store",
-                              "store.storage_options={every: 11, max_per_task: 1}").model_dump(mode="json")
+    flaky_cfg = digits_config(
+        *SMALL, f"store.uri=flaky://{tmp_path}/flaky-store", "store.storage_options={every: 11, max_per_task: 1}"
+    ).model_dump(mode="json")
     state = pipeline_flow(flaky_cfg, ws, return_state=True)
     assert state.is_completed(), state.message
     flaky = state.result()
@@ -291,16 +318,20 @@ def no_training(monkeypatch):
     return calls
 
 
-def test_read_only_store_stops_pretrain_before_training(digits_workspace, digits_config, tmp_path, monkeypatch,
-                                                        no_training):
+def test_read_only_store_stops_pretrain_before_training(
+    digits_workspace, digits_config, tmp_path, monkeypatch, no_training
+):
     from pretextflow.core.stages import StageContext, run_pretrain
 
     ro = tmp_path / "read-only-store"
     _refuse_writes_under(monkeypatch, ro)
     try:
         ctx = StageContext.create(digits_config(f"store.uri={ro}"), str(digits_workspace.root))
-        with pytest.raises(StoreError, match=r"pretrain cannot start: the artifact store .*read-only-store.* not "
-                                             r"writable.*store\.uri") as err:
+        with pytest.raises(
+            StoreError,
+            match=r"pretrain cannot start: the artifact store .*read-only-store.* not "
+            r"writable.*store\.uri",
+        ) as err:
             run_pretrain(ctx)
         assert not is_transient(err.value) and no_training == []
         assert not [p for p in ro.rglob("*")]  # not even a folder
@@ -308,8 +339,9 @@ def test_read_only_store_stops_pretrain_before_training(digits_workspace, digits
         ro.chmod(0o755)
 
 
-def test_too_little_free_space_stops_the_stage_with_the_numbers_and_the_fix(digits_workspace, digits_config,
-                                                                            tmp_path, monkeypatch, no_training):
+def test_too_little_free_space_stops_the_stage_with_the_numbers_and_the_fix(
+    digits_workspace, digits_config, tmp_path, monkeypatch, no_training
+):
     import shutil
 
     from pretextflow.core import store as store_mod
@@ -318,30 +350,37 @@ def test_too_little_free_space_stops_the_stage_with_the_numbers_and_the_fix(digi
     real_usage = shutil.disk_usage
     monkeypatch.setattr(store_mod.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=40 * 10**6))
     ctx = StageContext.create(digits_config(f"store.uri={tmp_path}/store"), str(digits_workspace.root))
-    with pytest.raises(StoreError, match=r"pretrain cannot start: only 40 MB free on the artifact store "
-                                         r".*at least 100 MB.*store\.min_free_mb") as err:
+    with pytest.raises(
+        StoreError,
+        match=r"pretrain cannot start: only 40 MB free on the artifact store "
+        r".*at least 100 MB.*store\.min_free_mb",
+    ) as err:
         run_pretrain(ctx)
     assert not is_transient(err.value) and no_training == []
     with pytest.raises(StoreError, match="freeze cannot start: only 40 MB free"):
         run_freeze(ctx)
     assert ArtifactStore(f"{tmp_path}/store").listdir() == []  # nothing written, the write check removed
     # the threshold is the config's: 30 MB needed, 40 free -> the stage starts
-    ctx = StageContext.create(digits_config(f"store.uri={tmp_path}/store", "store.min_free_mb=30", "train.epochs=1"),
-                              str(digits_workspace.root))
+    ctx = StageContext.create(
+        digits_config(f"store.uri={tmp_path}/store", "store.min_free_mb=30", "train.epochs=1"),
+        str(digits_workspace.root),
+    )
     assert run_pretrain(ctx)["key"] and no_training == [1]
 
 
 @pytest.mark.slow
-def test_a_permanent_store_error_fails_the_task_at_once_without_retries(digits_workspace, digits_config, tmp_path,
-                                                                        monkeypatch, no_training):
+def test_a_permanent_store_error_fails_the_task_at_once_without_retries(
+    digits_workspace, digits_config, tmp_path, monkeypatch, no_training
+):
     from pretextflow.flows.stages import pretrain_flow
 
     ro = tmp_path / "ro"
     _refuse_writes_under(monkeypatch, ro)
     try:
         t = time.perf_counter()
-        state = pretrain_flow(digits_config(f"store.uri={ro}").model_dump(mode="json"), str(digits_workspace.root),
-                              return_state=True)
+        state = pretrain_flow(
+            digits_config(f"store.uri={ro}").model_dump(mode="json"), str(digits_workspace.root), return_state=True
+        )
         assert state.is_failed() and no_training == []
         with pytest.raises(StoreError, match="pretrain cannot start"):
             state.result()
@@ -369,12 +408,17 @@ main()
 
 
 @pytest.mark.slow
-def test_cli_pretrain_with_an_unwritable_store_exits_2_with_the_message_and_no_traceback(digits_workspace,
-                                                                                       tmp_path):
+def test_cli_pretrain_with_an_unwritable_store_exits_2_with_the_message_and_no_traceback(digits_workspace, tmp_path):
     ro = tmp_path / "ro-store"
     ro.mkdir()
-    args = ["pretrain", str(REPO / "configs" / "digits_smoke.yaml"), "--set", f"store.uri={ro}",
-            "-w", str(digits_workspace.root)]
+    args = [
+        "pretrain",
+        str(REPO / "configs" / "digits_smoke.yaml"),
+        "--set",
+        f"store.uri={ro}",
+        "-w",
+        str(digits_workspace.root),
+    ]
     env = {**os.environ, "PREFECT_HOME": tempfile.mkdtemp(prefix="pf-cli-")}
     if os.geteuid() != 0:
         ro.chmod(0o555)
@@ -458,23 +502,27 @@ def _inject(step: str, monkeypatch, root: Path):
         return source, DataError, False
     real_dvc = versioning.dvc
     if step == "dvc-add":  # fails after DVC rewrote data.dvc and filled its cache
+
         def dvc(ws, *args):
             out = real_dvc(ws, *args)
             if args[0] == "add":
                 raise VersioningError("dvc add failed: injected")
             return out
     elif step == "dvc-push":  # the remote is unreachable
+
         def dvc(ws, *args):
             if args[0] == "push":
                 raise VersioningError("dvc push failed: injected (unreachable remote)")
             return real_dvc(ws, *args)
     elif step == "dvc-push-partial":  # the objects went up, then the connection dropped
+
         def dvc(ws, *args):
             out = real_dvc(ws, *args)
             if args[0] == "push":
                 raise VersioningError("dvc push failed: injected after the upload")
             return out
     elif step == "ctrl-c":
+
         def dvc(ws, *args):
             if args[0] == "push":
                 raise KeyboardInterrupt
@@ -486,8 +534,20 @@ def _inject(step: str, monkeypatch, root: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", ["read-bad-file", "encode", "no-room", "write-staging", "rename", "dvc-add",
-                                  "dvc-push", "dvc-push-partial", "ctrl-c"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        "read-bad-file",
+        "encode",
+        "no-room",
+        "write-staging",
+        "rename",
+        "dvc-add",
+        "dvc-push",
+        "dvc-push-partial",
+        "ctrl-c",
+    ],
+)
 def test_a_failed_ingest_leaves_data_data_dvc_and_the_remote_as_they_were(step, v1_workspace, monkeypatch):
     from pretextflow.core.data.ingest import ingest
 
@@ -532,8 +592,11 @@ def test_a_failed_first_ingest_leaves_no_data_folder_and_no_data_dvc(workspace, 
 
     write_digits_idx(tmp_path / "src")
     real = versioning.dvc
-    monkeypatch.setattr(versioning, "dvc", lambda ws, *a: (_ for _ in ()).throw(VersioningError("push: injected"))
-                        if a[0] == "push" else real(ws, *a))
+    monkeypatch.setattr(
+        versioning,
+        "dvc",
+        lambda ws, *a: (_ for _ in ()).throw(VersioningError("push: injected")) if a[0] == "push" else real(ws, *a),
+    )
     with pytest.raises(VersioningError):
         ingest(workspace, str(tmp_path / "src"), "idx", "digits-idx")
     assert not workspace.data_dir.exists() and not workspace.data_dvc.exists() and remote(workspace) == {}
@@ -563,21 +626,33 @@ def _dead(pid: int) -> bool:
 
 # (point, seconds after the DVC child started). The DVC points kill this process while its
 # `dvc add` / `dvc push` child is running: right at its start, and into its work.
-KILL_POINTS = [("staging", 0), ("swap", 0), ("dvc-add", 0), ("dvc-add", 0.8), ("after-add", 0),
-               ("dvc-push", 0), ("dvc-push", 0.8), ("after-push", 0)]
+KILL_POINTS = [
+    ("staging", 0),
+    ("swap", 0),
+    ("dvc-add", 0),
+    ("dvc-add", 0.8),
+    ("after-add", 0),
+    ("dvc-push", 0),
+    ("dvc-push", 0.8),
+    ("after-push", 0),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point,delay", KILL_POINTS, ids=[f"{p}-{d}" for p, d in KILL_POINTS])
 def test_an_ingest_killed_at_any_point_is_rolled_back_by_the_next_reader(point, delay, kill_workspace, tmp_path):
-    from pretextflow.core.stages import StageContext
     from pretextflow.core.config import load_config
+    from pretextflow.core.stages import StageContext
 
     root, ws = kill_workspace
     before, remote_before = snapshot(ws), remote(ws)
     marker = tmp_path / "reached"
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(ws.root), str(root / "v2"), "digits-idx", point,
-                             str(delay), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(ws.root), str(root / "v2"), "digits-idx", point, str(delay), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -595,7 +670,7 @@ def test_an_ingest_killed_at_any_point_is_rolled_back_by_the_next_reader(point, 
         time.sleep(0.05)
     assert all(_dead(c) for c in info["children"]), info
     if point == "dvc-add" and delay == 0:  # killed as it started: an orphaned `dvc add` would have
-        time.sleep(2)                      # finished by now (~1 s) and rewritten data.dvc
+        time.sleep(2)  # finished by now (~1 s) and rewritten data.dvc
         assert ws.data_dvc.read_bytes() == before["data.dvc"]
 
     assert (ws.root / ".pretextflow-tmp" / "ingest-journal.json").exists()  # the journal says what to undo
@@ -619,8 +694,12 @@ def test_an_ingest_after_a_killed_one_recovers_and_completes(kill_workspace, tmp
 
     root, ws = kill_workspace
     marker = tmp_path / "reached"
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(ws.root), str(root / "v2"), "digits-idx", "swap",
-                             "0", str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(ws.root), str(root / "v2"), "digits-idx", "swap", "0", str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -640,11 +719,28 @@ def test_two_pipeline_runs_of_one_config_at_once_both_complete_with_whole_artifa
     from pretextflow.core.training import checkpoint as ckpt
 
     store = tmp_path / "shared-store"
-    args = [sys.executable, "-m", "pretextflow", "run", str(REPO / "configs" / "digits_smoke.yaml"),
-            "-w", str(digits_workspace.root), "--set", f"store.uri={store}", *[x for o in SMALL for x in ("--set", o)]]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PREFECT_HOME": tempfile.mkdtemp(prefix=f"pf-run{i}-")})
-             for i in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "pretextflow",
+        "run",
+        str(REPO / "configs" / "digits_smoke.yaml"),
+        "-w",
+        str(digits_workspace.root),
+        "--set",
+        f"store.uri={store}",
+        *[x for o in SMALL for x in ("--set", o)],
+    ]
+    procs = [
+        subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PREFECT_HOME": tempfile.mkdtemp(prefix=f"pf-run{i}-")},
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
 

@@ -1,5 +1,6 @@
 """Issue 4's protocols: label subsets, the supervised baseline, feature caching, a frozen backbone
 through probing, fine-tuning, and the report (rendered in a real headless browser)."""
+
 import hashlib
 import os
 import sys
@@ -17,8 +18,11 @@ from .conftest import REPO
 def test_label_subsets_are_class_balanced_nested_and_seeded():
     y = np.repeat(np.arange(10), 600)  # Fashion-MNIST-like: 600 per class
     subsets = label_subsets(y, [0.01, 0.1, 1.0], seed=0)
-    assert [np.bincount(y[subsets[f]], minlength=10).tolist() for f in (0.01, 0.1, 1.0)] == \
-        [[6] * 10, [60] * 10, [600] * 10]
+    assert [np.bincount(y[subsets[f]], minlength=10).tolist() for f in (0.01, 0.1, 1.0)] == [
+        [6] * 10,
+        [60] * 10,
+        [600] * 10,
+    ]
     assert set(subsets[0.01]) <= set(subsets[0.1]) <= set(subsets[1.0])
     assert len(np.unique(subsets[0.1])) == len(subsets[0.1])
     again, other = label_subsets(y, [0.01, 0.1, 1.0], seed=0), label_subsets(y, [0.01, 0.1, 1.0], seed=1)
@@ -44,9 +48,17 @@ def probed(digits_workspace):
     """pretrain -> freeze -> probe on digits with two subset draws and fine-tuning on."""
     from pretextflow.core.config import load_config
 
-    cfg = load_config(REPO / "configs" / "digits_smoke.yaml", [
-        "train.epochs=2", "data.source=null", "store.uri=artifacts-label-efficiency", "probe.label_seeds=2",
-        "probe.finetune=true", "probe.supervised.min_steps=100"])
+    cfg = load_config(
+        REPO / "configs" / "digits_smoke.yaml",
+        [
+            "train.epochs=2",
+            "data.source=null",
+            "store.uri=artifacts-label-efficiency",
+            "probe.label_seeds=2",
+            "probe.finetune=true",
+            "probe.supervised.min_steps=100",
+        ],
+    )
     ctx = StageContext.create(cfg, str(digits_workspace.root))
     run_pretrain(ctx)
     frozen = run_freeze(ctx)
@@ -62,8 +74,14 @@ def test_rows_have_mean_std_and_every_comparison(probed):
     for r in rows[:2]:
         assert r["ssl_linear_top1_std"] is not None and r["supervised_top1_std"] is not None
     for r in rows:
-        for key in ("ssl_linear_top1", "supervised_top1", "random_init_linear_top1", "pixels_linear_top1",
-                    "finetune_top1", "ssl_knn_top1"):
+        for key in (
+            "ssl_linear_top1",
+            "supervised_top1",
+            "random_init_linear_top1",
+            "pixels_linear_top1",
+            "finetune_top1",
+            "ssl_knn_top1",
+        ):
             assert 0.0 <= r[key] <= 1.0, key
         assert r["supervised"]["steps"] >= 100 and r["supervised"]["train_top1"] > 0.5
     assert rows[-1]["supervised_top1"] > 0.8  # the baseline is trained properly: digits are easy with all labels
@@ -91,28 +109,39 @@ def test_features_are_extracted_once_and_reused(probed, monkeypatch):
     import pretextflow.core.evaluation.supervised as supervised
 
     monkeypatch.setattr(supervised, "train_supervised", boom)  # and the supervised runs are cached too
-    ctx2 = StageContext.create(ctx.cfg.model_copy(update={"probe": ctx.cfg.probe.model_copy(update={"knn_k": [7]})}),
-                               str(ctx.ws.root))
+    ctx2 = StageContext.create(
+        ctx.cfg.model_copy(update={"probe": ctx.cfg.probe.model_copy(update={"knn_k": [7]})}), str(ctx.ws.root)
+    )
     again = run_probe(ctx2)
     assert not again["cached"] and again["metrics"]["knn"]["k"] == 7
     assert again["metrics"]["linear_top1"] == m["linear_top1"]
 
 
 def test_supervised_baseline_is_deterministic(digits_workspace):
-    from pretextflow.core.config import load_config
-    from pretextflow.core.registry.registry import get_registry
-    from pretextflow.core.evaluation.supervised import train_supervised
-    from pretextflow.core.training.model import configure_runtime
-
     import torch
+
+    from pretextflow.core.config import load_config
+    from pretextflow.core.evaluation.supervised import train_supervised
+    from pretextflow.core.registry.registry import get_registry
+    from pretextflow.core.training.model import configure_runtime
 
     cfg = load_config(REPO / "configs" / "digits_smoke.yaml", ["data.source=null", "probe.supervised.min_steps=30"])
     ds = StageContext.create(cfg, str(digits_workspace.root)).dataset()
     runs = []
     for _ in range(2):
         configure_runtime(0, torch.device("cpu"), None)
-        runs.append(train_supervised(cfg, ds.meta, get_registry(), ds.train_images[:200], ds.train_labels[:200],
-                                     ds.test_images, ds.test_labels, seed=3))
+        runs.append(
+            train_supervised(
+                cfg,
+                ds.meta,
+                get_registry(),
+                ds.train_images[:200],
+                ds.train_labels[:200],
+                ds.test_images,
+                ds.test_labels,
+                seed=3,
+            )
+        )
     assert runs[0]["top1"] == runs[1]["top1"] and runs[0]["final_train_loss"] == runs[1]["final_train_loss"]
     assert runs[0]["top1"] > 0.3  # 200 labels, 30 steps: well above chance
 
@@ -125,8 +154,9 @@ def test_report_answers_the_question_and_renders_in_chromium(probed):
     run = ArtifactStore(rep["run_uri"])
     md = run.read_bytes("report.md").decode()
     first = m["label_efficiency"][0]
-    assert md.splitlines()[2].startswith(f"With 1% of the labels ({first['num_labels']} images), SSL features reach "
-                                         f"{first['ssl_linear_top1']:.1%}")
+    assert md.splitlines()[2].startswith(
+        f"With 1% of the labels ({first['num_labels']} images), SSL features reach {first['ssl_linear_top1']:.1%}"
+    )
     assert "SSL fine-tuned" in md and "±" in md  # two draws: mean ± std
     assert rep["manifest"]["metrics"]["label_efficiency"] == m["label_efficiency"]
 
@@ -143,12 +173,17 @@ def test_report_answers_the_question_and_renders_in_chromium(probed):
     result = render_report.render(html_path)
     assert result["broken"] == []
     assert {name for name, _, _ in result["sizes"]} == {
-        "probe_accuracy.png", "confusion.png", "label_efficiency.png", "pretrain_loss.png", "retrieval.png",
-        "projection.png"}
+        "probe_accuracy.png",
+        "confusion.png",
+        "label_efficiency.png",
+        "pretrain_loss.png",
+        "retrieval.png",
+        "projection.png",
+    }
     assert all(w > 100 and h > 100 for _, w, h in result["sizes"])
     # the check can fail: a corrupted image is reported as broken
     broken = html_path.replace("report.html", "broken.html")
     text = open(html_path).read()
     i = text.index("base64,") + len("base64,")
-    open(broken, "w").write(text[:i] + "AAAA" + text[i + 200:])
+    open(broken, "w").write(text[:i] + "AAAA" + text[i + 200 :])
     assert len(render_report.render(broken)["broken"]) == 1

@@ -1,4 +1,5 @@
 """The digits pipeline end to end through Prefect (temporary PREFECT_HOME, temporary server)."""
+
 import asyncio
 import json
 
@@ -27,8 +28,13 @@ def test_pipeline_writes_run_folder_manifest_and_report(first_run, digits_worksp
 
     cfg, result = first_run
     run = ArtifactStore(result["run_uri"])
-    assert set(run.listdir()) >= {"manifest.json", "report.md", "report.html", "pretrain_loss.png",
-                                  "probe_accuracy.png"}
+    assert set(run.listdir()) >= {
+        "manifest.json",
+        "report.md",
+        "report.html",
+        "pretrain_loss.png",
+        "probe_accuracy.png",
+    }
     m = run.read_json("manifest.json")
     from pretextflow.core.data.versioning import data_version
 
@@ -39,8 +45,12 @@ def test_pipeline_writes_run_folder_manifest_and_report(first_run, digits_worksp
     assert m["device"] == "cpu" and m["seed"] == 0
     assert set(m["artifacts"]) >= {"pretrain", "freeze", "probe", "report"}
     metrics = m["metrics"]
-    for value in (metrics["linear_top1"], metrics["knn_top1"], metrics["baselines"]["random_init"]["linear_top1"],
-                  metrics["baselines"]["pixels"]["linear_top1"]):
+    for value in (
+        metrics["linear_top1"],
+        metrics["knn_top1"],
+        metrics["baselines"]["random_init"]["linear_top1"],
+        metrics["baselines"]["pixels"]["linear_top1"],
+    ):
         assert 0.0 <= value <= 1.0
     assert metrics["linear_top1"] > 0.5  # far above the 10% chance level, on 450 test digits
     assert metrics["knn"]["k"] == 20 and metrics["knn"]["temperature"] == 0.07
@@ -52,8 +62,14 @@ def test_pipeline_writes_run_folder_manifest_and_report(first_run, digits_worksp
     rows = metrics["label_efficiency"]
     assert [r["fraction"] for r in rows] == [0.01, 0.1, 1.0]
     for r in rows:
-        assert {"fraction", "ssl_linear_top1", "supervised_top1", "random_init_linear_top1", "pixels_linear_top1",
-                "knn"} <= set(r)
+        assert {
+            "fraction",
+            "ssl_linear_top1",
+            "supervised_top1",
+            "random_init_linear_top1",
+            "pixels_linear_top1",
+            "knn",
+        } <= set(r)
         assert r["knn"] == {"k": 20, "temperature": 0.07, "top1_by_k": r["knn"]["top1_by_k"]}
     assert rows[-1]["ssl_linear_top1"] == metrics["linear_top1"]  # 100% of the labels is the main probe
     assert set(run.listdir()) >= {"label_efficiency.png", "confusion.png", "retrieval.png", "projection.png"}
@@ -65,15 +81,22 @@ def test_prefect_recorded_the_flow_run_and_artifacts(first_run):
 
     async def read():
         async with get_client() as client:
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["report-digits-smoke", "metrics-digits-smoke",
-                                            "label-efficiency-digits-smoke"])))
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(
+                        any_=["report-digits-smoke", "metrics-digits-smoke", "label-efficiency-digits-smoke"]
+                    )
+                )
+            )
             runs = await client.read_flow_runs()
             return arts, runs
 
     arts, runs = asyncio.run(read())
-    assert {(a.type, a.key) for a in arts} == {("markdown", "report-digits-smoke"), ("table", "metrics-digits-smoke"),
-                                               ("table", "label-efficiency-digits-smoke")}
+    assert {(a.type, a.key) for a in arts} == {
+        ("markdown", "report-digits-smoke"),
+        ("table", "metrics-digits-smoke"),
+        ("table", "label-efficiency-digits-smoke"),
+    }
     assert any(r.state and r.state.is_completed() for r in runs)
 
 
@@ -97,9 +120,15 @@ def test_same_seed_twice_gives_identical_metrics_without_cache(first_run, digits
     fresh = json.loads(json.dumps(cfg))
     fresh["store"]["uri"] = "artifacts-second"
     again = pipeline_flow(fresh, str(digits_workspace.root))
+
     def timeless(rows):  # wall-clock seconds are the only thing allowed to differ
-        return [{k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v)
-                 for k, v in r.items()} for r in rows]
+        return [
+            {
+                k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v)
+                for k, v in r.items()
+            }
+            for r in rows
+        ]
 
     for key in ("linear_top1", "knn_top1", "baselines", "confusion_matrix"):
         assert again["metrics"][key] == result["metrics"][key]

@@ -3,6 +3,7 @@ scaffold (`pretextflow plugins new`), `pretextflow plugins check`, loader isolat
 
 Each deliberately broken plugin below breaks one contract point and must fail exactly that check
 (checks that need it are skipped, not failed)."""
+
 import dataclasses
 import os
 import random
@@ -18,17 +19,30 @@ from pydantic import BaseModel
 from torch import nn
 
 import pretextflow.api as api
-from pretextflow.api import (BackboneSpec, DatasetArrays, DatasetFormat, Params, PretextTask, StepOutput,
-                             hookimpl)
+from pretextflow.api import BackboneSpec, DatasetArrays, DatasetFormat, Params, PretextTask, StepOutput, hookimpl
 from pretextflow.core.errors import PluginError
 from pretextflow.core.registry.registry import build_registry
-from pretextflow.testing import (BACKBONE_CHECKS, DATASET_CHECKS, PRETEXT_CHECKS, ConformanceError, assert_conforms,
-                                 check_backbone, check_dataset_format, check_pretext_task, registry_with)
+from pretextflow.testing import (
+    BACKBONE_CHECKS,
+    DATASET_CHECKS,
+    PRETEXT_CHECKS,
+    ConformanceError,
+    assert_conforms,
+    check_backbone,
+    check_dataset_format,
+    check_pretext_task,
+    registry_with,
+)
 
 
 def cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pretextflow", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pretextflow", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def failed(results):
@@ -38,9 +52,23 @@ def failed(results):
 def test_the_public_api_exports_the_contracts_with_type_hints():
     from pretextflow.core.registry import contracts, hookspecs
 
-    assert set(api.__all__) >= {"hookimpl", "PretextTask", "StepOutput", "Params", "Requirements", "Backbone",
-                                "BackboneSpec", "BackboneParams", "TokenAPI", "DatasetFormat", "DatasetArrays",
-                                "Augmenter", "ViewSpec", "mlp", "two_views"}
+    assert set(api.__all__) >= {
+        "hookimpl",
+        "PretextTask",
+        "StepOutput",
+        "Params",
+        "Requirements",
+        "Backbone",
+        "BackboneSpec",
+        "BackboneParams",
+        "TokenAPI",
+        "DatasetFormat",
+        "DatasetArrays",
+        "Augmenter",
+        "ViewSpec",
+        "mlp",
+        "two_views",
+    }
     assert all(hasattr(api, name) for name in api.__all__)
     assert api.PretextTask is contracts.PretextTask and api.hookimpl is hookspecs.hookimpl
     assert "pretextflow.api" in contracts.__doc__
@@ -194,8 +222,23 @@ def test_a_conforming_task_passes_every_check():
     assert "from (registry_with)" in results[0].detail and "linear top-1" in results[-1].detail
 
 
-@pytest.mark.parametrize("name", ["rotation", "jigsaw", "relative-location", "inpainting", "mae", "simclr", "moco",
-                                  "byol", "simsiam", "barlow-twins", "vicreg", "dino"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rotation",
+        "jigsaw",
+        "relative-location",
+        "inpainting",
+        "mae",
+        "simclr",
+        "moco",
+        "byol",
+        "simsiam",
+        "barlow-twins",
+        "vicreg",
+        "dino",
+    ],
+)
 def test_every_built_in_task_conforms(name):
     """The built-ins go through the same contract (the pipeline check is the one above, on Good)."""
     results = check_pretext_task(name, registry=build_registry(load_entry_points=False), pipeline=False)
@@ -250,8 +293,10 @@ def test_a_task_that_hides_its_backbone_is_caught_before_freeze_exports_nothing(
             return self.encoder(x)
 
     results = {r.name: r for r in check_pretext_task(Renamed, registry=registry_with(Renamed), pipeline=False)}
-    assert results["state_dict"].failed and "keep the backbone you were given as `self.backbone`" in \
-        results["state_dict"].detail
+    assert (
+        results["state_dict"].failed
+        and "keep the backbone you were given as `self.backbone`" in results["state_dict"].detail
+    )
     assert results["gradients"].passed and results["forward"].passed
 
 
@@ -268,10 +313,16 @@ def test_the_host_tensor_guard_finds_tensors_made_without_device_and_nothing_els
     assert problems(lambda: x + torch.arange(3))[0].startswith("add at ")
     assert problems(lambda: F.cross_entropy(x, torch.zeros(4, dtype=torch.long)))
     assert problems(lambda: x + (torch.ones(3) * 2).exp())  # host-ness follows the computation
-    for fine in (lambda: x + torch.arange(3, device=x.device), lambda: x + torch.arange(3).to(x.device),
-                 lambda: x * torch.tensor(2.0), lambda: x + x.new_zeros(4, 3), lambda: x[torch.tensor([0, 1])],
-                 lambda: x + torch.ones(3).type_as(x), lambda: x.clone().copy_(torch.ones(4, 3)),
-                 lambda: (x.cpu(), x + x)):
+    for fine in (
+        lambda: x + torch.arange(3, device=x.device),
+        lambda: x + torch.arange(3).to(x.device),
+        lambda: x * torch.tensor(2.0),
+        lambda: x + x.new_zeros(4, 3),
+        lambda: x[torch.tensor([0, 1])],
+        lambda: x + torch.ones(3).type_as(x),
+        lambda: x.clone().copy_(torch.ones(4, 3)),
+        lambda: (x.cpu(), x + x),
+    ):
         assert problems(fine) == []
 
 
@@ -286,8 +337,13 @@ def test_unknown_plugin_names_are_user_errors():
 # Backbones and dataset formats
 # --------------------------------------------------------------------------------------------
 def _body(in_chans, width=8):
-    return nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 class _Wrap(nn.Module):
@@ -344,8 +400,9 @@ def test_a_conforming_backbone_passes_and_a_foreign_one_fails_registration():
     spec = BackboneSpec(name="kit-cnn", build=lambda name, p: (_body(p.in_chans), 8))
     results = check_backbone(spec, registry=registry_with(spec))
     assert [r.name for r in results] == list(BACKBONE_CHECKS) and all(r.passed for r in results), results
-    assert failed(check_backbone(spec, registry=build_registry(load_entry_points=False), pipeline=False)) == \
-        {"registered"}
+    assert failed(check_backbone(spec, registry=build_registry(load_entry_points=False), pipeline=False)) == {
+        "registered"
+    }
 
 
 @pytest.mark.parametrize("check, build, reason", BROKEN_BACKBONES, ids=[c for c, _, _ in BROKEN_BACKBONES])
@@ -361,7 +418,7 @@ def _blobs(n, rng):
     images = rng.integers(0, 60, size=(n, 1, 8, 8)).astype(np.uint8)
     for i, c in enumerate(labels):
         r, q = divmod(int(c), 2)
-        images[i, :, r * 4:r * 4 + 4, q * 4:q * 4 + 4] += 150
+        images[i, :, r * 4 : r * 4 + 4, q * 4 : q * 4 + 4] += 150
     return images, labels
 
 
@@ -401,8 +458,12 @@ class Unseeded(GoodFormat):
         return self.arrays(options, np.random.default_rng())  # another sample on every read
 
 
-BROKEN_FORMATS = [("options", LaxOptions, "accepts an unknown key"), ("read", ReadsADict, "must return DatasetArrays"),
-                  ("validate", FloatImages, "must be uint8"), ("determinism", Unseeded, "gave different bytes")]
+BROKEN_FORMATS = [
+    ("options", LaxOptions, "accepts an unknown key"),
+    ("read", ReadsADict, "must return DatasetArrays"),
+    ("validate", FloatImages, "must be uint8"),
+    ("determinism", Unseeded, "gave different bytes"),
+]
 
 
 def test_a_conforming_dataset_format_passes_every_check():
@@ -441,8 +502,15 @@ def test_contract_breaking_hook_returns_are_reported_and_the_rest_keep_working()
         def pretextflow_pretext_tasks(self):
             return [Good]
 
-    reg = build_registry(extra_plugins=[("not-a-list", NotAList()), ("not-a-task", NotATask()),
-                                        ("bad-family", BadFamily()), ("fine", Fine())], load_entry_points=False)
+    reg = build_registry(
+        extra_plugins=[
+            ("not-a-list", NotAList()),
+            ("not-a-task", NotATask()),
+            ("bad-family", BadFamily()),
+            ("fine", Fine()),
+        ],
+        load_entry_points=False,
+    )
     reasons = {s.plugin: s.reason for s in reg.skipped}
     assert "must return a list, got type" in reasons["not-a-list"]
     assert "is not a PretextTask subclass" in reasons["not-a-task"]
@@ -460,15 +528,29 @@ def test_a_changed_plugin_version_changes_the_stage_keys(tmp_path, digits_config
     from pretextflow.core.workspace import Workspace
 
     images = np.zeros((4, 1, 8, 8), np.uint8)
-    ds = Dataset("digits", {"image_shape": [1, 8, 8], "md5": {"x": "0"}}, images, np.zeros(4, np.int64), images,
-                 np.zeros(4, np.int64))
+    ds = Dataset(
+        "digits",
+        {"image_shape": [1, 8, 8], "md5": {"x": "0"}},
+        images,
+        np.zeros(4, np.int64),
+        images,
+        np.zeros(4, np.int64),
+    )
     cfg = digits_config("pretext.name=kit-good", "pretext.params={}")
     base = registry_with(Good)
 
     def keys(pretext_version, backbone_version="0.1.0"):
-        reg = dataclasses.replace(base, info=[
-            dataclasses.replace(i, version=pretext_version) if i.name == "kit-good" else
-            dataclasses.replace(i, version=backbone_version) if i.name == "convnet-s" else i for i in base.info])
+        reg = dataclasses.replace(
+            base,
+            info=[
+                dataclasses.replace(i, version=pretext_version)
+                if i.name == "kit-good"
+                else dataclasses.replace(i, version=backbone_version)
+                if i.name == "convnet-s"
+                else i
+                for i in base.info
+            ],
+        )
         return StageContext(Workspace(tmp_path), cfg, reg, ArtifactStore("memory://kit-keys")).keys(ds)
 
     v1, v1_again, v2 = keys("1.0.0"), keys("1.0.0"), keys("1.1.0")
@@ -480,7 +562,7 @@ def test_a_changed_plugin_version_changes_the_stage_keys(tmp_path, digits_config
 # --------------------------------------------------------------------------------------------
 # The scaffold and the CLI
 # --------------------------------------------------------------------------------------------
-BROKEN_PACKAGE = '''
+BROKEN_PACKAGE = """
 import random
 import torch.nn.functional as F
 from torch import nn
@@ -501,7 +583,7 @@ class Flaky(PretextTask):
 @hookimpl
 def pretextflow_pretext_tasks():
     return [Flaky]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -515,7 +597,8 @@ def scaffolded(tmp_path_factory):
     broken = root / "broken"
     (broken / "kit_flaky").mkdir(parents=True)
     (broken / "kit_flaky" / "__init__.py").write_text(BROKEN_PACKAGE)
-    (broken / "pyproject.toml").write_text(textwrap.dedent('''
+    (broken / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -526,10 +609,25 @@ def scaffolded(tmp_path_factory):
         kit-flaky = "kit_flaky"
         [tool.setuptools]
         packages = ["kit_flaky"]
-    '''))
+    """)
+    )
     for src in (root / "pkg", broken):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(site), str(src)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(site),
+                str(src),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return root / "pkg", made.stdout, site, files
 
 
@@ -537,14 +635,26 @@ def scaffolded(tmp_path_factory):
 def test_scaffold_creates_an_installable_package_whose_tests_pass(scaffolded):
     pkg, out, site, files = scaffolded
     assert out.startswith(f"created {pkg}")
-    assert files == {"pyproject.toml", "README.md", ".gitignore", "pretextflow_upside_down/__init__.py",
-                     "pretextflow_upside_down/task.py", "tests/test_conformance.py"}
-    assert '[project.entry-points.pretextflow]\nupside-down = "pretextflow_upside_down.task"' in \
-        (pkg / "pyproject.toml").read_text()
+    assert files == {
+        "pyproject.toml",
+        "README.md",
+        ".gitignore",
+        "pretextflow_upside_down/__init__.py",
+        "pretextflow_upside_down/task.py",
+        "tests/test_conformance.py",
+    }
+    assert (
+        '[project.entry-points.pretextflow]\nupside-down = "pretextflow_upside_down.task"'
+        in (pkg / "pyproject.toml").read_text()
+    )
     assert "from pretextflow.api import" in (pkg / "pretextflow_upside_down" / "task.py").read_text()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg,
-                          capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=pkg,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "3 passed" in proc.stdout
 

@@ -1,5 +1,6 @@
 """`pretextflow plugins` is served from a cache keyed by what can change the listing, so it
 starts without importing torch; any change to that key rebuilds it."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,10 @@ import os
 import subprocess
 import sys
 
-PROBE = ("import json, sys; from pretextflow.core.registry.listing import listing; rows, skipped, cached = listing(); "
-         "print(json.dumps({'cached': cached, 'torch': 'torch' in sys.modules, 'names': [r['name'] for r in rows]}))")
+PROBE = (
+    "import json, sys; from pretextflow.core.registry.listing import listing; rows, skipped, cached = listing(); "
+    "print(json.dumps({'cached': cached, 'torch': 'torch' in sys.modules, 'names': [r['name'] for r in rows]}))"
+)
 
 
 def _probe(env):
@@ -30,7 +33,8 @@ def test_listing_is_cached_without_importing_torch_and_rebuilt_when_the_key_chan
     site = tmp_path / "site"
     (site / "pf_new").mkdir(parents=True)
     (site / "pf_new" / "__init__.py").write_text(
-        "from pretextflow.api import hookimpl\n@hookimpl\ndef pretextflow_backbones():\n    return []\n")
+        "from pretextflow.api import hookimpl\n@hookimpl\ndef pretextflow_backbones():\n    return []\n"
+    )
     dist = site / "pf_new-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pf-new\nVersion: 0.1\n")
@@ -42,8 +46,12 @@ def test_listing_is_cached_without_importing_torch_and_rebuilt_when_the_key_chan
 
 def test_cli_plugins_refresh_and_a_corrupt_cache(tmp_path):
     env = {**os.environ, "PRETEXTFLOW_CACHE_DIR": str(tmp_path / "cache")}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pretextflow", "plugins", *a], capture_output=True,
-                                    text=True, env=env)
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "pretextflow", "plugins", *a], capture_output=True, text=True, env=env
+        )
+
     assert run("--json").returncode == 0
     [cache] = list((tmp_path / "cache").glob("plugins-*.json"))
     cache.write_text("{not json")  # a damaged cache is rebuilt, not an error

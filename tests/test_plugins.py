@@ -6,16 +6,28 @@ import textwrap
 
 import pytest
 
-from pretextflow.core.registry.registry import build_registry, get_registry
 from pretextflow.core.errors import PluginError
+from pretextflow.core.registry.registry import build_registry, get_registry
 
-BUILTINS = {("rotation", "pretext", "predictive"), ("jigsaw", "pretext", "predictive"),
-            ("relative-location", "pretext", "predictive"), ("inpainting", "pretext", "generative"),
-            ("mae", "pretext", "generative"), ("simclr", "pretext", "contrastive"), ("moco", "pretext", "contrastive"),
-            ("byol", "pretext", "contrastive"), ("simsiam", "pretext", "contrastive"),
-            ("barlow-twins", "pretext", "contrastive"), ("vicreg", "pretext", "contrastive"),
-            ("dino", "pretext", "contrastive"), ("convnet-s", "backbone", None), ("timm/*", "backbone", None),
-            ("idx", "dataset", None), ("imagefolder", "dataset", None), ("sklearn-digits", "dataset", None)}
+BUILTINS = {
+    ("rotation", "pretext", "predictive"),
+    ("jigsaw", "pretext", "predictive"),
+    ("relative-location", "pretext", "predictive"),
+    ("inpainting", "pretext", "generative"),
+    ("mae", "pretext", "generative"),
+    ("simclr", "pretext", "contrastive"),
+    ("moco", "pretext", "contrastive"),
+    ("byol", "pretext", "contrastive"),
+    ("simsiam", "pretext", "contrastive"),
+    ("barlow-twins", "pretext", "contrastive"),
+    ("vicreg", "pretext", "contrastive"),
+    ("dino", "pretext", "contrastive"),
+    ("convnet-s", "backbone", None),
+    ("timm/*", "backbone", None),
+    ("idx", "dataset", None),
+    ("imagefolder", "dataset", None),
+    ("sklearn-digits", "dataset", None),
+}
 
 
 def test_builtins_register_through_the_hooks():
@@ -45,7 +57,7 @@ def test_timm_namespace_builds_any_timm_model():
         spec.build("timm/not_a_model", BackboneParams(in_chans=1, image_size=28))
 
 
-PLUGIN_SRC = '''
+PLUGIN_SRC = """
 from pretextflow.core.registry.contracts import PretextTask, StepOutput, Params
 from pretextflow.core.registry.hookspecs import hookimpl
 
@@ -60,7 +72,7 @@ class Identity(PretextTask):
 @hookimpl
 def pretextflow_pretext_tasks():
     return [Identity]
-'''
+"""
 
 
 def _install_plugin(target, dist: str, module: str, body: str, ep_name: str):
@@ -68,7 +80,8 @@ def _install_plugin(target, dist: str, module: str, body: str, ep_name: str):
     src = target.parent / f"src-{dist}"
     (src / module).mkdir(parents=True)
     (src / module / "__init__.py").write_text(body)
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -79,9 +92,23 @@ def _install_plugin(target, dist: str, module: str, body: str, ep_name: str):
         {ep_name} = "{module}"
         [tool.setuptools]
         packages = ["{module}"]
-    """))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(src)], check=True)
+    """)
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +117,14 @@ def plugin_dir(tmp_path_factory):
     _install_plugin(target, "pf-good", "pf_good", PLUGIN_SRC.format(name="identity"), "good")
     _install_plugin(target, "pf-broken", "pf_broken", "raise ImportError('boom: missing dependency')", "broken")
     _install_plugin(target, "pf-clash", "pf_clash", PLUGIN_SRC.format(name="simclr"), "clash")
-    _install_plugin(target, "pf-raises", "pf_raises", "from pretextflow.core.registry.hookspecs import hookimpl\n"
-                    "@hookimpl\ndef pretextflow_backbones():\n    raise RuntimeError('hook exploded')\n", "raises")
+    _install_plugin(
+        target,
+        "pf-raises",
+        "pf_raises",
+        "from pretextflow.core.registry.hookspecs import hookimpl\n"
+        "@hookimpl\ndef pretextflow_backbones():\n    raise RuntimeError('hook exploded')\n",
+        "raises",
+    )
     return target
 
 
@@ -121,26 +154,35 @@ def test_allow_and_block_lists(plugin_dir, monkeypatch):
 
 def test_cli_lists_plugins_as_json(plugin_dir):
     env = {**os.environ, "PYTHONPATH": str(plugin_dir)}
-    proc = subprocess.run([sys.executable, "-m", "pretextflow", "plugins", "--json"], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretextflow", "plugins", "--json"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert all(set(r) == {"name", "kind", "family", "package", "version"} for r in rows)
-    assert {"name": "identity", "kind": "pretext", "family": "predictive", "package": "pf-good",
-            "version": "1.2.3"} in rows
+    assert {
+        "name": "identity",
+        "kind": "pretext",
+        "family": "predictive",
+        "package": "pf-good",
+        "version": "1.2.3",
+    } in rows
     assert "skipped plugin broken (pf-broken)" in proc.stderr
 
 
-@pytest.mark.parametrize("name, kwargs", [("timm/resnet10t", {}), ("timm/vit_tiny_patch16_224", {"patch_size": 4}),
-                                          ("convnet-s", {"width": 8})])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("timm/resnet10t", {}), ("timm/vit_tiny_patch16_224", {"patch_size": 4}), ("convnet-s", {"width": 8})],
+)
 def test_backbones_train_one_step_on_small_grayscale_images(name, kwargs, digits_config):
     import torch
 
     from pretextflow.core.toolkit.augment import Augmenter
     from pretextflow.core.training.model import build_backbone, build_task
 
-    cfg = digits_config(f"backbone.name={name}", f"backbone.kwargs={kwargs}", "pretext.name=rotation",
-                        "pretext.params={}")
+    cfg = digits_config(
+        f"backbone.name={name}", f"backbone.kwargs={kwargs}", "pretext.name=rotation", "pretext.params={}"
+    )
     reg = get_registry()
     backbone = build_backbone(cfg, {"image_shape": [1, 8, 8], "mean": [0.3], "std": [0.4]}, reg, seed=0)
     feats = backbone(torch.rand(4, 1, 8, 8))

@@ -1,11 +1,12 @@
 """Each built-in pretext task learns: its loss falls over a few steps on real (digits) images,
 and its method-specific invariant holds."""
+
 import numpy as np
 import pytest
 import torch
 
-from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.registry.registry import get_registry
+from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.training.model import build_backbone, build_task
 
 
@@ -20,12 +21,26 @@ META = {"image_shape": [1, 8, 8], "mean": [0.3], "std": [0.4]}
 
 
 VIT = ["backbone.name=timm/vit_tiny_patch16_224", "backbone.kwargs={patch_size: 2, depth: 2}"]
-ALL = ["rotation", "jigsaw", "relative-location", "inpainting", "simclr", "moco", "byol", "simsiam",
-       "barlow-twins", "vicreg", "dino", "mae"]
+ALL = [
+    "rotation",
+    "jigsaw",
+    "relative-location",
+    "inpainting",
+    "simclr",
+    "moco",
+    "byol",
+    "simsiam",
+    "barlow-twins",
+    "vicreg",
+    "dino",
+    "mae",
+]
 
 
 def make(pretext, digits_config, *extra, **params):
-    overrides = [f"pretext.name={pretext}", "pretext.params={}"] + [f"pretext.params.{k}={v}" for k, v in params.items()]
+    overrides = [f"pretext.name={pretext}", "pretext.params={}"] + [
+        f"pretext.params.{k}={v}" for k, v in params.items()
+    ]
     if pretext == "mae":
         overrides += VIT
     cfg = digits_config(*overrides, *extra)
@@ -94,8 +109,8 @@ def test_simclr_positive_pairs_lower_the_loss():
 
 
 def test_task_needing_tokens_is_refused_on_a_cnn(digits_config):
-    from pretextflow.core.registry.contracts import PretextTask, Requirements
     from pretextflow.core.errors import PluginError
+    from pretextflow.core.registry.contracts import PretextTask, Requirements
 
     class NeedsTokens(PretextTask):
         name, family, requires = "needs-tokens", "generative", Requirements(tokens=True)

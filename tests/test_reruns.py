@@ -1,4 +1,5 @@
 """Issue 5: content-addressed stages, exact reruns, refresh-and-retrain, regressions, the lock."""
+
 import gzip
 import json
 import subprocess
@@ -26,8 +27,12 @@ def write_digits_idx(folder: Path, drop: int = 0) -> None:
     d = load_digits()
     images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
     labels = d.target.astype(np.uint8)
-    arrays = {"train_images": images[drop:1400], "train_labels": labels[drop:1400],
-              "test_images": images[1400:], "test_labels": labels[1400:]}
+    arrays = {
+        "train_images": images[drop:1400],
+        "train_labels": labels[drop:1400],
+        "test_images": images[1400:],
+        "test_labels": labels[1400:],
+    }
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in FILES.items():
         a = arrays[key]
@@ -38,9 +43,10 @@ def write_digits_idx(folder: Path, drop: int = 0) -> None:
 def config(source: Path, *overrides: str) -> dict:
     from pretextflow.core.config import load_config
 
-    return load_config(REPO / "configs" / "digits_smoke.yaml", [
-        "name=digits-idx", "data.name=digits-idx", f"data.source={source}", "data.format=idx", *FAST,
-        *overrides]).model_dump(mode="json")
+    return load_config(
+        REPO / "configs" / "digits_smoke.yaml",
+        ["name=digits-idx", "data.name=digits-idx", f"data.source={source}", "data.format=idx", *FAST, *overrides],
+    ).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +82,21 @@ def test_rerun_without_cache_is_bit_identical(first, tmp_path):
 
 def test_rerun_from_the_command_line_reports_and_exits_zero(first, tmp_path):
     root, ws, cfg, result = first
-    proc = subprocess.run([sys.executable, "-m", "pretextflow", "rerun", result["run_uri"], "-w",
-                           str(tmp_path / "cli")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretextflow", "rerun", result["run_uri"], "-w", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "identical: every metric matches" in proc.stdout
     assert "cached stages: pretrain, freeze, probe" in proc.stdout  # the recorded store still has them
-    runs = subprocess.run([sys.executable, "-m", "pretextflow", "runs", "--store", str(ws.root / "artifacts"),
-                           "--json"], capture_output=True, text=True, timeout=120)
+    runs = subprocess.run(
+        [sys.executable, "-m", "pretextflow", "runs", "--store", str(ws.root / "artifacts"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     listed = json.loads(runs.stdout)
     assert result["run_id"] in [r["run_id"] for r in listed]
     assert {"run_id", "created_at", "data_version", "name", "linear_top1", "knn_top1"} <= set(listed[0])
@@ -203,9 +217,27 @@ def test_two_runs_at_once_do_not_corrupt_the_workspace(first, tmp_path):
 
     root, ws, cfg, result = first
     write_digits_idx(tmp_path / "v2", drop=100)
-    procs = [subprocess.Popen([sys.executable, "-m", "pretextflow", "ingest", str(src), "--format", "idx",
-                               "--name", name, "-w", str(ws.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for src, name in ((root / "source", "digits-idx"), (tmp_path / "v2", "digits-v2"))]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pretextflow",
+                "ingest",
+                str(src),
+                "--format",
+                "idx",
+                "--name",
+                name,
+                "-w",
+                str(ws.root),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for src, name in ((root / "source", "digits-idx"), (tmp_path / "v2", "digits-v2"))
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
     assert "modified" not in dvc(ws, "status") and data_version(ws).endswith(".dir")

@@ -1,12 +1,13 @@
 """An interrupted pretraining resumes from its last checkpoint and ends with the same weights
 (in-process interruptions and a real SIGKILL); a non-finite loss stops or rolls back (train.on_nonfinite)."""
+
 from pathlib import Path
 
 import pytest
 import torch
 
-from pretextflow.core.training import checkpoint
 from pretextflow.core.stages import StageContext, run_pretrain
+from pretextflow.core.training import checkpoint
 
 
 class Interrupted(Exception):
@@ -22,12 +23,14 @@ def final_weights(ctx):
 @pytest.mark.parametrize("pretext", ["simclr", "rotation", "inpainting"])
 def test_resume_after_interruption_matches_uninterrupted(digits_workspace, digits_config, pretext):
     overrides = [f"pretext.name={pretext}", "pretext.params={}", "train.epochs=4"]
-    whole = StageContext.create(digits_config(*overrides, f"store.uri=memory://whole-{pretext}"),
-                                str(digits_workspace.root))
+    whole = StageContext.create(
+        digits_config(*overrides, f"store.uri=memory://whole-{pretext}"), str(digits_workspace.root)
+    )
     run_pretrain(whole)
 
-    cut = StageContext.create(digits_config(*overrides, f"store.uri=memory://cut-{pretext}"),
-                              str(digits_workspace.root))
+    cut = StageContext.create(
+        digits_config(*overrides, f"store.uri=memory://cut-{pretext}"), str(digits_workspace.root)
+    )
 
     def crash(epoch):
         if epoch == 2:
@@ -65,8 +68,13 @@ def test_mid_epoch_interruption_resumes_bit_identical(digits_workspace, digits_c
     after step 13, so it resumes from step 12, two steps into the second epoch: the permutation, the
     partial epoch's losses, the augmenter, the optimizer and the task's buffers (BYOL's EMA target
     and momentum, MoCo's queue, DINO's centre, teacher and schedule progress) must all come back."""
-    overrides = [f"pretext.name={pretext}", "pretext.params={}", "train.epochs=3", "train.checkpoint_every_steps=4",
-                 "train.threads=1"]
+    overrides = [
+        f"pretext.name={pretext}",
+        "pretext.params={}",
+        "train.epochs=3",
+        "train.checkpoint_every_steps=4",
+        "train.threads=1",
+    ]
     whole = _ctx(digits_workspace, digits_config, f"memory://mid-whole-{pretext}", *overrides)
     run_pretrain(whole)
     cut = _ctx(digits_workspace, digits_config, f"memory://mid-cut-{pretext}", *overrides)
@@ -100,17 +108,24 @@ def test_mid_epoch_interruption_resumes_bit_identical(digits_workspace, digits_c
 def test_checkpoint_every_steps_is_validated_and_not_in_the_key(digits_workspace, digits_config):
     from pretextflow.core.errors import ConfigError
 
-    for bad in ("train.checkpoint_every_steps=0", "train.on_nonfinite=skip", "train.rollback_lr_factor=1.5",
-                "train.max_rollbacks=0"):
+    for bad in (
+        "train.checkpoint_every_steps=0",
+        "train.on_nonfinite=skip",
+        "train.rollback_lr_factor=1.5",
+        "train.max_rollbacks=0",
+    ):
         field = bad.split("=")[0]
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             digits_config(bad)
     ds = None
     keys = {}
-    for name, extra in {"plain": [], "steps": ["train.checkpoint_every_steps=3"],
-                        "factor": ["train.rollback_lr_factor=0.25"],
-                        "rb": ["train.on_nonfinite=rollback"],
-                        "rb-steps": ["train.on_nonfinite=rollback", "train.checkpoint_every_steps=3"]}.items():
+    for name, extra in {
+        "plain": [],
+        "steps": ["train.checkpoint_every_steps=3"],
+        "factor": ["train.rollback_lr_factor=0.25"],
+        "rb": ["train.on_nonfinite=rollback"],
+        "rb-steps": ["train.on_nonfinite=rollback", "train.checkpoint_every_steps=3"],
+    }.items():
         ctx = _ctx(digits_workspace, digits_config, "memory://keys", *extra)
         ds = ds or ctx.dataset()
         keys[name] = ctx.pretrain_key(ds)
@@ -144,9 +159,11 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
 
 # -- a real SIGKILL ------------------------------------------------------------------------------
 # The pretrain stage in a process of its own: argv = config, workspace, overrides...
-RUN_STAGE = ("import sys; from pretextflow.core.config import load_config; "
-             "from pretextflow.core.stages import StageContext, run_pretrain; "
-             "run_pretrain(StageContext.create(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2]))")
+RUN_STAGE = (
+    "import sys; from pretextflow.core.config import load_config; "
+    "from pretextflow.core.stages import StageContext, run_pretrain; "
+    "run_pretrain(StageContext.create(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2]))"
+)
 
 
 def test_sigkill_at_a_random_time_then_rerun_gives_identical_weights(digits_workspace, tmp_path):
@@ -160,15 +177,21 @@ def test_sigkill_at_a_random_time_then_rerun_gives_identical_weights(digits_work
     from pretextflow.core.config import load_config
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "digits_smoke.yaml")
-    overrides = ["pretext.name=moco", "pretext.params={}", "train.epochs=20", "train.checkpoint_every_steps=5",
-                 "train.threads=1", "train.log_every=1000"]
+    overrides = [
+        "pretext.name=moco",
+        "pretext.params={}",
+        "train.epochs=20",
+        "train.checkpoint_every_steps=5",
+        "train.threads=1",
+        "train.log_every=1000",
+    ]
 
     def stage(store):
-        return [sys.executable, "-c", RUN_STAGE, config, str(digits_workspace.root), *overrides,
-                f"store.uri={store}"]
+        return [sys.executable, "-c", RUN_STAGE, config, str(digits_workspace.root), *overrides, f"store.uri={store}"]
 
-    ctx = StageContext.create(load_config(config, overrides + [f"store.uri={tmp_path / 'killed'}"]),
-                              str(digits_workspace.root))
+    ctx = StageContext.create(
+        load_config(config, overrides + [f"store.uri={tmp_path / 'killed'}"]), str(digits_workspace.root)
+    )
     key = ctx.pretrain_key(ctx.dataset())
     folder = tmp_path / "killed" / "pretrain" / key
     proc = subprocess.Popen(stage(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -188,10 +211,12 @@ def test_sigkill_at_a_random_time_then_rerun_gives_identical_weights(digits_work
     for store in (tmp_path / "killed", tmp_path / "whole"):  # the rerun, and an uninterrupted run
         done = subprocess.run(stage(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
-    killed, whole = ((d / "pretrain" / key / "task.safetensors").read_bytes() for d in (tmp_path / "killed",
-                                                                                          tmp_path / "whole"))
-    assert hashlib.sha256(killed).hexdigest() == hashlib.sha256(whole).hexdigest(), \
+    killed, whole = (
+        (d / "pretrain" / key / "task.safetensors").read_bytes() for d in (tmp_path / "killed", tmp_path / "whole")
+    )
+    assert hashlib.sha256(killed).hexdigest() == hashlib.sha256(whole).hexdigest(), (
         f"killed {delay:.3f} s after the first checkpoint, resumed from step {info['step']}"
+    )
     a, b = checkpoint.decode(killed)[0]["model"], checkpoint.decode(whole)[0]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
     assert not (folder / "checkpoint.safetensors").exists()
@@ -216,22 +241,38 @@ def _nan_at(monkeypatch, calls):
     monkeypatch.setattr(SimCLR, "forward", patched)
 
 
-NAN_RUN = ["pretext.name=simclr", "pretext.params={}", "train.epochs=2", "train.checkpoint_every_steps=4",
-           "train.log_every=1", "train.threads=1"]
+NAN_RUN = [
+    "pretext.name=simclr",
+    "pretext.params={}",
+    "train.epochs=2",
+    "train.checkpoint_every_steps=4",
+    "train.log_every=1",
+    "train.threads=1",
+]
 
 
-def test_nonfinite_loss_stops_naming_step_and_method_and_keeps_the_checkpoint(digits_workspace, digits_config,
-                                                                             monkeypatch):
+def test_nonfinite_loss_stops_naming_step_and_method_and_keeps_the_checkpoint(
+    digits_workspace, digits_config, monkeypatch
+):
     from pretextflow.core.errors import TrainingDiverged
 
     ctx = _ctx(digits_workspace, digits_config, "memory://nan-stop", *NAN_RUN)
     key = ctx.pretrain_key(ctx.dataset())
     saved = {}
     _nan_at(monkeypatch, lambda call: call == 9)
-    with pytest.raises(TrainingDiverged, match=r"simclr: non-finite loss \(nan\) at step 9 .*last good "
-                                               r"checkpoint \(step 8\) is kept") as err:
-        run_pretrain(ctx, on_step=lambda s: saved.setdefault(s, ctx.store.read_bytes(
-            "pretrain", key, "checkpoint.safetensors")) if s in (4, 8) else None)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"simclr: non-finite loss \(nan\) at step 9 .*last good "
+        r"checkpoint \(step 8\) is kept",
+    ) as err:
+        run_pretrain(
+            ctx,
+            on_step=lambda s: (
+                saved.setdefault(s, ctx.store.read_bytes("pretrain", key, "checkpoint.safetensors"))
+                if s in (4, 8)
+                else None
+            ),
+        )
     assert "train.on_nonfinite: rollback" in str(err.value)  # names the fix
     assert ctx.store.read_bytes("pretrain", key, "checkpoint.safetensors") == saved[8]  # byte-identical
     assert not ctx.store.is_complete("pretrain", key)
@@ -267,8 +308,12 @@ def test_nonfinite_weights_are_never_checkpointed(digits_workspace, digits_confi
     key = ctx.pretrain_key(ctx.dataset())
     saved = {}
     with pytest.raises(TrainingDiverged, match=r"simclr: non-finite weights after the update at step 7 "):
-        run_pretrain(ctx, on_step=lambda s: saved.setdefault(s, ctx.store.read_bytes(
-            "pretrain", key, "checkpoint.safetensors")) if s == 4 else None)
+        run_pretrain(
+            ctx,
+            on_step=lambda s: (
+                saved.setdefault(s, ctx.store.read_bytes("pretrain", key, "checkpoint.safetensors")) if s == 4 else None
+            ),
+        )
     data = ctx.store.read_bytes("pretrain", key, "checkpoint.safetensors")
     assert data == saved[4]
     groups, _ = checkpoint.decode(data)
@@ -286,8 +331,7 @@ def _logged_lrs(records) -> dict[int, float]:
     return out
 
 
-def test_rollback_lowers_the_lr_and_finishes_deterministically(digits_workspace, digits_config, monkeypatch,
-                                                               caplog):
+def test_rollback_lowers_the_lr_and_finishes_deterministically(digits_workspace, digits_config, monkeypatch, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="pretextflow")
@@ -305,8 +349,16 @@ def test_rollback_lowers_the_lr_and_finishes_deterministically(digits_workspace,
         runs.append(ctx)
     lrs = _logged_lrs(caplog.records)
     hist = _history(runs[0])
-    assert hist["rollbacks"] == [{"step": 9, "epoch": 1, "problem": "non-finite loss (nan)", "restored_step": 8,
-                                  "lr_scale": 0.5, "lr": pytest.approx(0.001)}]
+    assert hist["rollbacks"] == [
+        {
+            "step": 9,
+            "epoch": 1,
+            "problem": "non-finite loss (nan)",
+            "restored_step": 8,
+            "lr_scale": 0.5,
+            "lr": pytest.approx(0.001),
+        }
+    ]
     assert any("rolled back to step 8" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert len(hist["step_loss"]) == 20  # every step once in the history, the failed one not counted
     assert hist["step_loss"][:8] == _history(clean)["step_loss"][:8]  # restored from step 8
@@ -329,8 +381,16 @@ def test_rollbacks_are_recorded_in_the_manifest_and_the_report(digits_workspace,
     from pretextflow.core.stages import run_freeze, run_probe, run_report
 
     _nan_at(monkeypatch, lambda call: call == 2)
-    ctx = _ctx(digits_workspace, digits_config, "memory://rb-report", *NAN_RUN, "train.on_nonfinite=rollback",
-               "probe.baselines=[]", "probe.label_fractions=[1.0]", "probe.linear_max_iter=20")
+    ctx = _ctx(
+        digits_workspace,
+        digits_config,
+        "memory://rb-report",
+        *NAN_RUN,
+        "train.on_nonfinite=rollback",
+        "probe.baselines=[]",
+        "probe.label_fractions=[1.0]",
+        "probe.linear_max_iter=20",
+    )
     run_pretrain(ctx)
     run_freeze(ctx)
     run_probe(ctx)
@@ -368,11 +428,20 @@ def test_too_many_rollbacks_stop_the_run(digits_workspace, digits_config, monkey
     from pretextflow.core.errors import TrainingDiverged
 
     _nan_at(monkeypatch, lambda call: call >= 9)  # diverges whatever the lr
-    ctx = _ctx(digits_workspace, digits_config, "memory://rb-max", *NAN_RUN, "train.on_nonfinite=rollback",
-               "train.max_rollbacks=2")
+    ctx = _ctx(
+        digits_workspace,
+        digits_config,
+        "memory://rb-max",
+        *NAN_RUN,
+        "train.on_nonfinite=rollback",
+        "train.max_rollbacks=2",
+    )
     # the first NaN at step 9, then at step 8 after each rollback to the checkpoint at step 8
-    with pytest.raises(TrainingDiverged, match=r"simclr: non-finite loss \(nan\) at step 8 .*after 2 rollbacks "
-                                               r"\(train\.max_rollbacks=2\).*0\.25 x train\.lr.*step 8\) is kept"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"simclr: non-finite loss \(nan\) at step 8 .*after 2 rollbacks "
+        r"\(train\.max_rollbacks=2\).*0\.25 x train\.lr.*step 8\) is kept",
+    ):
         run_pretrain(ctx)
     assert not ctx.store.is_complete("pretrain", ctx.pretrain_key(ctx.dataset()))
 
@@ -382,14 +451,23 @@ def test_rollback_in_two_processes_agrees_across_ranks(digits_workspace, digits_
     rolls back together; an lr of 1e30 diverges at any factor, so the run stops after max_rollbacks
     with the rank's own error instead of hanging in a collective."""
     from pretextflow.core.data.dataset import load_dataset
+    from pretextflow.core.errors import TrainingDiverged
     from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.errors import TrainingDiverged
     from pretextflow.core.training.loop import pretrain
 
-    cfg = digits_config("train.devices=2", "train.threads=1", "train.epochs=2", "train.lr=1e30",
-                        "train.warmup_epochs=0", "pretext.name=rotation", "pretext.params={}",
-                        "train.on_nonfinite=rollback", "train.max_rollbacks=2", "train.checkpoint_every_steps=4")
+    cfg = digits_config(
+        "train.devices=2",
+        "train.threads=1",
+        "train.epochs=2",
+        "train.lr=1e30",
+        "train.warmup_epochs=0",
+        "pretext.name=rotation",
+        "pretext.params={}",
+        "train.on_nonfinite=rollback",
+        "train.max_rollbacks=2",
+        "train.checkpoint_every_steps=4",
+    )
     store = ArtifactStore(str(tmp_path / "store"))
     with pytest.raises(TrainingDiverged, match=r"rotation: non-finite .* at step \d+ .*after 2 rollbacks"):
         pretrain(cfg, load_dataset(str(digits_workspace.data_dir), "digits"), store, "key", get_registry())

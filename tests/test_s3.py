@@ -1,6 +1,7 @@
 """S3-compatible remotes: DVC's S3 remote and the fsspec artifact store against a local S3 server
 (moto's server mode on 127.0.0.1, started here and stopped after), with fake credentials that must
 never be written to the workspace, a manifest or a log."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,16 +17,22 @@ import pytest
 
 _MISSING = [m for m in ("moto", "boto3", "dvc_s3", "s3fs") if importlib.util.find_spec(m) is None]
 if _MISSING:
-    _why = (f"S3 support not installed ({', '.join(_MISSING)} missing): "
-            f"pip install -c constraints.txt -e '.[test,s3]'")
+    _why = f"S3 support not installed ({', '.join(_MISSING)} missing): pip install -c constraints.txt -e '.[test,s3]'"
     if os.environ.get("CI"):
         pytest.fail(_why + " (required in CI)", pytrace=False)
     pytest.skip(_why, allow_module_level=True)
 
-from pretextflow.core.errors import VersioningError
-from pretextflow.core.store import ArtifactStore
-from pretextflow.core.data.versioning import configure_s3_remote, data_version, dvc, init_workspace, track_and_push, workspace_lock
-from pretextflow.core.security.redaction import redact
+from pretextflow.core.data.versioning import (  # noqa: E402 (after the skip above)
+    configure_s3_remote,
+    data_version,
+    dvc,
+    init_workspace,
+    track_and_push,
+    workspace_lock,
+)
+from pretextflow.core.errors import VersioningError  # noqa: E402
+from pretextflow.core.security.redaction import redact  # noqa: E402
+from pretextflow.core.store import ArtifactStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "pretextflow-test"
@@ -46,8 +53,16 @@ def s3(tmp_path_factory):
     secret = f"pretextflow-fake-secret-{uuid.uuid4().hex}"
     nowhere = tmp_path_factory.mktemp("aws") / "none"
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        for var in (
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ):
             mp.delenv(var, raising=False)
         mp.setenv("AWS_ACCESS_KEY_ID", key)
         mp.setenv("AWS_SECRET_ACCESS_KEY", secret)
@@ -76,8 +91,11 @@ def s3(tmp_path_factory):
 
 
 def _file_md5s(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +139,18 @@ def test_dvc_s3_remote_round_trip(s3, s3_workspace):
 
 @pytest.mark.parametrize("options", ["endpoint_url", "client_kwargs"])
 def test_artifact_store_on_s3(s3, options):
-    storage_options = ({"endpoint_url": s3.endpoint} if options == "endpoint_url"
-                       else {"client_kwargs": {"endpoint_url": s3.endpoint}})
+    storage_options = (
+        {"endpoint_url": s3.endpoint} if options == "endpoint_url" else {"client_kwargs": {"endpoint_url": s3.endpoint}}
+    )
     uri = f"s3://{BUCKET}/store-{options}"
     store = ArtifactStore(uri, {**storage_options, "skip_instance_cache": True})
     assert store.listdir("pretrain") == []
     assert not store.is_complete("pretrain", "k1")
 
-    assert store.write_bytes(b"\x00weights", "pretrain", "k1", "model.safetensors") == f"{uri}/pretrain/k1/model.safetensors"
+    assert (
+        store.write_bytes(b"\x00weights", "pretrain", "k1", "model.safetensors")
+        == f"{uri}/pretrain/k1/model.safetensors"
+    )
     store.write_json({"loss": [1.0, 0.5]}, "pretrain", "k1", "history.json")
     store.mark_complete("pretrain", "k1", {"seconds": 1})
     store.write_json({}, "pretrain", "k2", "history.json")  # incomplete: no marker
@@ -153,23 +175,36 @@ def test_credentials_never_written(s3, s3_workspace, caplog):
     # a manifest built with credentials in store.storage_options masks them
     from pretextflow.core.config import load_config
     from pretextflow.core.data.dataset import load_dataset
-    from pretextflow.core.runs.manifest import build_manifest
     from pretextflow.core.registry.registry import get_registry
+    from pretextflow.core.runs.manifest import build_manifest
 
     opts = {"key": s3.key, "secret": s3.secret, "client_kwargs": {"endpoint_url": s3.endpoint}}
     cfg = load_config(REPO / "configs" / "digits_smoke.yaml")
-    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"uri": f"s3://{BUCKET}/store-manifest",
-                                                                       "storage_options": opts})})
+    cfg = cfg.model_copy(
+        update={"store": cfg.store.model_copy(update={"uri": f"s3://{BUCKET}/store-manifest", "storage_options": opts})}
+    )
     caplog.set_level(logging.DEBUG, logger="pretextflow")
     manifest = build_manifest(
-        run_id="r1", cfg=cfg, registry=get_registry(), dataset=load_dataset(str(ws.data_dir), "digits"),
-        data_version=data_version(ws), data_dvc={}, keys={"pretrain": "k"},
-        store=ArtifactStore(cfg.store.uri, cfg.store.storage_options), metrics={}, history={}, stage_times={})
+        run_id="r1",
+        cfg=cfg,
+        registry=get_registry(),
+        dataset=load_dataset(str(ws.data_dir), "digits"),
+        data_version=data_version(ws),
+        data_dvc={},
+        keys={"pretrain": "k"},
+        store=ArtifactStore(cfg.store.uri, cfg.store.storage_options),
+        metrics={},
+        history={},
+        stage_times={},
+    )
     dumped = json.dumps(manifest, default=str)
     assert s3.secret not in dumped and s3.key not in dumped
     # credentials masked; the endpoint is not a credential and stays (a rerun needs it)
-    assert manifest["config"]["store"]["storage_options"] == {"key": "***", "secret": "***",
-                                                              "client_kwargs": {"endpoint_url": s3.endpoint}}
+    assert manifest["config"]["store"]["storage_options"] == {
+        "key": "***",
+        "secret": "***",
+        "client_kwargs": {"endpoint_url": s3.endpoint},
+    }
     assert s3.secret not in caplog.text
 
 
@@ -185,14 +220,17 @@ def test_dvc_errors_do_not_echo_secrets(s3, s3_workspace):
     assert s3.secret not in str(err.value) and s3.key not in str(err.value)
     assert s3.secret not in (ws.root / ".dvc" / "config").read_text()
     # what DVC may print: URLs with credentials, config lines, the environment's secret
-    text = (f"ERROR: s3://{s3.key}:{s3.secret}@{BUCKET}/dvc unreachable; secret_access_key = {s3.secret}; "
-            f"https://user:pw@host/x; token {s3.secret}")
+    text = (
+        f"ERROR: s3://{s3.key}:{s3.secret}@{BUCKET}/dvc unreachable; secret_access_key = {s3.secret}; "
+        f"https://user:pw@host/x; token {s3.secret}"
+    )
     cleaned = redact(text)
     assert s3.secret not in cleaned and s3.key not in cleaned and "pw@" not in cleaned
     assert "s3://***@pretextflow-test/dvc" in cleaned and "https://***@host/x" in cleaned
     # a push that fails (the bucket is gone from the endpoint) names no secret either
-    configure_s3_remote(ws, "s3://no-such-bucket-pretextflow/dvc", endpoint_url=s3.endpoint, name="broken",
-                        default=False)
+    configure_s3_remote(
+        ws, "s3://no-such-bucket-pretextflow/dvc", endpoint_url=s3.endpoint, name="broken", default=False
+    )
     with pytest.raises(VersioningError) as err:
         dvc(ws, "push", "-q", "-r", "broken")
     assert s3.secret not in str(err.value) and s3.key not in str(err.value)
@@ -206,14 +244,17 @@ def test_init_from_the_command_line_with_an_s3_remote(s3, tmp_path):
     from pretextflow.core.data.ingest import ingest
     from pretextflow.core.workspace import Workspace
 
-    result = CliRunner().invoke(app, ["init", str(tmp_path / "ws"), "--remote", f"s3://{BUCKET}/cli",
-                                      "--endpoint-url", s3.endpoint])
+    result = CliRunner().invoke(
+        app, ["init", str(tmp_path / "ws"), "--remote", f"s3://{BUCKET}/cli", "--endpoint-url", s3.endpoint]
+    )
     assert result.exit_code == 0, result.output
     config = (tmp_path / "ws" / ".dvc" / "config").read_text()
     assert f"s3://{BUCKET}/cli" in config and s3.endpoint in config and s3.secret not in config
     ingest(Workspace.at(tmp_path / "ws"), "sklearn:digits", "sklearn-digits", "digits")  # pushes to S3
     import boto3
 
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3.endpoint).list_objects_v2(
-        Bucket=BUCKET, Prefix="cli/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3.endpoint).list_objects_v2(Bucket=BUCKET, Prefix="cli/")["Contents"]
+    ]
     assert len(keys) >= 5

@@ -2,6 +2,7 @@
 port, its own PREFECT_HOME), `pretextflow serve CONFIG --cron ...`, a run of the deployment
 triggered through the API, and the completed flow run and its artifacts read back from the API.
 Both processes are stopped at the end."""
+
 import asyncio
 import os
 import signal
@@ -52,11 +53,20 @@ def stop(proc: subprocess.Popen) -> None:
 def prefect_server(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_healthy(url, proc)
         yield url
@@ -69,13 +79,40 @@ def test_serve_on_a_schedule_and_run_through_a_real_prefect_server(prefect_serve
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "serve-home"),
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    serve = subprocess.Popen([sys.executable, "-m", "pretextflow", "serve", str(REPO / "configs" / "digits_smoke.yaml"),
-                              "--cron", "0 4 * * *", "--name", "digits-nightly", "-w", str(digits_workspace.root),
-                              "--set", "data.source=null", "--set", "train.epochs=2",
-                              "--set", "probe.supervised.min_steps=50", "--set", "store.uri=artifacts-served"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "serve-home"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pretextflow",
+            "serve",
+            str(REPO / "configs" / "digits_smoke.yaml"),
+            "--cron",
+            "0 4 * * *",
+            "--name",
+            "digits-nightly",
+            "-w",
+            str(digits_workspace.root),
+            "--set",
+            "data.source=null",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "probe.supervised.min_steps=50",
+            "--set",
+            "store.uri=artifacts-served",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     async def scenario():
         async with get_client() as client:
@@ -86,7 +123,9 @@ def test_serve_on_a_schedule_and_run_through_a_real_prefect_server(prefect_serve
                     break
                 except Exception:
                     if serve.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"serve did not register the deployment: {serve.stdout.read()[-3000:]}")
+                        raise RuntimeError(
+                            f"serve did not register the deployment: {serve.stdout.read()[-3000:]}"
+                        ) from None
                     await asyncio.sleep(1)
             crons = [s.schedule.cron for s in dep.schedules]
             run = await client.create_flow_run_from_deployment(dep.id)
@@ -98,8 +137,9 @@ def test_serve_on_a_schedule_and_run_through_a_real_prefect_server(prefect_serve
                 if serve.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"flow run not finished ({fr.state}): {serve.stdout.read()[-3000:]}")
                 await asyncio.sleep(2)
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
             return crons, fr, arts
 
     try:

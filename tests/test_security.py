@@ -8,6 +8,7 @@
   folder that leads outside the source is refused and not read.
 - Credentials (storage options, a URL's user:password) never appear in a manifest, a report, the
   logs, the command's output or an error message."""
+
 from __future__ import annotations
 
 import ast
@@ -47,8 +48,11 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
     for node in ast.walk(ast.parse(source, filename)):
         if isinstance(node, ast.Import) or isinstance(node, ast.ImportFrom):
             names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-            bad = [n for n in names if n and n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle",
-                                                                    "joblib", "marshal", "shelve")]
+            bad = [
+                n
+                for n in names
+                if n and n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve")
+            ]
             if bad:
                 found.append(f"{filename}:{node.lineno}: imports {bad[0]}")
             continue
@@ -57,30 +61,51 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
         f = node.func
         dotted = ast.unparse(f)
         line = f"{filename}:{node.lineno}: {dotted}(...)"
-        if dotted in ("eval", "exec", "__import__", "pydoc.locate", "pkgutil.resolve_name", "yaml.unsafe_load",
-                      "yaml.full_load", "yaml.load_all", "torch.jit.load", "np.lib.format.read_array"):
+        if dotted in (
+            "eval",
+            "exec",
+            "__import__",
+            "pydoc.locate",
+            "pkgutil.resolve_name",
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "yaml.load_all",
+            "torch.jit.load",
+            "np.lib.format.read_array",
+        ):
             found.append(line)
         elif dotted == "torch.load" and not _const(_kw(node, "weights_only"), True):
             found.append(line + " without weights_only=True")
         elif dotted in ("np.load", "numpy.load") and not _const(_kw(node, "allow_pickle"), False):
             found.append(line + " without allow_pickle=False")
         elif dotted == "yaml.load" and ast.unparse(_kw(node, "Loader") or ast.Constant(None)) not in (
-                "yaml.SafeLoader", "yaml.CSafeLoader", "SafeLoader", "CSafeLoader"):
+            "yaml.SafeLoader",
+            "yaml.CSafeLoader",
+            "SafeLoader",
+            "CSafeLoader",
+        ):
             found.append(line + " without a SafeLoader")
-        elif isinstance(f, ast.Attribute) and f.attr in ("import_module",) and filename.replace(os.sep, "/") \
-                not in ("core/registry/registry.py",):
+        elif (
+            isinstance(f, ast.Attribute)
+            and f.attr in ("import_module",)
+            and filename.replace(os.sep, "/") not in ("core/registry/registry.py",)
+        ):
             found.append(line + " (plugins are imported only by core/registry/registry.py, from a fixed list)")
     return found
 
 
 def test_the_scanner_finds_what_it_looks_for():
-    bad = ("import pickle\nimport torch, numpy as np, yaml\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
-           "np.load(p)\nnp.load(p, allow_pickle=True)\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)\neval(s)\n"
-           "importlib.import_module(name)\n")
+    bad = (
+        "import pickle\nimport torch, numpy as np, yaml\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
+        "np.load(p)\nnp.load(p, allow_pickle=True)\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)\neval(s)\n"
+        "importlib.import_module(name)\n"
+    )
     flagged = {int(x.split(":")[1]) for x in unsafe_calls(bad)}
     assert flagged == {1, 3, 4, 5, 6, 7, 8, 9, 10}  # every line but the plain imports of line 2
-    good = ("import torch, numpy as np, yaml\ntorch.load(p, weights_only=True)\nnp.load(p, allow_pickle=False)\n"
-            "yaml.safe_load(t)\nyaml.load(t, Loader=yaml.SafeLoader)\n")
+    good = (
+        "import torch, numpy as np, yaml\ntorch.load(p, weights_only=True)\nnp.load(p, allow_pickle=False)\n"
+        "yaml.safe_load(t)\nyaml.load(t, Loader=yaml.SafeLoader)\n"
+    )
     assert unsafe_calls(good) == []
 
 
@@ -122,8 +147,8 @@ def test_a_pickled_array_in_the_dataset_folder_is_refused_not_executed(digits_wo
 def test_a_pickle_in_place_of_a_checkpoint_is_refused_not_executed(tmp_path):
     import torch
 
-    from pretextflow.core.training import checkpoint
     from pretextflow.core.errors import StageInputError
+    from pretextflow.core.training import checkpoint
 
     control = tmp_path / "control-executed"
     buf = io.BytesIO()
@@ -162,25 +187,29 @@ def canary(tmp_path, monkeypatch):
     """A module on sys.path that leaves a file behind when it is imported."""
     (tmp_path / f"{CANARY}.py").write_text(
         "import pathlib\npathlib.Path(__file__).with_suffix('.imported').write_text('imported')\n"
-        "def system(*a):\n    raise SystemExit('executed')\nclass Task:\n    pass\n")
+        "def system(*a):\n    raise SystemExit('executed')\nclass Task:\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     return tmp_path / f"{CANARY}.imported"
 
 
-@pytest.mark.parametrize("override, unknown", [
-    (f"pretext.name={CANARY}:system", "unknown pretext task"),
-    (f"pretext.name={CANARY}.Task", "unknown pretext task"),
-    ("pretext.name=os:system", "unknown pretext task"),
-    (f"backbone.name={CANARY}.Task", "unknown backbone"),
-    ("backbone.name=timm/os.system", "timm has no model"),
-    (f"data.format={CANARY}", "unknown dataset format"),
-])
+@pytest.mark.parametrize(
+    "override, unknown",
+    [
+        (f"pretext.name={CANARY}:system", "unknown pretext task"),
+        (f"pretext.name={CANARY}.Task", "unknown pretext task"),
+        ("pretext.name=os:system", "unknown pretext task"),
+        (f"backbone.name={CANARY}.Task", "unknown backbone"),
+        ("backbone.name=timm/os.system", "timm has no model"),
+        (f"data.format={CANARY}", "unknown dataset format"),
+    ],
+)
 def test_a_config_value_naming_a_module_is_an_unknown_plugin_and_imports_nothing(canary, override, unknown):
     from pretextflow.core.config import load_config
     from pretextflow.core.errors import PluginError
-    from pretextflow.core.registry.registry import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, get_registry
     from pretextflow.core.registry.preflight import check_plugins
+    from pretextflow.core.registry.registry import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, get_registry
     from pretextflow.core.training.model import build_backbone
 
     registry = get_registry()
@@ -197,9 +226,22 @@ def test_a_config_value_naming_a_module_is_an_unknown_plugin_and_imports_nothing
 
 
 def test_the_command_line_imports_nothing_a_config_names(canary, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pretextflow", "run", str(REPO / "configs" / "digits_smoke.yaml"),
-                           "--set", f"pretext.name={CANARY}:system", "-w", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretextflow",
+            "run",
+            str(REPO / "configs" / "digits_smoke.yaml"),
+            "--set",
+            f"pretext.name={CANARY}:system",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and f"unknown pretext task '{CANARY}:system'" in proc.stderr, proc.stderr
     assert not canary.exists()
 
@@ -221,8 +263,8 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
 
 
 def _read_imagefolder(source: str):
-    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.data.sources import local_source
+    from pretextflow.core.registry.registry import get_registry
 
     fmt = get_registry().dataset_format("imagefolder")
     with local_source(source, {}) as (src, options):
@@ -232,23 +274,32 @@ def _read_imagefolder(source: str):
 IMG = png(np.full((8, 8), 9, np.uint8))
 
 
-@pytest.mark.parametrize("members, reason", [
-    ([(_member("pets/a/0.png"), IMG), (_member("../evil.png"), IMG)], "'..' component"),
-    ([(_member("pets/a/0.png"), IMG), (_member("pets/../../evil.png"), IMG)], "'..' component"),
-    ([(_member("pets/a/0.png"), IMG), (_member("/tmp/evil.png"), IMG)], "absolute path"),
-    ([(_member("pets/a/0.png"), IMG), (_member("pets/a/passwd.png", tarfile.SYMTYPE, "/etc/passwd"), None)],
-     "outside the archive"),
-    ([(_member("pets/a/0.png"), IMG), (_member("pets/a/up.png", tarfile.SYMTYPE, "../../../etc/passwd"), None)],
-     "outside the archive"),
-    ([(_member("pets/a/0.png"), IMG), (_member("pets/a/hard.png", tarfile.LNKTYPE, "../outside.png"), None)],
-     "outside the archive"),
-    ([(_member("pets/a/0.png"), IMG), (_member("pets/a/dev.png", tarfile.CHRTYPE), None)], "special file"),
-    ([(_member("pets/a/0.png"), IMG), (_member("pets/a/fifo.png", tarfile.FIFOTYPE), None)], "special file"),
-])
+@pytest.mark.parametrize(
+    "members, reason",
+    [
+        ([(_member("pets/a/0.png"), IMG), (_member("../evil.png"), IMG)], "'..' component"),
+        ([(_member("pets/a/0.png"), IMG), (_member("pets/../../evil.png"), IMG)], "'..' component"),
+        ([(_member("pets/a/0.png"), IMG), (_member("/tmp/evil.png"), IMG)], "absolute path"),
+        (
+            [(_member("pets/a/0.png"), IMG), (_member("pets/a/passwd.png", tarfile.SYMTYPE, "/etc/passwd"), None)],
+            "outside the archive",
+        ),
+        (
+            [(_member("pets/a/0.png"), IMG), (_member("pets/a/up.png", tarfile.SYMTYPE, "../../../etc/passwd"), None)],
+            "outside the archive",
+        ),
+        (
+            [(_member("pets/a/0.png"), IMG), (_member("pets/a/hard.png", tarfile.LNKTYPE, "../outside.png"), None)],
+            "outside the archive",
+        ),
+        ([(_member("pets/a/0.png"), IMG), (_member("pets/a/dev.png", tarfile.CHRTYPE), None)], "special file"),
+        ([(_member("pets/a/0.png"), IMG), (_member("pets/a/fifo.png", tarfile.FIFOTYPE), None)], "special file"),
+    ],
+)
 def test_malicious_tar_members_are_refused_before_anything_is_written(tmp_path, members, reason):
-    from pretextflow.core.errors import DataError
-
     import tempfile
+
+    from pretextflow.core.errors import DataError
 
     (tmp_path / "in").mkdir()
     archive = _tar(tmp_path / "in" / "pets.tar.gz", members)
@@ -259,8 +310,14 @@ def test_malicious_tar_members_are_refused_before_anything_is_written(tmp_path, 
     assert set(Path(tempfile.gettempdir()).glob("pretextflow-archive-*")) == before  # the extraction folder is gone
 
 
-@pytest.mark.parametrize("name, reason", [("../evil.png", "'..' component"), ("/tmp/evil.png", "absolute path"),
-                                          ("pets\\..\\..\\evil.png", "'..' component")])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("../evil.png", "'..' component"),
+        ("/tmp/evil.png", "absolute path"),
+        ("pets\\..\\..\\evil.png", "'..' component"),
+    ],
+)
 def test_malicious_zip_members_are_refused(tmp_path, name, reason):
     from pretextflow.core.errors import DataError
 
@@ -281,7 +338,7 @@ def test_a_zip_symlink_is_refused(tmp_path):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("pets/a/0.png", IMG)
         link = zipfile.ZipInfo("pets/a/link.png")
-        link.external_attr = (0o120777 << 16)  # S_IFLNK: what `zip --symlinks` writes
+        link.external_attr = 0o120777 << 16  # S_IFLNK: what `zip --symlinks` writes
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(DataError, match="is a symlink"):
         _read_imagefolder(str(path))
@@ -307,14 +364,20 @@ def test_archives_ingest_like_the_folder_they_hold(tmp_path):
     assert set(Path(tempfile.gettempdir()).glob("pretextflow-archive-*")) == before
 
     # a symlink inside the archive that stays inside is fine
-    inside = _tar(tmp_path / "inside.tar.gz", [(_member("pets/cat/0.png"), IMG), (_member("pets/dog/0.png"), IMG),
-                                               (_member("pets/dog/1.png", tarfile.SYMTYPE, "0.png"), None)])
+    inside = _tar(
+        tmp_path / "inside.tar.gz",
+        [
+            (_member("pets/cat/0.png"), IMG),
+            (_member("pets/dog/0.png"), IMG),
+            (_member("pets/dog/1.png", tarfile.SYMTYPE, "0.png"), None),
+        ],
+    )
     assert len(_read_imagefolder(inside).train_images) + len(_read_imagefolder(inside).test_images) == 3
 
 
 def test_an_idx_archive_is_read_from_its_folder(tmp_path):
-    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.data.sources import local_source
+    from pretextflow.core.registry.registry import get_registry
 
     from .test_data import write_idx_source
 
@@ -355,12 +418,12 @@ def test_gzip_is_decompressed_with_a_bound(tmp_path):
     import gzip
     import time
 
-    from pretextflow.core.errors import DataError
     from pretextflow.core.data.sources import gunzip_bounded
+    from pretextflow.core.errors import DataError
 
     data = os.urandom(100_000)
-    assert gunzip_bounded(gzip.compress(data), "x", 10 ** 6) == data
-    assert gunzip_bounded(gzip.compress(data) + gzip.compress(b"abc"), "x", 10 ** 6) == data + b"abc"
+    assert gunzip_bounded(gzip.compress(data), "x", 10**6) == data
+    assert gunzip_bounded(gzip.compress(data) + gzip.compress(b"abc"), "x", 10**6) == data + b"abc"
     assert gunzip_bounded(gzip.compress(data), "x", len(data)) == data  # exactly at the limit
     bomb = gzip.compress(b"\0" * (200 << 20), compresslevel=9)
     assert len(bomb) < 300_000
@@ -370,7 +433,7 @@ def test_gzip_is_decompressed_with_a_bound(tmp_path):
     assert time.perf_counter() - t < 5
     for broken in (gzip.compress(data)[:-10], b"\x1f\x8b\x08 garbage", gzip.compress(data) + b"junk"):
         with pytest.raises(DataError, match="corrupt or truncated gzip"):
-            gunzip_bounded(broken, "broken.gz", 10 ** 6)
+            gunzip_bounded(broken, "broken.gz", 10**6)
 
 
 def test_a_symlink_out_of_an_image_folder_is_refused_and_not_read(tmp_path, monkeypatch):
@@ -383,8 +446,9 @@ def test_a_symlink_out_of_an_image_folder_is_refused_and_not_read(tmp_path, monk
     (tmp_path / "private" / "secret.png").write_bytes(IMG)
     read: list[str] = []
     original = LocalFileSystem.cat_file
-    monkeypatch.setattr(LocalFileSystem, "cat_file", lambda self, path, *a, **k: read.append(path) or
-                        original(self, path, *a, **k))
+    monkeypatch.setattr(
+        LocalFileSystem, "cat_file", lambda self, path, *a, **k: read.append(path) or original(self, path, *a, **k)
+    )
 
     os.symlink(tmp_path / "private" / "secret.png", folder / "a" / "link.png")
     with pytest.raises(DataError, match=r"link\.png is a symlink to .*secret\.png, outside the source"):
@@ -440,13 +504,30 @@ def test_secrets_never_reach_manifest_report_logs_or_errors(digits_workspace, se
     shutil.copytree(digits_workspace.root, ws, symlinks=True)
     caplog.set_level("DEBUG")
     store = f"memory://alice:{secrets['urlpass']}@bucket-{uuid.uuid4().hex[:8]}/store"
-    options = "{key: %s, secret: %s, token: %s}" % (secrets["key"], secrets["secret"], secrets["token"])
+    options = "{{key: {}, secret: {}, token: {}}}".format(secrets["key"], secrets["secret"], secrets["token"])
     common = ["--set", f"store.uri={store}", "--set", f"store.storage_options={options}", "-w", str(ws)]
-    result = CliRunner().invoke(app, [
-        "run", str(REPO / "configs" / "digits_smoke.yaml"), *common,
-        "--set", f"data.source=sklearn://bob:{secrets['sourcepass']}@digits",
-        "--set", "train.epochs=1", "--set", "train.max_train_samples=256", "--set", "train.batch_size=64",
-        "--set", "probe.label_fractions=[1.0]", "--set", "probe.baselines=[pixels]", "--set", "probe.linear_max_iter=20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(REPO / "configs" / "digits_smoke.yaml"),
+            *common,
+            "--set",
+            f"data.source=sklearn://bob:{secrets['sourcepass']}@digits",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.max_train_samples=256",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "probe.label_fractions=[1.0]",
+            "--set",
+            "probe.baselines=[pixels]",
+            "--set",
+            "probe.linear_max_iter=20",
+        ],
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
 
     fs = fsspec.filesystem("memory")
@@ -457,14 +538,28 @@ def test_secrets_never_reach_manifest_report_logs_or_errors(digits_workspace, se
     assert manifest["artifacts"]["pretrain"]["uri"].startswith("memory://***@bucket-")
 
     # a stage that fails with the store in its message (no frozen model in a fresh store)
-    failing = CliRunner().invoke(app, ["probe", str(REPO / "configs" / "digits_smoke.yaml"), *common[:2],
-                                       "--set", f"store.uri=memory://carol:{secrets['stagepass']}@empty/store",
-                                       *common[2:]])
+    failing = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            str(REPO / "configs" / "digits_smoke.yaml"),
+            *common[:2],
+            "--set",
+            f"store.uri=memory://carol:{secrets['stagepass']}@empty/store",
+            *common[2:],
+        ],
+    )
     assert failing.exit_code == 2 and "probe needs the frozen backbone" in failing.stderr, failing.stderr
 
     captured = capfd.readouterr()
-    texts = {**files, "run stdout": result.stdout, "run stderr": result.stderr, "probe stderr": failing.stderr,
-             "console": captured.out + captured.err, "log records": caplog.text}
+    texts = {
+        **files,
+        "run stdout": result.stdout,
+        "run stderr": result.stderr,
+        "probe stderr": failing.stderr,
+        "console": captured.out + captured.err,
+        "log records": caplog.text,
+    }
     assert "***" in failing.stderr
     # Prefect's database (flow-run parameters, logs, artifacts) under PREFECT_HOME: references only
     prefect_files = [p for p in Path(os.environ["PREFECT_HOME"]).rglob("*") if p.is_file()]
@@ -477,9 +572,24 @@ def test_secrets_never_reach_manifest_report_logs_or_errors(digits_workspace, se
 
 
 def test_an_unreachable_source_with_credentials_is_reported_without_them(secrets, workspace):
-    proc = subprocess.run([sys.executable, "-m", "pretextflow", "ingest",
-                           f"http://dave:{secrets['sourcepass']}@127.0.0.1:9/fmnist", "--format", "idx",
-                           "--name", "x", "-w", str(workspace.root)], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretextflow",
+            "ingest",
+            f"http://dave:{secrets['sourcepass']}@127.0.0.1:9/fmnist",
+            "--format",
+            "idx",
+            "--name",
+            "x",
+            "-w",
+            str(workspace.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 2 and "cannot reach the source" in proc.stderr, proc.stderr
     assert secrets["sourcepass"] not in proc.stdout + proc.stderr and "http://***@127.0.0.1:9" in proc.stderr
 
@@ -491,11 +601,15 @@ def test_config_credentials_resolve_from_the_environment_and_serialise_as_refere
 
     monkeypatch.setenv("PF_TEST_USERINFO", f"alice:{secrets['urlpass']}")
     monkeypatch.setenv("PF_TEST_KEY", secrets["key"])
-    cfg = load_config(REPO / "configs" / "digits_smoke.yaml", [
-        "store.uri=s3://${env:PF_TEST_USERINFO}@bucket/store",
-        "store.storage_options={key: '${env:PF_TEST_KEY}', secret: %s, client_kwargs: {aws_session_token: %s}, "
-        "anon: false}" % (secrets["secret"], secrets["token"]),
-        f"data.source=https://bob:{secrets['sourcepass']}@host/fmnist"])
+    cfg = load_config(
+        REPO / "configs" / "digits_smoke.yaml",
+        [
+            "store.uri=s3://${env:PF_TEST_USERINFO}@bucket/store",
+            "store.storage_options={{key: '${{env:PF_TEST_KEY}}', secret: {}, client_kwargs: {{aws_session_token: {}}}, "
+            "anon: false}}".format(secrets["secret"], secrets["token"]),
+            f"data.source=https://bob:{secrets['sourcepass']}@host/fmnist",
+        ],
+    )
     # the model holds the values: the stages use them
     assert cfg.store.uri == f"s3://alice:{secrets['urlpass']}@bucket/store"
     assert cfg.store.storage_options["key"] == secrets["key"]
@@ -525,9 +639,23 @@ def test_config_credentials_resolve_from_the_environment_and_serialise_as_refere
 
 def test_an_unset_credential_reference_is_a_clear_cli_error(workspace):
     env = {k: v for k, v in os.environ.items() if k != "PF_TEST_UNSET"}
-    proc = subprocess.run([sys.executable, "-m", "pretextflow", "run", str(REPO / "configs" / "digits_smoke.yaml"),
-                           "--set", "store.uri=memory://${env:PF_TEST_UNSET}@bucket/store", "-w", str(workspace.root)],
-                          capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretextflow",
+            "run",
+            str(REPO / "configs" / "digits_smoke.yaml"),
+            "--set",
+            "store.uri=memory://${env:PF_TEST_UNSET}@bucket/store",
+            "-w",
+            str(workspace.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "store.uri" in proc.stderr and "PF_TEST_UNSET, which is not set" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -543,17 +671,42 @@ def test_manifest_keeps_user_references_and_rerun_resolves_them(workspace, monke
     monkeypatch.setenv("PF_TEST_TOKEN", secrets["token"])
     ws = workspace.root
     store = "memory://${env:PF_TEST_USERINFO}@" + bucket + "/store"
-    result = CliRunner().invoke(app, [
-        "run", str(REPO / "configs" / "digits_smoke.yaml"), "-w", str(ws), "--set", f"store.uri={store}",
-        "--set", "data.source=sklearn:digits", "--set", "data.format=sklearn-digits",
-        "--set", "store.storage_options={token: '${env:PF_TEST_TOKEN}'}",
-        "--set", "train.epochs=1", "--set", "train.max_train_samples=256", "--set", "train.batch_size=64",
-        "--set", "probe.label_fractions=[1.0]", "--set", "probe.baselines=[]", "--set", "probe.linear_max_iter=20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(REPO / "configs" / "digits_smoke.yaml"),
+            "-w",
+            str(ws),
+            "--set",
+            f"store.uri={store}",
+            "--set",
+            "data.source=sklearn:digits",
+            "--set",
+            "data.format=sklearn-digits",
+            "--set",
+            "store.storage_options={token: '${env:PF_TEST_TOKEN}'}",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.max_train_samples=256",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "probe.label_fractions=[1.0]",
+            "--set",
+            "probe.baselines=[]",
+            "--set",
+            "probe.linear_max_iter=20",
+        ],
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    manifest_path = next(p for p in fs.find(f"/alice:{secrets['urlpass']}@{bucket}/store") if p.endswith("manifest.json"))
+    manifest_path = next(
+        p for p in fs.find(f"/alice:{secrets['urlpass']}@{bucket}/store") if p.endswith("manifest.json")
+    )
     manifest = json.loads(fs.cat_file(manifest_path))
     assert manifest["config"]["store"]["uri"] == store, manifest
     assert manifest["dvc_remote"], manifest
@@ -574,8 +727,10 @@ def test_rerun_of_a_store_with_literal_credentials_takes_them_from_the_run_folde
 
     manifest = {"artifacts": {"pretrain": {"uri": "s3://***@bucket/store/pretrain/abc"}}}
     assert store_root(manifest, "s3://alice:pw-123456@bucket/store/runs/r1") == "s3://alice:pw-123456@bucket/store"
-    assert store_root(manifest, "s3://alice:pw-123456@bucket/store/runs/r1/manifest.json") == \
-        "s3://alice:pw-123456@bucket/store"
+    assert (
+        store_root(manifest, "s3://alice:pw-123456@bucket/store/runs/r1/manifest.json")
+        == "s3://alice:pw-123456@bucket/store"
+    )
     for ref in ("runs/r1", "s3://alice:pw-123456@other/store/runs/r1"):  # no credentials / another store
         with pytest.raises(StageInputError, match="needs credentials, which the manifest does not record"):
             store_root(manifest, ref)
@@ -587,8 +742,10 @@ def test_a_malformed_credential_override_is_not_echoed(secrets):
     from pretextflow.core.config import load_config
     from pretextflow.core.errors import ConfigError
 
-    for override in ("store.storage_options={key: ${env:K}, secret: %s" % secrets["secret"],
-                     "store.uri=[s3://alice:%s@bucket" % secrets["urlpass"]):
+    for override in (
+        "store.storage_options={{key: ${{env:K}}, secret: {}".format(secrets["secret"]),
+        "store.uri=[s3://alice:{}@bucket".format(secrets["urlpass"]),
+    ):
         with pytest.raises(ConfigError) as err:
             load_config(REPO / "configs" / "digits_smoke.yaml", [override])
         assert "is not valid YAML" in str(err.value) and override.split("=", 1)[0] + "=..." in str(err.value)

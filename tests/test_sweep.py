@@ -1,6 +1,7 @@
 """Sweeps: --grid parsing and up-front validation (no training), then real sweeps on the digits
 config through the thread and Dask task runners, the `sweep` command, and a failing point.
 Small budgets (2 epochs on 640 images, short probes): the whole file runs in about a minute on 2 cores."""
+
 import asyncio
 import json
 
@@ -8,15 +9,22 @@ import pytest
 
 from pretextflow.core.config import load_config
 from pretextflow.core.errors import ConfigError
-from pretextflow.core.store import ArtifactStore
 from pretextflow.core.runs.sweep import SWEEPS, parse_grid, plan_sweep, split_values, with_threads
+from pretextflow.core.store import ArtifactStore
 
 from .conftest import REPO
 
 CONFIG = REPO / "configs" / "digits_smoke.yaml"
-SMALL = ["train.epochs=2", "train.max_train_samples=640", "probe.label_fractions=[0.1,1.0]",
-         "probe.baselines=[supervised]", "probe.supervised.min_steps=30", "probe.linear_max_iter=50",
-         "probe.linear_weight_decays=[0.0001,0.001]", "probe.knn_k=[20]"]
+SMALL = [
+    "train.epochs=2",
+    "train.max_train_samples=640",
+    "probe.label_fractions=[0.1,1.0]",
+    "probe.baselines=[supervised]",
+    "probe.supervised.min_steps=30",
+    "probe.linear_max_iter=50",
+    "probe.linear_weight_decays=[0.0001,0.001]",
+    "probe.knn_k=[20]",
+]
 
 
 def base(*overrides: str) -> dict:
@@ -25,8 +33,15 @@ def base(*overrides: str) -> dict:
 
 # -- parsing, expansion, validation (no training) -------------------------------------------------
 def test_grid_values_are_yaml_and_shorthands_expand():
-    axes = parse_grid(["pretext=simclr,byol", "train.lr=0.001,0.002", "probe.knn_k=[20,5],[200]",
-                       "train.amp=true,false", "backbone=convnet-s"])
+    axes = parse_grid(
+        [
+            "pretext=simclr,byol",
+            "train.lr=0.001,0.002",
+            "probe.knn_k=[20,5],[200]",
+            "train.amp=true,false",
+            "backbone=convnet-s",
+        ]
+    )
     assert [a.key for a in axes] == ["pretext.name", "train.lr", "probe.knn_k", "train.amp", "backbone.name"]
     assert [a.label for a in axes][0] == "pretext"
     assert axes[0].values == ("simclr", "byol")
@@ -39,8 +54,12 @@ def test_grid_values_are_yaml_and_shorthands_expand():
 def test_expansion_names_points_resets_plugin_params_and_dedupes():
     cfg = base()
     _, points = plan_sweep(cfg, ["pretext=simclr,rotation", "seed=0,1"])
-    assert [p.name for p in points] == ["digits-smoke-pretext=simclr-seed=0", "digits-smoke-pretext=simclr-seed=1",
-                                        "digits-smoke-pretext=rotation-seed=0", "digits-smoke-pretext=rotation-seed=1"]
+    assert [p.name for p in points] == [
+        "digits-smoke-pretext=simclr-seed=0",
+        "digits-smoke-pretext=simclr-seed=1",
+        "digits-smoke-pretext=rotation-seed=0",
+        "digits-smoke-pretext=rotation-seed=1",
+    ]
     simclr, rotation = points[0].config, points[2].config
     assert simclr["pretext"] == {"name": "simclr", "params": cfg["pretext"]["params"]} and points[0].reset == []
     # simclr's params (temperature, ...) belong to simclr: a rotation point starts from rotation's defaults
@@ -62,24 +81,36 @@ def test_expansion_names_points_resets_plugin_params_and_dedupes():
     assert points[0].config["train"]["threads"] == 1
 
 
-@pytest.mark.parametrize("grid, expected", [
-    (["train.lrr=0.1,0.2"], ["--grid 'train.lrr=0.1,0.2'", "train.lrr is not a config key", "Did you mean train.lr?"]),
-    (["pretext=simclr,byoll"], ["digits-smoke-pretext=byoll", "unknown pretext task 'byoll'", "--grid pretext",
-                                "nothing has run yet"]),
-    (["train.lr=0.001,-1"], ["train.lr=-1", "train.lr: Input should be greater than 0", "Fix or drop that value of "
-                                                                                       "--grid train.lr"]),
-    (["probe.label_fractions=[0.1],[2]"], ["probe.label_fractions", "every fraction must be in (0, 1]"]),
-    (["pretext=rotation", "pretext.params.temperature=0.2"], ["pretext.params.temperature: unknown key",
-                                                              "belong to its simclr"]),
-    (["seed="], ["--grid 'seed='", "no values"]),
-    (["seed=0,,1"], ["value 2 is empty", "remove the extra comma"]),
-    (["seed"], ["expected KEY=v1,v2"]),
-    (["seed=0,1", "seed=2"], ["both set seed", "give each key once"]),
-    (["pretext=simclr", "pretext.name=byol"], ["both set pretext.name"]),
-    (["train.epochs.max=1"], ["train.epochs is a single value, not a section"]),
-    (["seed=[0,"], ["is not valid YAML"]),
-    ([], ["at least one --grid"]),
-])
+@pytest.mark.parametrize(
+    "grid, expected",
+    [
+        (
+            ["train.lrr=0.1,0.2"],
+            ["--grid 'train.lrr=0.1,0.2'", "train.lrr is not a config key", "Did you mean train.lr?"],
+        ),
+        (
+            ["pretext=simclr,byoll"],
+            ["digits-smoke-pretext=byoll", "unknown pretext task 'byoll'", "--grid pretext", "nothing has run yet"],
+        ),
+        (
+            ["train.lr=0.001,-1"],
+            ["train.lr=-1", "train.lr: Input should be greater than 0", "Fix or drop that value of --grid train.lr"],
+        ),
+        (["probe.label_fractions=[0.1],[2]"], ["probe.label_fractions", "every fraction must be in (0, 1]"]),
+        (
+            ["pretext=rotation", "pretext.params.temperature=0.2"],
+            ["pretext.params.temperature: unknown key", "belong to its simclr"],
+        ),
+        (["seed="], ["--grid 'seed='", "no values"]),
+        (["seed=0,,1"], ["value 2 is empty", "remove the extra comma"]),
+        (["seed"], ["expected KEY=v1,v2"]),
+        (["seed=0,1", "seed=2"], ["both set seed", "give each key once"]),
+        (["pretext=simclr", "pretext.name=byol"], ["both set pretext.name"]),
+        (["train.epochs.max=1"], ["train.epochs is a single value, not a section"]),
+        (["seed=[0,"], ["is not valid YAML"]),
+        ([], ["at least one --grid"]),
+    ],
+)
 def test_bad_grids_fail_up_front_naming_the_grid_key_and_the_fix(grid, expected):
     with pytest.raises(ConfigError) as err:
         plan_sweep(base(), grid)
@@ -110,8 +141,16 @@ def run_sweep(workspace, grid, runner="thread", workers=2, store="artifacts-swee
     from pretextflow.flows.sweep import point_threads, sweep_flow, task_runner
 
     flow = sweep_flow.with_options(task_runner=task_runner(runner, workers))
-    return flow(base(f"store.uri={store}"), grid, str(workspace.root), False, point_threads(runner, workers),
-                runner, workers, return_state=return_state)
+    return flow(
+        base(f"store.uri={store}"),
+        grid,
+        str(workspace.root),
+        False,
+        point_threads(runner, workers),
+        runner,
+        workers,
+        return_state=return_state,
+    )
 
 
 def read_artifacts(keys):
@@ -140,7 +179,11 @@ def test_thread_sweep_runs_every_point_and_writes_one_comparison(thread_sweep, d
     rows = on_disk["rows"]
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows) and on_disk["failed"] == []
     assert {(r["values"]["pretext"], r["values"]["seed"]) for r in rows} == {
-        ("simclr", 0), ("simclr", 1), ("rotation", 0), ("rotation", 1)}
+        ("simclr", 0),
+        ("simclr", 1),
+        ("rotation", 0),
+        ("rotation", 1),
+    }
     tops = [r["linear_top1"] for r in rows]
     assert tops == sorted(tops, reverse=True) and all(0.5 < t <= 1 for t in tops)  # best first; far above chance
     assert len({r["keys"]["probe"] for r in rows}) == 4 and len({r["keys"]["pretrain"] for r in rows}) == 4
@@ -152,7 +195,8 @@ def test_thread_sweep_runs_every_point_and_writes_one_comparison(thread_sweep, d
         assert manifest["run_id"] == r["run_id"] and manifest["name"] == r["point"]
         assert manifest["config"]["pretext"]["name"] == r["values"]["pretext"]
         assert manifest["seed"] == r["values"]["seed"] and manifest["metrics"]["linear_top1"] == pytest.approx(
-            r["linear_top1"], abs=5e-5)
+            r["linear_top1"], abs=5e-5
+        )
         assert manifest["config"]["train"]["threads"] == max(1, cpu_cores() // 2)  # cores shared by 2 workers
         assert manifest["artifacts"]["probe"]["key"] == r["keys"]["probe"]
     from pretextflow.core.registry.registry import get_registry
@@ -171,12 +215,21 @@ def test_thread_sweep_runs_every_point_and_writes_one_comparison(thread_sweep, d
 def test_thread_sweep_is_recorded_in_prefect_with_its_artifacts(thread_sweep):
     from prefect.client.orchestration import get_client
 
-    arts = read_artifacts(["sweep-digits-smoke", "sweep-table-digits-smoke",
-                           "report-digits-smoke-pretext-simclr-seed-0", "report-digits-smoke-pretext-rotation-seed-1"])
+    arts = read_artifacts(
+        [
+            "sweep-digits-smoke",
+            "sweep-table-digits-smoke",
+            "report-digits-smoke-pretext-simclr-seed-0",
+            "report-digits-smoke-pretext-rotation-seed-1",
+        ]
+    )
     kinds = {(a.type, a.key) for a in arts}
-    assert {("markdown", "sweep-digits-smoke"), ("table", "sweep-table-digits-smoke"),
-            ("markdown", "report-digits-smoke-pretext-simclr-seed-0"),
-            ("markdown", "report-digits-smoke-pretext-rotation-seed-1")} <= kinds
+    assert {
+        ("markdown", "sweep-digits-smoke"),
+        ("table", "sweep-table-digits-smoke"),
+        ("markdown", "report-digits-smoke-pretext-simclr-seed-0"),
+        ("markdown", "report-digits-smoke-pretext-rotation-seed-1"),
+    } <= kinds
     md = next(a for a in arts if a.key == "sweep-digits-smoke" and thread_sweep["sweep_id"] in a.description)
     assert all(r["point"] in md.data for r in thread_sweep["rows"])
 
@@ -215,8 +268,21 @@ def test_sweep_command_prints_the_table_and_the_report(thread_sweep, digits_work
 
     from pretextflow.cli import app
 
-    args = ["sweep", str(CONFIG), "--grid", "pretext=simclr,rotation", "--grid", "seed=0", "-w",
-            str(digits_workspace.root), "--no-push", "--workers", "2", "--set", "store.uri=artifacts-sweep"]
+    args = [
+        "sweep",
+        str(CONFIG),
+        "--grid",
+        "pretext=simclr,rotation",
+        "--grid",
+        "seed=0",
+        "-w",
+        str(digits_workspace.root),
+        "--no-push",
+        "--workers",
+        "2",
+        "--set",
+        "store.uri=artifacts-sweep",
+    ]
     for s in SMALL:
         args += ["--set", s]
     result = CliRunner().invoke(app, args)
@@ -239,8 +305,7 @@ def test_a_failing_point_fails_the_flow_after_reporting_the_others(thread_sweep,
     """batch_size 4096 is valid config but larger than the 640 training images: it fails when it runs."""
     from pretextflow.core.runs.sweep import SweepFailed
 
-    state = run_sweep(digits_workspace, ["pretext=rotation", "seed=0", "train.batch_size=128,4096"],
-                      return_state=True)
+    state = run_sweep(digits_workspace, ["pretext=rotation", "seed=0", "train.batch_size=128,4096"], return_state=True)
     assert state.is_failed()
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, SweepFailed) and "1 of 2 sweep points failed" in str(exc)

@@ -1,24 +1,26 @@
 """Frozen backbone -> feature arrays. Eval mode (BatchNorm uses its running statistics and does
 not update them), no autograd."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pretextflow.core.toolkit.augment import to_float
 from pretextflow.core.registry.contracts import Backbone
+from pretextflow.core.toolkit.augment import to_float
 
 
 @torch.inference_mode()
-def extract_features(backbone: Backbone, images: np.ndarray, batch_size: int = 1024,
-                     device: torch.device | str = "cpu") -> np.ndarray:
+def extract_features(
+    backbone: Backbone, images: np.ndarray, batch_size: int = 1024, device: torch.device | str = "cpu"
+) -> np.ndarray:
     backbone.eval()
     device = torch.device(device)
     backbone.to(device)
     out = np.empty((len(images), backbone.num_features), dtype=np.float32)
     for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
-        out[start:start + len(chunk)] = backbone(to_float(chunk)).float().cpu().numpy()
+        chunk = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
+        out[start : start + len(chunk)] = backbone(to_float(chunk)).float().cpu().numpy()
     return out
 
 
@@ -43,12 +45,15 @@ def _from_npy(data: bytes) -> np.ndarray:
     try:  # never unpickled: an object array in the store is refused, not executed
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:
-        raise StageInputError(f"stored features are not a plain numeric array ({exc}). Delete the features/ "
-                              f"folder of the artifact store; they are recomputed from the frozen backbone.") from None
+        raise StageInputError(
+            f"stored features are not a plain numeric array ({exc}). Delete the features/ "
+            f"folder of the artifact store; they are recomputed from the frozen backbone."
+        ) from None
 
 
-def cached_features(store, key: str, backbone_fn, splits: dict[str, np.ndarray], batch_size: int,
-                    logger=None) -> dict[str, np.ndarray]:
+def cached_features(
+    store, key: str, backbone_fn, splits: dict[str, np.ndarray], batch_size: int, logger=None
+) -> dict[str, np.ndarray]:
     """Features of every split, computed once per ``key`` (frozen backbone x dataset version) and
     kept in the store under ``features/<key>/<split>.npy``; later probes and the report reuse them.
     ``backbone_fn`` builds the backbone only when the features are not there yet."""

@@ -9,6 +9,7 @@ kNN: cosine similarity, the k nearest training points vote with weight exp(sim /
 Label efficiency: the same probes on class-stratified, nested subsets of the training labels
 (1%, 10%, 100% by default), each beside the same architecture trained supervised from scratch on
 the same subset (``core.supervised``) and the random-init and raw-pixel baselines."""
+
 from __future__ import annotations
 
 import logging
@@ -22,10 +23,10 @@ import torch.nn.functional as F
 from pretextflow.core.config import ProbeConfig, RunConfig
 from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.evaluation.features import cached_features, pixel_features
-from pretextflow.core.training.freeze import load_frozen_backbone
 from pretextflow.core.keys import source_digest, stage_key
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
+from pretextflow.core.training.freeze import load_frozen_backbone
 from pretextflow.core.training.model import build_backbone, configure_runtime
 
 STAGE = "probe"
@@ -38,8 +39,10 @@ def label_subsets(labels: np.ndarray, fractions: list[float], seed: int) -> dict
     permutation per class, so the 1% subset is inside the 10% subset, which is inside 100%."""
     rng = np.random.default_rng(seed)
     order = [idx[rng.permutation(len(idx))] for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
-    return {f: np.sort(np.concatenate([idx[: max(1, int(round(f * len(idx))))] for idx in order]))
-            for f in sorted(fractions)}
+    return {
+        f: np.sort(np.concatenate([idx[: max(1, int(round(f * len(idx))))] for idx in order]))
+        for f in sorted(fractions)
+    }
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +58,26 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return fit_idx, held_idx
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised multinomial logistic regression; ``init`` warm-starts from a nearby solution."""
     w0, b0 = init if init is not None else (torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes))
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -78,8 +94,16 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
     return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()) / len(y)  # exact fraction
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 num_classes: int, cfg: ProbeConfig, seed: int, keep_predictions: bool = False) -> dict[str, Any]:
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+    cfg: ProbeConfig,
+    seed: int,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xtr = torch.from_numpy((train_x - mean) / std).float()
     xte = torch.from_numpy((test_x - mean) / std).float()
@@ -93,8 +117,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     best = max(cfg.linear_weight_decays, key=lambda wd: (val_acc[wd], wd))  # ties: stronger regularisation
     w, b = fit_logistic(xtr, ytr, num_classes, best, cfg.linear_max_iter, solutions[best])
     logits = xte @ w + b
-    result = {"top1": topk_accuracy(logits, yte, 1), "weight_decay": best,
-              "val_top1": {str(k): v for k, v in val_acc.items()}}
+    result = {
+        "top1": topk_accuracy(logits, yte, 1),
+        "weight_decay": best,
+        "val_top1": {str(k): v for k, v in val_acc.items()},
+    }
     if num_classes > 5:
         result["top5"] = topk_accuracy(logits, yte, 5)
     if keep_predictions:
@@ -102,8 +129,15 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     return result
 
 
-def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, ks: list[int] | int,
-                 temperature: float, num_classes: int, chunk: int = 1024) -> dict[int, np.ndarray]:
+def knn_classify(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    ks: list[int] | int,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> dict[int, np.ndarray]:
     """Predictions for every k in ``ks`` from one similarity pass (top-k is sorted, so smaller k
     reuse the largest k's neighbours)."""
     ks = [ks] if isinstance(ks, int) else list(ks)
@@ -113,7 +147,7 @@ def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k
     kmax = min(max(ks), len(tr))
     preds: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, len(te), chunk):
-        top_sim, top_idx = (te[start:start + chunk] @ tr.t()).topk(kmax, dim=1)
+        top_sim, top_idx = (te[start : start + chunk] @ tr.t()).topk(kmax, dim=1)
         weights, labels = (top_sim / temperature).exp(), ytr[top_idx]
         for k in ks:
             kk = min(k, kmax)
@@ -124,18 +158,41 @@ def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k
 
 def knn_probe(train_x, train_y, test_x, test_y, num_classes: int, cfg: ProbeConfig) -> dict[str, Any]:
     preds = knn_classify(train_x, train_y, test_x, cfg.knn_k, cfg.knn_temperature, num_classes)
-    return {f"k{k}": {"top1": float((preds[k] == test_y).mean()), "k": min(k, len(train_x)),
-                      "temperature": cfg.knn_temperature} for k in cfg.knn_k}
+    return {
+        f"k{k}": {
+            "top1": float((preds[k] == test_y).mean()),
+            "k": min(k, len(train_x)),
+            "temperature": cfg.knn_temperature,
+        }
+        for k in cfg.knn_k
+    }
 
 
-def evaluate_features(name: str, train_x, train_y, test_x, test_y, num_classes: int, cfg: ProbeConfig,
-                      seed: int, logger, keep_predictions: bool = False) -> dict[str, Any]:
+def evaluate_features(
+    name: str,
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    num_classes: int,
+    cfg: ProbeConfig,
+    seed: int,
+    logger,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
     t = time.perf_counter()
     linear = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg, seed, keep_predictions)
     knn = knn_probe(train_x, train_y, test_x, test_y, num_classes, cfg)
     first_k = f"k{cfg.knn_k[0]}"
-    logger.info("probe %s: linear top-1 %.4f (wd %g), kNN(%s) top-1 %.4f [%.1fs]", name, linear["top1"],
-                linear["weight_decay"], first_k, knn[first_k]["top1"], time.perf_counter() - t)
+    logger.info(
+        "probe %s: linear top-1 %.4f (wd %g), kNN(%s) top-1 %.4f [%.1fs]",
+        name,
+        linear["top1"],
+        linear["weight_decay"],
+        first_k,
+        knn[first_k]["top1"],
+        time.perf_counter() - t,
+    )
     return {"linear": linear, "knn": knn, "num_features": int(train_x.shape[1])}
 
 
@@ -146,20 +203,31 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 class _Supervised:
     """Supervised-from-scratch and fine-tuning runs, each cached in the store under its own key
     (so an interrupted probe stage does not retrain the subsets it already finished)."""
 
-    def __init__(self, cfg: RunConfig, dataset: Dataset, store: ArtifactStore, registry: Registry, freeze_key: str,
-                 xtr, ytr, xte, yte, logger):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        dataset: Dataset,
+        store: ArtifactStore,
+        registry: Registry,
+        freeze_key: str,
+        xtr,
+        ytr,
+        xte,
+        yte,
+        logger,
+    ):
         self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
-        from pretextflow.core.toolkit import augment
         from pretextflow.core.evaluation import supervised
+        from pretextflow.core.toolkit import augment
         from pretextflow.core.training import loop as train
 
         self.code = source_digest(supervised, augment, train, registry.backbone(cfg.backbone.name).build)
@@ -169,28 +237,53 @@ class _Supervised:
 
         cfg = self.cfg
         finetune = kind == "finetune"
-        key = stage_key("supervised", {
-            "kind": kind, "data": self.dataset.fingerprint, "fraction": fraction, "subset_seed": subset_seed,
-            "backbone": cfg.backbone.model_dump(mode="json"), "backbone_version": self.backbone_version,
-            "recipe": cfg.probe.supervised.model_dump(mode="json"),
-            "init": self.freeze_key if finetune else None, "lr_scale": cfg.probe.finetune_lr_scale if finetune else 1.0,
-            "code": self.code,
-        })
+        key = stage_key(
+            "supervised",
+            {
+                "kind": kind,
+                "data": self.dataset.fingerprint,
+                "fraction": fraction,
+                "subset_seed": subset_seed,
+                "backbone": cfg.backbone.model_dump(mode="json"),
+                "backbone_version": self.backbone_version,
+                "recipe": cfg.probe.supervised.model_dump(mode="json"),
+                "init": self.freeze_key if finetune else None,
+                "lr_scale": cfg.probe.finetune_lr_scale if finetune else 1.0,
+                "code": self.code,
+            },
+        )
         if self.store.is_complete("supervised", key):
             return self.store.read_json("supervised", key, "metrics.json")
         init = load_frozen_backbone(self.store, self.freeze_key, self.registry).state_dict() if finetune else None
-        result = train_supervised(cfg, self.dataset.meta, self.registry, self.xtr[idx], self.ytr[idx], self.xte,
-                                  self.yte, seed=subset_seed, init_weights=init,
-                                  lr_scale=cfg.probe.finetune_lr_scale if finetune else 1.0, logger=self.logger,
-                                  tag=f"{kind} {fraction:g}")
+        result = train_supervised(
+            cfg,
+            self.dataset.meta,
+            self.registry,
+            self.xtr[idx],
+            self.ytr[idx],
+            self.xte,
+            self.yte,
+            seed=subset_seed,
+            init_weights=init,
+            lr_scale=cfg.probe.finetune_lr_scale if finetune else 1.0,
+            logger=self.logger,
+            tag=f"{kind} {fraction:g}",
+        )
         result["key"] = key
         self.store.write_json(result, "supervised", key, "metrics.json")
         self.store.mark_complete("supervised", key, {"kind": kind, "fraction": fraction})
         return result
 
 
-def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: str, key: str, registry: Registry,
-          logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+def probe(
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    freeze_key: str,
+    key: str,
+    registry: Registry,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+) -> dict[str, Any]:
     """Run every probe; writes ``probe/<key>/metrics.json`` and returns the metrics."""
     if store.is_complete(STAGE, key):
         logger.info("probe %s: complete artifact found", key)
@@ -201,8 +294,10 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
     if not tr_mask.any() or not te_mask.any():
         from pretextflow.core.errors import DataError
 
-        raise DataError(f"dataset {dataset.name!r} has no labelled {'train' if not tr_mask.any() else 'test'} "
-                        f"images; probing needs labels (pretraining does not).")
+        raise DataError(
+            f"dataset {dataset.name!r} has no labelled {'train' if not tr_mask.any() else 'test'} "
+            f"images; probing needs labels (pretraining does not)."
+        )
     xtr_img, ytr = dataset.train_images[tr_mask], np.asarray(dataset.train_labels[tr_mask])
     xte_img, yte = dataset.test_images[te_mask], np.asarray(dataset.test_labels[te_mask])
     k = dataset.num_classes
@@ -215,18 +310,37 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
 
     code = source_digest(features_module)
     feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}
-    feats = {"ssl": cached_features(store, feature_keys["ssl"], lambda: load_frozen_backbone(store, freeze_key, registry),
-                                    splits, pc.batch_size, logger)}
+    feats = {
+        "ssl": cached_features(
+            store,
+            feature_keys["ssl"],
+            lambda: load_frozen_backbone(store, freeze_key, registry),
+            splits,
+            pc.batch_size,
+            logger,
+        )
+    }
     timings["features_ssl"] = time.perf_counter() - t
     if "random_init" in pc.baselines:
-        feature_keys["random_init"] = stage_key("features", {
-            "random_init": cfg.backbone.model_dump(mode="json"), "seed": cfg.seed, "data": dataset.fingerprint,
-            "backbone_version": registry.describe("backbone", cfg.backbone.name).version, "code": code,
-            "backbone_code": source_digest(registry.backbone(cfg.backbone.name).build)})
+        feature_keys["random_init"] = stage_key(
+            "features",
+            {
+                "random_init": cfg.backbone.model_dump(mode="json"),
+                "seed": cfg.seed,
+                "data": dataset.fingerprint,
+                "backbone_version": registry.describe("backbone", cfg.backbone.name).version,
+                "code": code,
+                "backbone_code": source_digest(registry.backbone(cfg.backbone.name).build),
+            },
+        )
         feats["random_init"] = cached_features(
-            store, feature_keys["random_init"],
+            store,
+            feature_keys["random_init"],
             lambda: build_backbone(cfg, dataset.meta, registry, seed=cfg.seed).eval().requires_grad_(False),
-            splits, pc.batch_size, logger)
+            splits,
+            pc.batch_size,
+            logger,
+        )
     if "pixels" in pc.baselines:
         feats["pixels"] = {"train": pixel_features(xtr_img), "test": pixel_features(xte_img)}
     timings["features"] = time.perf_counter() - t  # all three feature sets
@@ -235,8 +349,9 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
     results = {}
     for name, f in feats.items():
         t = time.perf_counter()
-        results[name] = evaluate_features(name, f["train"], ytr, f["test"], yte, k, pc, cfg.seed, logger,
-                                          keep_predictions=name == "ssl")
+        results[name] = evaluate_features(
+            name, f["train"], ytr, f["test"], yte, k, pc, cfg.seed, logger, keep_predictions=name == "ssl"
+        )
         timings[name] = time.perf_counter() - t
     predictions = results["ssl"]["linear"].pop("predictions")
     cm = confusion_matrix(yte, predictions, k)
@@ -274,34 +389,62 @@ def probe(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, freeze_key: st
                 timings[kind] = timings.get(kind, 0.0) + time.perf_counter() - t_sup
                 acc.setdefault(f"{kind}_top1", []).append(runs[kind][-1]["top1"])
         row: dict[str, Any] = {"fraction": fraction, "num_labels": int(len(draws[0][fraction])), "seeds": len(seeds)}
-        for name in ("ssl_linear_top1", "supervised_top1", "random_init_linear_top1", "pixels_linear_top1",
-                     "finetune_top1"):
+        for name in (
+            "ssl_linear_top1",
+            "supervised_top1",
+            "random_init_linear_top1",
+            "pixels_linear_top1",
+            "finetune_top1",
+        ):
             mean, std = _mean_std(acc.get(name, []))
             if mean is not None or name != "finetune_top1":
                 row[name], row[name + "_std"] = mean, std
         row["ssl_knn_top1"], row["ssl_knn_top1_std"] = _mean_std(acc[f"ssl_knn_{first_k}"])
-        row["knn"] = {"k": pc.knn_k[0], "temperature": pc.knn_temperature,
-                      "top1_by_k": {str(kk): _mean_std(acc[f"ssl_knn_k{kk}"])[0] for kk in pc.knn_k}}
+        row["knn"] = {
+            "k": pc.knn_k[0],
+            "temperature": pc.knn_temperature,
+            "top1_by_k": {str(kk): _mean_std(acc[f"ssl_knn_k{kk}"])[0] for kk in pc.knn_k},
+        }
         for kind, rs in runs.items():
             if rs:
-                row[kind] = {"steps": rs[0]["steps"], "epochs": rs[0]["epochs"], "lr": rs[0]["lr"],
-                             "train_top1": _mean_std([r["train_top1"] for r in rs])[0],
-                             "seconds": float(sum(r["seconds"] for r in rs))}
+                row[kind] = {
+                    "steps": rs[0]["steps"],
+                    "epochs": rs[0]["epochs"],
+                    "lr": rs[0]["lr"],
+                    "train_top1": _mean_std([r["train_top1"] for r in rs])[0],
+                    "seconds": float(sum(r["seconds"] for r in rs)),
+                }
         efficiency.append(row)
-        logger.info("label efficiency %g (%d labels): SSL linear %.4f, supervised %s", fraction, row["num_labels"],
-                    row["ssl_linear_top1"], f"{row['supervised_top1']:.4f}" if row.get("supervised_top1") is not None
-                    else "-")
+        logger.info(
+            "label efficiency %g (%d labels): SSL linear %.4f, supervised %s",
+            fraction,
+            row["num_labels"],
+            row["ssl_linear_top1"],
+            f"{row['supervised_top1']:.4f}" if row.get("supervised_top1") is not None else "-",
+        )
     timings["label_efficiency"] = time.perf_counter() - t
 
     metrics = {
         "linear_top1": results["ssl"]["linear"]["top1"],
         "knn_top1": results["ssl"]["knn"][first_k]["top1"],
-        "baselines": {name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"][first_k]["top1"]}
-                      for name, r in results.items() if name != "ssl"},
-        "knn": {"k": pc.knn_k[0], "temperature": pc.knn_temperature, "similarity": "cosine",
-                "weighting": "exp(sim/T)", "features": "L2-normalised"},
-        "linear": {"standardised": True, "solver": "L-BFGS", "weight_decay_grid": pc.linear_weight_decays,
-                   "chosen_on": f"{pc.val_fraction:.0%} of the training labels"},
+        "baselines": {
+            name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"][first_k]["top1"]}
+            for name, r in results.items()
+            if name != "ssl"
+        },
+        "knn": {
+            "k": pc.knn_k[0],
+            "temperature": pc.knn_temperature,
+            "similarity": "cosine",
+            "weighting": "exp(sim/T)",
+            "features": "L2-normalised",
+        },
+        "linear": {
+            "standardised": True,
+            "solver": "L-BFGS",
+            "weight_decay_grid": pc.linear_weight_decays,
+            "chosen_on": f"{pc.val_fraction:.0%} of the training labels",
+        },
         "label_efficiency": efficiency,
         "supervised_recipe": pc.supervised.model_dump(mode="json") if "supervised" in pc.baselines else None,
         "confusion_matrix": cm.tolist(),

@@ -5,6 +5,7 @@ augmentation (random resized crop + flip), AdamW with warm-up and cosine decay, 
 and enough updates to converge on small subsets (``min_steps``). Its budget is recorded with the
 result, together with the final training accuracy as evidence that it converged. Fine-tuning is
 the same recipe started from the frozen SSL weights with a smaller learning rate."""
+
 from __future__ import annotations
 
 import logging
@@ -16,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.config import RunConfig, SupervisedConfig
 from pretextflow.core.evaluation.features import extract_features
 from pretextflow.core.registry.registry import Registry
-from pretextflow.core.training.model import build_backbone
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
 from pretextflow.core.toolkit.schedules import lr_at
+from pretextflow.core.training.model import build_backbone
 
 log = logging.getLogger("pretextflow.supervised")
 
@@ -33,10 +34,20 @@ def schedule(n: int, sc: SupervisedConfig) -> tuple[int, int, int]:
     return batch, per_epoch, max(sc.min_steps, sc.epochs * per_epoch)
 
 
-def train_supervised(cfg: RunConfig, meta: dict, registry: Registry, images: np.ndarray, labels: np.ndarray,
-                     test_images: np.ndarray, test_labels: np.ndarray, seed: int,
-                     init_weights: dict[str, torch.Tensor] | None = None, lr_scale: float = 1.0,
-                     logger: logging.Logger | logging.LoggerAdapter = log, tag: str = "supervised") -> dict[str, Any]:
+def train_supervised(
+    cfg: RunConfig,
+    meta: dict,
+    registry: Registry,
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    lr_scale: float = 1.0,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    tag: str = "supervised",
+) -> dict[str, Any]:
     """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
     Deterministic for a seed on the CPU (model init, data order and augmentation are seeded)."""
     sc = cfg.probe.supervised
@@ -51,8 +62,9 @@ def train_supervised(cfg: RunConfig, meta: dict, registry: Registry, images: np.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # no weight decay on norms and biases
     lr = sc.lr * lr_scale
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": sc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": sc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
     x = torch.from_numpy(np.array(images))
     y = torch.from_numpy(np.array(labels)).long()
     n = len(x)
@@ -70,7 +82,7 @@ def train_supervised(cfg: RunConfig, meta: dict, registry: Registry, images: np.
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, lr)
-            idx = perm[i * batch:(i + 1) * batch]
+            idx = perm[i * batch : (i + 1) * batch]
             if len(idx) < batch:  # wrap around: every step sees a full batch
                 idx = torch.cat([idx, perm[: batch - len(idx)]])
             logits = model(aug.view(x[idx], spec))
@@ -83,6 +95,7 @@ def train_supervised(cfg: RunConfig, meta: dict, registry: Registry, images: np.
 
     model.eval()
     with torch.inference_mode():
+
         def predict(imgs: np.ndarray) -> np.ndarray:
             feats = torch.from_numpy(extract_features(backbone, imgs, 1024))
             return head(feats).argmax(1).numpy()
@@ -90,8 +103,24 @@ def train_supervised(cfg: RunConfig, meta: dict, registry: Registry, images: np.
         train_top1 = float((predict(images) == np.asarray(labels)).mean())
         test_top1 = float((predict(test_images) == np.asarray(test_labels)).mean())
     seconds = time.perf_counter() - t0
-    logger.info("%s: %d labels, %d steps (%.1f epochs), train top-1 %.4f, test top-1 %.4f [%.1fs]", tag, n, total,
-                total / per_epoch, train_top1, test_top1, seconds)
-    return {"top1": test_top1, "train_top1": train_top1, "num_labels": int(n), "steps": int(total),
-            "epochs": total / per_epoch, "batch_size": int(batch), "lr": lr,
-            "final_train_loss": float(np.mean(losses[-max(1, per_epoch):])), "seconds": seconds}
+    logger.info(
+        "%s: %d labels, %d steps (%.1f epochs), train top-1 %.4f, test top-1 %.4f [%.1fs]",
+        tag,
+        n,
+        total,
+        total / per_epoch,
+        train_top1,
+        test_top1,
+        seconds,
+    )
+    return {
+        "top1": test_top1,
+        "train_top1": train_top1,
+        "num_labels": int(n),
+        "steps": int(total),
+        "epochs": total / per_epoch,
+        "batch_size": int(batch),
+        "lr": lr,
+        "final_train_loss": float(np.mean(losses[-max(1, per_epoch) :])),
+        "seconds": seconds,
+    }

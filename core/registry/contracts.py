@@ -3,10 +3,12 @@
 Third-party plugins import these names (re-exported by ``pretextflow.api``); the built-ins use
 exactly the same classes. Keep this module small and stable.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -61,8 +63,15 @@ class Backbone(nn.Module):
     patch tokens, and ``pretextflow_flexible_input = False`` when it only accepts its built size.
     """
 
-    def __init__(self, net: nn.Module, num_features: int, mean: list[float], std: list[float],
-                 image_size: int, provides_tokens: bool = False):
+    def __init__(
+        self,
+        net: nn.Module,
+        num_features: int,
+        mean: list[float],
+        std: list[float],
+        image_size: int,
+        provides_tokens: bool = False,
+    ):
         super().__init__()
         self.net = net
         self.num_features = int(num_features)
@@ -132,12 +141,12 @@ class PretextTask(nn.Module):
     class Params(Params):
         pass
 
-    def __init__(self, backbone: Backbone, params: "PretextTask.Params"):
+    def __init__(self, backbone: Backbone, params: PretextTask.Params):
         super().__init__()
         self.backbone = backbone
         self.params = params
 
-    def forward(self, images: torch.Tensor, aug: "Augmenter") -> StepOutput:  # pragma: no cover
+    def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:  # pragma: no cover
         """``images``: a uint8 batch ``(N, C, H, W)`` already on the training device."""
         raise NotImplementedError
 
@@ -169,6 +178,7 @@ class DatasetFormat:
     class Options(Params):
         pass
 
-    def read(self, source: str, options: "DatasetFormat.Options",
-             storage_options: dict[str, Any]) -> DatasetArrays:  # pragma: no cover
+    def read(
+        self, source: str, options: DatasetFormat.Options, storage_options: dict[str, Any]
+    ) -> DatasetArrays:  # pragma: no cover
         raise NotImplementedError

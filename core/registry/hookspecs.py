@@ -4,6 +4,7 @@ names match these; the built-ins in ``pretextflow.plugins`` use exactly the same
 Each hook returns a list of contract objects (the style of conda's plugin hooks): returning is
 easier to validate and to report on than a register callback.
 """
+
 from __future__ import annotations
 
 import pluggy

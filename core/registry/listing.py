@@ -15,6 +15,7 @@ A listing with skipped (broken) plugins is never cached: it is recomputed until 
 lives in ``$PRETEXTFLOW_CACHE_DIR`` (default ``$XDG_CACHE_HOME/pretextflow`` or
 ``~/.cache/pretextflow``); a missing or unwritable cache only costs the slow path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pretextflow"
 
 
-def _tree_stats(root: Path, h: "hashlib._Hash") -> None:
+def _tree_stats(root: Path, h: hashlib._Hash) -> None:
     count = 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
@@ -51,13 +52,13 @@ def _tree_stats(root: Path, h: "hashlib._Hash") -> None:
                 return
 
 
-def _dist_fingerprint(dist: metadata.Distribution, h: "hashlib._Hash") -> None:
+def _dist_fingerprint(dist: metadata.Distribution, h: hashlib._Hash) -> None:
     h.update(f"{dist.metadata['Name']}=={dist.version}\n".encode())
     direct = dist.read_text("direct_url.json")
     if direct:
         info = json.loads(direct)
         if info.get("dir_info", {}).get("editable") and info.get("url", "").startswith("file://"):
-            _tree_stats(Path(info["url"][len("file://"):]), h)
+            _tree_stats(Path(info["url"][len("file://") :]), h)
             return
     h.update((dist.read_text("RECORD") or "").encode())
 

@@ -4,6 +4,7 @@ So a misspelt plugin name is refused in a second, not after an ingest and a DVC 
 
 Plugin names are only ever looked up in the registry (built-ins + installed entry points): a
 value such as ``os:system`` or ``package.module.Class`` is an unknown name, never an import."""
+
 from __future__ import annotations
 
 from pretextflow.core.config import RunConfig, validate_plugin_params
@@ -23,6 +24,7 @@ def check_plugins(cfg: RunConfig, registry: Registry | None = None) -> None:
         validate_plugin_params(fmt.Options, d.options, "data.options")
     registry.backbone(cfg.backbone.name)
     resolved_pretext_params(cfg, registry)  # the task exists and its params are valid
+
 
 def resolved_pretext_params(cfg: RunConfig, registry: Registry) -> dict:
     """The task's params with defaults filled in: what the key and the manifest record."""

@@ -8,21 +8,23 @@ Environment:
   PRETEXTFLOW_LOAD_PLUGINS   comma-separated entry-point names to load (allowlist; empty = none)
   PRETEXTFLOW_BLOCK_PLUGINS  comma-separated entry-point names never to load
 """
+
 from __future__ import annotations
 
 import importlib
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel
 
+from pretextflow.core.errors import PluginError
 from pretextflow.core.registry import hookspecs
 from pretextflow.core.registry.contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask
-from pretextflow.core.errors import PluginError
 
 ENTRY_POINT_GROUP = "pretextflow"
 ENV_LOAD = "PRETEXTFLOW_LOAD_PLUGINS"
@@ -96,20 +98,25 @@ class Registry:
     def describe(self, kind: str, name: str) -> PluginInfo:
         """The listing entry (package, version) that provides ``name``."""
         for item in self.info:
-            if item.kind == kind and (item.name == name or (
-                    item.name.endswith("/*") and name.startswith(item.name[:-1]))):
+            if item.kind == kind and (
+                item.name == name or (item.name.endswith("/*") and name.startswith(item.name[:-1]))
+            ):
                 return item
         raise PluginError(f"no {kind} plugin named {name!r}")
 
     def as_rows(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in asdict(i).items() if k in ("name", "kind", "family", "package", "version")}
-                for i in self.info]
+        return [
+            {k: v for k, v in asdict(i).items() if k in ("name", "kind", "family", "package", "version")}
+            for i in self.info
+        ]
 
 
 def _unknown(kind: str, name: str, known: dict) -> str:
     names = ", ".join(sorted(known)) or "(none installed)"
-    return (f"unknown {kind} {name!r}. Installed: {names}. "
-            f"Run `pretextflow plugins` to list plugins, or install the package that provides it.")
+    return (
+        f"unknown {kind} {name!r}. Installed: {names}. "
+        f"Run `pretextflow plugins` to list plugins, or install the package that provides it."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +138,7 @@ def _env_names(var: str) -> set[str] | None:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
-def build_registry(extra_plugins: list[tuple[str, object]] | None = None,
-                   load_entry_points: bool = True) -> Registry:
+def build_registry(extra_plugins: list[tuple[str, object]] | None = None, load_entry_points: bool = True) -> Registry:
     """Register built-ins, then entry points (and ``extra_plugins``, for tests), then collect."""
     from pretextflow import __version__
 
@@ -174,8 +180,7 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None,
     return registry
 
 
-def _hook_results(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
-                  origin: dict[str, tuple[str, str]]):
+def _hook_results(pm: pluggy.PluginManager, hook_name: str, registry: Registry, origin: dict[str, tuple[str, str]]):
     """Call one hook plugin by plugin, so an exception in one is isolated to it."""
     hook = getattr(pm.hook, hook_name)
     # get_hookimpls() is in registration order: built-ins first, so they own their names
@@ -187,8 +192,11 @@ def _hook_results(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
             registry.skipped.append(SkippedPlugin(impl.plugin_name, package, f"{hook_name}() raised {exc!r}"))
             continue
         if not isinstance(result, (list, tuple)):
-            registry.skipped.append(SkippedPlugin(
-                impl.plugin_name, package, f"{hook_name}() must return a list, got {type(result).__name__}"))
+            registry.skipped.append(
+                SkippedPlugin(
+                    impl.plugin_name, package, f"{hook_name}() must return a list, got {type(result).__name__}"
+                )
+            )
             continue
         yield impl.plugin_name, package, version, result
 
@@ -210,15 +218,26 @@ def _collect(pm, registry: Registry, origin) -> None:
                 name = name_of(obj)
                 if name in table:
                     owner = next(i for i in registry.info if i.kind == kind and i.name == name)
-                    registry.skipped.append(SkippedPlugin(
-                        plugin_name, package,
-                        f"{kind} name {name!r} is already provided by {owner.package} ({owner.plugin})"))
+                    registry.skipped.append(
+                        SkippedPlugin(
+                            plugin_name,
+                            package,
+                            f"{kind} name {name!r} is already provided by {owner.package} ({owner.plugin})",
+                        )
+                    )
                     continue
                 table[name] = obj
-                registry.info.append(PluginInfo(
-                    name=name, kind=kind, family=getattr(obj, "family", None) if kind == "pretext" else None,
-                    package=package, version=version,
-                    description=(getattr(obj, "description", "") or "").strip(), plugin=plugin_name))
+                registry.info.append(
+                    PluginInfo(
+                        name=name,
+                        kind=kind,
+                        family=getattr(obj, "family", None) if kind == "pretext" else None,
+                        package=package,
+                        version=version,
+                        description=(getattr(obj, "description", "") or "").strip(),
+                        plugin=plugin_name,
+                    )
+                )
 
 
 def _check_pretext(obj: Any) -> str | None:

@@ -4,14 +4,17 @@ A rerun needs only the manifest: it holds the data version (the content of ``dat
 remote that has the data, the validated config with every default filled in, and the seed. The
 data is restored into a fresh workspace with ``dvc pull`` (no git checkout of the original
 workspace is needed), the pipeline runs with the recorded config, and every metric is compared."""
+
 from __future__ import annotations
+
 import json
 import logging
 from typing import Any
+
 import fsspec
+
 from pretextflow.core.errors import PretextflowError, StageInputError
 from pretextflow.core.store import ArtifactStore
-
 
 log = logging.getLogger("pretextflow.runs")
 
@@ -19,8 +22,14 @@ log = logging.getLogger("pretextflow.runs")
 RUNS = "runs"
 
 
-METRIC_KEYS = ("ssl_linear_top1", "ssl_knn_top1", "supervised_top1", "random_init_linear_top1",
-               "pixels_linear_top1", "finetune_top1")
+METRIC_KEYS = (
+    "ssl_linear_top1",
+    "ssl_knn_top1",
+    "supervised_top1",
+    "random_init_linear_top1",
+    "pixels_linear_top1",
+    "finetune_top1",
+)
 
 
 class RegressionError(PretextflowError):
@@ -39,13 +48,17 @@ def load_manifest(ref: str, storage_options: dict[str, Any] | None = None) -> di
     uri = ref if ref.endswith(".json") else ref.rstrip("/") + "/manifest.json"
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if not fs.exists(path):
-        raise StageInputError(f"no manifest at {uri}. Pass a run folder (artifacts/runs/<run id>) or its "
-                              f"manifest.json; `pretextflow runs` lists the runs of a store.")
+        raise StageInputError(
+            f"no manifest at {uri}. Pass a run folder (artifacts/runs/<run id>) or its "
+            f"manifest.json; `pretextflow runs` lists the runs of a store."
+        )
     try:
         manifest = json.loads(fs.cat_file(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StageInputError(f"{uri} is not valid JSON ({exc}); it is not a pretextflow manifest. Pass the "
-                              f"manifest.json of a run (`pretextflow runs` lists them).") from None
+        raise StageInputError(
+            f"{uri} is not valid JSON ({exc}); it is not a pretextflow manifest. Pass the "
+            f"manifest.json of a run (`pretextflow runs` lists them)."
+        ) from None
     return check_manifest(manifest, uri)
 
 
@@ -60,16 +73,22 @@ _REQUIRED = ("run_id", "config", "metrics", "data_version", "data_dvc", "dataset
 def check_manifest(manifest: Any, uri: str) -> dict[str, Any]:
     """Refuse what this version cannot rerun: another program's JSON, or a newer schema."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("schema_version"), int):
-        raise StageInputError(f"{uri} is not a pretextflow manifest (no schema_version). Pass the manifest.json "
-                              f"of a run (`pretextflow runs` lists them).")
+        raise StageInputError(
+            f"{uri} is not a pretextflow manifest (no schema_version). Pass the manifest.json "
+            f"of a run (`pretextflow runs` lists them)."
+        )
     if manifest["schema_version"] > MANIFEST_SCHEMA:
-        raise StageInputError(f"{uri} was written by a newer pretextflow (manifest schema "
-                              f"{manifest['schema_version']}; this version reads up to {MANIFEST_SCHEMA}). "
-                              f"Upgrade pretextflow (pip install -U pretextflow) to rerun it.")
+        raise StageInputError(
+            f"{uri} was written by a newer pretextflow (manifest schema "
+            f"{manifest['schema_version']}; this version reads up to {MANIFEST_SCHEMA}). "
+            f"Upgrade pretextflow (pip install -U pretextflow) to rerun it."
+        )
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
-        raise StageInputError(f"{uri} is incomplete: it lacks {', '.join(missing)}. Pass the manifest.json of a "
-                              f"complete run (`pretextflow runs` lists them).")
+        raise StageInputError(
+            f"{uri} is incomplete: it lacks {', '.join(missing)}. Pass the manifest.json of a "
+            f"complete run (`pretextflow runs` lists them)."
+        )
     return manifest
 
 
@@ -85,13 +104,28 @@ def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
             log.warning("skipping run %s: %s", run_id, exc)
             continue
         eff = [r for r in m["metrics"].get("label_efficiency", []) if r["fraction"] < 1]
-        out.append({"run_id": m["run_id"], "created_at": m["created_at"], "name": m["name"],
-                    "data_version": m["data_version"], "pretext": m["config"]["pretext"]["name"],
-                    "backbone": m["config"]["backbone"]["name"], "linear_top1": m["metrics"]["linear_top1"],
-                    "knn_top1": m["metrics"]["knn_top1"],
-                    "low_label": ({"fraction": eff[0]["fraction"], "ssl_linear_top1": eff[0]["ssl_linear_top1"],
-                                   "supervised_top1": eff[0].get("supervised_top1")} if eff else None),
-                    "uri": store.uri_of(RUNS, run_id)})
+        out.append(
+            {
+                "run_id": m["run_id"],
+                "created_at": m["created_at"],
+                "name": m["name"],
+                "data_version": m["data_version"],
+                "pretext": m["config"]["pretext"]["name"],
+                "backbone": m["config"]["backbone"]["name"],
+                "linear_top1": m["metrics"]["linear_top1"],
+                "knn_top1": m["metrics"]["knn_top1"],
+                "low_label": (
+                    {
+                        "fraction": eff[0]["fraction"],
+                        "ssl_linear_top1": eff[0]["ssl_linear_top1"],
+                        "supervised_top1": eff[0].get("supervised_top1"),
+                    }
+                    if eff
+                    else None
+                ),
+                "uri": store.uri_of(RUNS, run_id),
+            }
+        )
     return sorted(out, key=lambda r: (r["created_at"], r["run_id"]))
 
 
@@ -122,8 +156,9 @@ def compare_metrics(before: dict[str, Any], after: dict[str, Any], tolerance: fl
     for name in list(a) + [n for n in b if n not in a]:
         x, y = a.get(name), b.get(name)
         diff = None if x is None or y is None else y - x
-        rows.append({"metric": name, "before": x, "after": y, "diff": diff,
-                     "ok": diff is not None and abs(diff) <= tolerance})
+        rows.append(
+            {"metric": name, "before": x, "after": y, "diff": diff, "ok": diff is not None and abs(diff) <= tolerance}
+        )
     return rows
 
 
@@ -136,8 +171,10 @@ def environment_differences(before: dict[str, Any], after: dict[str, Any]) -> li
             out.append(f"package {pkg}: {x} -> {y}")
     cb, ca = before.get("code_version", {}), after.get("code_version", {})
     if (cb.get("pretextflow"), cb.get("commit")) != (ca.get("pretextflow"), ca.get("commit")):
-        out.append(f"code: pretextflow {cb.get('pretextflow')} @ {cb.get('commit')} -> "
-                   f"{ca.get('pretextflow')} @ {ca.get('commit')}")
+        out.append(
+            f"code: pretextflow {cb.get('pretextflow')} @ {cb.get('commit')} -> "
+            f"{ca.get('pretextflow')} @ {ca.get('commit')}"
+        )
     if before.get("device") != after.get("device"):
         out.append(f"device: {before.get('device')} -> {after.get('device')}")
     return out
@@ -149,9 +186,11 @@ def check_regression(manifest: dict[str, Any], previous: dict[str, Any] | None, 
         return None
     drop = previous["metrics"]["linear_top1"] - manifest["metrics"]["linear_top1"]
     if drop > threshold:
-        return (f"linear-probe top-1 fell from {previous['metrics']['linear_top1']:.4f} (run {previous['run_id']}, "
-                f"data {previous['data_version']}) to {manifest['metrics']['linear_top1']:.4f} (data "
-                f"{manifest['data_version']}): a drop of {drop * 100:.2f} points, more than the allowed "
-                f"report.regression_threshold={threshold * 100:g} points. The report is written; inspect it, then "
-                f"fix the data or raise the threshold.")
+        return (
+            f"linear-probe top-1 fell from {previous['metrics']['linear_top1']:.4f} (run {previous['run_id']}, "
+            f"data {previous['data_version']}) to {manifest['metrics']['linear_top1']:.4f} (data "
+            f"{manifest['data_version']}): a drop of {drop * 100:.2f} points, more than the allowed "
+            f"report.regression_threshold={threshold * 100:g} points. The report is written; inspect it, then "
+            f"fix the data or raise the threshold."
+        )
     return None

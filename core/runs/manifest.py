@@ -1,4 +1,5 @@
 """The manifest: what a run used and produced, enough to rerun it and get the same numbers."""
+
 from __future__ import annotations
 
 import re
@@ -8,19 +9,31 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pretextflow.core.security import credentials
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset
+from pretextflow.core.data.versioning import git_commit
+from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.runs.history import MANIFEST_SCHEMA
-from pretextflow.core.store import ArtifactStore
-from pretextflow.core.registry.preflight import resolved_pretext_params
-from pretextflow.core.data.versioning import git_commit
+from pretextflow.core.security import credentials
 from pretextflow.core.security.redaction import redact
+from pretextflow.core.store import ArtifactStore
 
 SCHEMA_VERSION = MANIFEST_SCHEMA  # one number: written here, checked by core.runs when a manifest is read
-PACKAGES = ("torch", "torchvision", "timm", "numpy", "prefect", "dvc", "pluggy", "fsspec", "pydantic",
-            "safetensors", "scikit-learn", "matplotlib")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "prefect",
+    "dvc",
+    "pluggy",
+    "fsspec",
+    "pydantic",
+    "safetensors",
+    "scikit-learn",
+    "matplotlib",
+)
 
 
 def new_run_id(name: str, probe_key: str) -> str:
@@ -46,9 +59,21 @@ def code_version() -> dict[str, Any]:
     return {"pretextflow": pretextflow.__version__, **git_commit(Path(pretextflow.__file__).resolve().parent)}
 
 
-def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: Dataset, data_version: str,
-                   data_dvc: dict, keys: dict[str, str], store: ArtifactStore, metrics: dict, history: dict,
-                   stage_times: dict[str, dict[str, Any]], dvc_remote: str | None = None) -> dict[str, Any]:
+def build_manifest(
+    *,
+    run_id: str,
+    cfg: RunConfig,
+    registry: Registry,
+    dataset: Dataset,
+    data_version: str,
+    data_dvc: dict,
+    keys: dict[str, str],
+    store: ArtifactStore,
+    metrics: dict,
+    history: dict,
+    stage_times: dict[str, dict[str, Any]],
+    dvc_remote: str | None = None,
+) -> dict[str, Any]:
     config = cfg.model_dump(mode="json")
     config["pretext"]["params"] = resolved_pretext_params(cfg, registry)
     # never a secret: references the user wrote (${env:NAME}) stay, so a rerun can resolve them again
@@ -57,8 +82,11 @@ def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: 
     if config["data"].get("source"):
         config["data"]["source"] = redact(credentials.for_record(cfg.data.source))
     plugins = {}
-    for kind, name in (("pretext", cfg.pretext.name), ("backbone", cfg.backbone.name),
-                       ("dataset", dataset.meta["format"])):
+    for kind, name in (
+        ("pretext", cfg.pretext.name),
+        ("backbone", cfg.backbone.name),
+        ("dataset", dataset.meta["format"]),
+    ):
         info = registry.describe(kind, name)
         plugins[kind] = {"name": name, "package": info.package, "version": info.version}
     third_party = sorted({p["package"] for p in plugins.values() if p["package"] != "pretextflow"})
@@ -71,21 +99,32 @@ def build_manifest(*, run_id: str, cfg: RunConfig, registry: Registry, dataset: 
         "data_version": data_version,
         "data_dvc": data_dvc,
         "dvc_remote": dvc_remote,  # credentials redacted; what `pretextflow rerun` pulls the data from
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "counts": dataset.meta["counts"],
-                    "image_shape": dataset.meta["image_shape"], "format": dataset.meta["format"]},
+        "dataset": {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "counts": dataset.meta["counts"],
+            "image_shape": dataset.meta["image_shape"],
+            "format": dataset.meta["format"],
+        },
         "config": config,
         "code_version": code_version(),
         "packages": package_versions(third_party),
         "plugins": plugins,
         "device": history.get("device"),
         "threads": history.get("threads"),
-        "artifacts": {stage: {"key": key, "uri": redact(credentials.for_record(store.uri_of(stage, key)))} for stage, key in keys.items()},
+        "artifacts": {
+            stage: {"key": key, "uri": redact(credentials.for_record(store.uri_of(stage, key)))}
+            for stage, key in keys.items()
+        },
         "stages": stage_times,
-        "pretrain": {"epochs": len(history.get("epoch_loss", [])), "final_loss": (history.get("epoch_loss") or [None])[-1],
-                     "images_per_second": history.get("images_per_second"),
-                     "seconds": sum(history.get("epoch_seconds", [])),
-                     # train.on_nonfinite: rollback: each time the loss went non-finite and training went back
-                     "rollbacks": history.get("rollbacks", [])},
+        "pretrain": {
+            "epochs": len(history.get("epoch_loss", [])),
+            "final_loss": (history.get("epoch_loss") or [None])[-1],
+            "images_per_second": history.get("images_per_second"),
+            "seconds": sum(history.get("epoch_seconds", [])),
+            # train.on_nonfinite: rollback: each time the loss went non-finite and training went back
+            "rollbacks": history.get("rollbacks", []),
+        },
         "metrics": {k: v for k, v in metrics.items() if k not in ("detail",)},
         "metrics_detail": metrics.get("detail", {}),
     }

@@ -1,5 +1,6 @@
 """The run report: Markdown and self-contained HTML (figures embedded), plus manifest.json, all
 written through the artifact store (any fsspec URI)."""
+
 from __future__ import annotations
 
 import base64
@@ -9,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from pretextflow.core.store import ArtifactStore
 from pretextflow.core.security.redaction import redact
+from pretextflow.core.store import ArtifactStore
 
 RUNS = "runs"
 
@@ -27,32 +28,41 @@ def label_efficiency_sentence(m: dict[str, Any]) -> str | None:
         return None
     r = rows[0]
     d = (r["ssl_linear_top1"] - r["supervised_top1"]) * 100
-    return (f"With {_pct(r['fraction'])} of the labels ({r['num_labels']} images), SSL features reach "
-            f"{r['ssl_linear_top1']:.1%} linear-probe top-1, {abs(d):.1f} points {'above' if d >= 0 else 'below'} "
-            f"supervised training from scratch on the same labels ({r['supervised_top1']:.1%}).")
+    return (
+        f"With {_pct(r['fraction'])} of the labels ({r['num_labels']} images), SSL features reach "
+        f"{r['ssl_linear_top1']:.1%} linear-probe top-1, {abs(d):.1f} points {'above' if d >= 0 else 'below'} "
+        f"supervised training from scratch on the same labels ({r['supervised_top1']:.1%})."
+    )
 
 
 def headline(manifest: dict[str, Any]) -> str:
     m = manifest["metrics"]
     ds = manifest["dataset"]["name"]
     method, backbone = manifest["config"]["pretext"]["name"], manifest["config"]["backbone"]["name"]
-    text = (f"With all {m['num_train']} labels, features learned without labels ({method} on {backbone}) reach "
-            f"{m['linear_top1']:.1%} linear-probe top-1 on the {ds} test split")
+    text = (
+        f"With all {m['num_train']} labels, features learned without labels ({method} on {backbone}) reach "
+        f"{m['linear_top1']:.1%} linear-probe top-1 on the {ds} test split"
+    )
     base = m.get("baselines", {})
     parts = []
     if "random_init" in base:
         d = (m["linear_top1"] - base["random_init"]["linear_top1"]) * 100
-        parts.append(f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} the same backbone at random "
-                     f"initialisation ({base['random_init']['linear_top1']:.1%})")
+        parts.append(
+            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} the same backbone at random "
+            f"initialisation ({base['random_init']['linear_top1']:.1%})"
+        )
     if "pixels" in base:
         d = (m["linear_top1"] - base["pixels"]["linear_top1"]) * 100
-        parts.append(f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} raw pixels "
-                     f"({base['pixels']['linear_top1']:.1%})")
+        parts.append(
+            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} raw pixels ({base['pixels']['linear_top1']:.1%})"
+        )
     full = [r for r in m.get("label_efficiency", []) if r["fraction"] >= 1 and r.get("supervised_top1") is not None]
     if full:
         d = (m["linear_top1"] - full[0]["supervised_top1"]) * 100
-        parts.append(f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} supervised training from scratch "
-                     f"({full[0]['supervised_top1']:.1%})")
+        parts.append(
+            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} supervised training from scratch "
+            f"({full[0]['supervised_top1']:.1%})"
+        )
     text += (", " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "") + "."
     first = label_efficiency_sentence(m)
     return f"{first} {text}" if first else text
@@ -129,16 +139,29 @@ def label_efficiency_figure(metrics: dict[str, Any]) -> bytes:
     rows = metrics["label_efficiency"]
     x = [r["fraction"] * 100 for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    series = [("ssl_linear_top1", "SSL linear probe", "#247", "o-"), ("ssl_knn_top1", f"SSL kNN (k={metrics['knn']['k']})", "#58a", "o--"),
-              ("finetune_top1", "SSL fine-tuned", "#2a6", "D-"), ("supervised_top1", "supervised from scratch", "#c52", "s-"),
-              ("random_init_linear_top1", "random init, linear", "#999", "^:"), ("pixels_linear_top1", "raw pixels, linear", "#b8a", "v:")]
+    series = [
+        ("ssl_linear_top1", "SSL linear probe", "#247", "o-"),
+        ("ssl_knn_top1", f"SSL kNN (k={metrics['knn']['k']})", "#58a", "o--"),
+        ("finetune_top1", "SSL fine-tuned", "#2a6", "D-"),
+        ("supervised_top1", "supervised from scratch", "#c52", "s-"),
+        ("random_init_linear_top1", "random init, linear", "#999", "^:"),
+        ("pixels_linear_top1", "raw pixels, linear", "#b8a", "v:"),
+    ]
     for key, label, color, style in series:
         ys = [r.get(key) for r in rows]
         if any(y is None for y in ys):
             continue
         err = [(r.get(key + "_std") or 0) * 100 for r in rows]
-        ax.errorbar(x, [y * 100 for y in ys], yerr=err if any(err) else None, fmt=style, color=color, label=label,
-                    capsize=3, ms=5)
+        ax.errorbar(
+            x,
+            [y * 100 for y in ys],
+            yerr=err if any(err) else None,
+            fmt=style,
+            color=color,
+            label=label,
+            capsize=3,
+            ms=5,
+        )
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{v:g}%" for v in x])
     ax.set_xlabel("labelled fraction of the training set")
@@ -162,8 +185,15 @@ def confusion_figure(metrics: dict[str, Any]) -> bytes:
     if len(names) <= 20:
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, f"{norm[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "#223")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j] * 100:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "#223",
+                )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -182,8 +212,13 @@ def _as_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
     return np.transpose(img[:3], (1, 2, 0)), None
 
 
-def retrieval_figure(queries: np.ndarray, query_labels: np.ndarray, neighbours: np.ndarray,
-                     neighbour_labels: np.ndarray, class_names: list[str]) -> bytes:
+def retrieval_figure(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    neighbours: np.ndarray,
+    neighbour_labels: np.ndarray,
+    class_names: list[str],
+) -> bytes:
     """One row per query test image: the query, then its nearest training images in feature space
     (green frame: same class, red: another class)."""
     plt = _plt()
@@ -227,8 +262,15 @@ def projection_figure(points: np.ndarray, labels: np.ndarray, class_names: list[
     return data
 
 
-def feature_figures(store: ArtifactStore, metrics: dict[str, Any], dataset, seed: int,
-                    queries_per_class: int = 1, neighbours: int = 8, projection_points: int = 1500) -> dict[str, bytes]:
+def feature_figures(
+    store: ArtifactStore,
+    metrics: dict[str, Any],
+    dataset,
+    seed: int,
+    queries_per_class: int = 1,
+    neighbours: int = 8,
+    projection_points: int = 1500,
+) -> dict[str, bytes]:
     """The figures that need the cached features and the images: retrieval grid and 2-D projection."""
     from pretextflow.core.evaluation.features import load_cached_features
 
@@ -250,8 +292,15 @@ def feature_figures(store: ArtifactStore, metrics: dict[str, Any], dataset, seed
     b = ftr / (np.linalg.norm(ftr, axis=1, keepdims=True) + 1e-12)
     nn = np.argsort(-(a @ b.T), axis=1, kind="stable")[:, :neighbours]
     train_imgs, test_imgs = dataset.train_images[tr_mask], dataset.test_images[te_mask]
-    figs = {"retrieval.png": retrieval_figure(np.asarray(test_imgs[q]), yte[q], np.asarray(train_imgs[nn.ravel()]).reshape(
-        nn.shape + train_imgs.shape[1:]), ytr[nn], names)}
+    figs = {
+        "retrieval.png": retrieval_figure(
+            np.asarray(test_imgs[q]),
+            yte[q],
+            np.asarray(train_imgs[nn.ravel()]).reshape(nn.shape + train_imgs.shape[1:]),
+            ytr[nn],
+            names,
+        )
+    }
     # projection: t-SNE of a seeded sample of the test features (PCA when there are too few points)
     sel = np.sort(rng.choice(len(fte), size=min(projection_points, len(fte)), replace=False))
     x = (fte[sel] - fte[sel].mean(0)) / (fte[sel].std(0) + 1e-6)
@@ -289,78 +338,149 @@ def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[
         if name in m.get("baselines", {}):
             b = m["baselines"][name]
             acc.append([label, f"{b['linear_top1']:.4f}", f"{b['knn_top1']:.4f}"])
-    sections = [("Probe accuracy, all labels (test top-1)", ["features", "linear", f"kNN k={k}"], acc,
-                 ["probe_accuracy.png", "confusion.png"])]
+    sections = [
+        (
+            "Probe accuracy, all labels (test top-1)",
+            ["features", "linear", f"kNN k={k}"],
+            acc,
+            ["probe_accuracy.png", "confusion.png"],
+        )
+    ]
 
     eff = m.get("label_efficiency", [])
     if eff:
         finetune = any(r.get("finetune_top1") is not None for r in eff)
-        header = ["labelled", "labels", "SSL linear", f"SSL kNN k={k}", "supervised from scratch",
-                  "random init linear", "pixels linear"] + (["SSL fine-tuned"] if finetune else [])
-        rows = [[_pct(r["fraction"]), str(r["num_labels"]), _acc(r, "ssl_linear_top1"), _acc(r, "ssl_knn_top1"),
-                 _acc(r, "supervised_top1"), _acc(r, "random_init_linear_top1"), _acc(r, "pixels_linear_top1")]
-                + ([_acc(r, "finetune_top1")] if finetune else []) for r in eff]
+        header = [
+            "labelled",
+            "labels",
+            "SSL linear",
+            f"SSL kNN k={k}",
+            "supervised from scratch",
+            "random init linear",
+            "pixels linear",
+        ] + (["SSL fine-tuned"] if finetune else [])
+        rows = [
+            [
+                _pct(r["fraction"]),
+                str(r["num_labels"]),
+                _acc(r, "ssl_linear_top1"),
+                _acc(r, "ssl_knn_top1"),
+                _acc(r, "supervised_top1"),
+                _acc(r, "random_init_linear_top1"),
+                _acc(r, "pixels_linear_top1"),
+            ]
+            + ([_acc(r, "finetune_top1")] if finetune else [])
+            for r in eff
+        ]
         sections.append(("Label efficiency (test top-1)", header, rows, ["label_efficiency.png"]))
 
     prev = manifest.get("previous_run")
     if prev:
-        note = ("same data version and stage keys: nothing was retrained" if prev.get("same_keys") else
-                f"data version {prev['data_version']} -> {manifest['data_version']}")
-        rows = [[r["metric"], "-" if r["before"] is None else f"{r['before']:.4f}",
-                 "-" if r["after"] is None else f"{r['after']:.4f}",
-                 "-" if r["diff"] is None else f"{r['diff'] * 100:+.2f}"] for r in prev["comparison"]]
-        sections.append((f"Compared with the previous run {prev['run_id']} ({note})",
-                         ["metric", "previous", "this run", "change (points)"], rows, []))
+        note = (
+            "same data version and stage keys: nothing was retrained"
+            if prev.get("same_keys")
+            else f"data version {prev['data_version']} -> {manifest['data_version']}"
+        )
+        rows = [
+            [
+                r["metric"],
+                "-" if r["before"] is None else f"{r['before']:.4f}",
+                "-" if r["after"] is None else f"{r['after']:.4f}",
+                "-" if r["diff"] is None else f"{r['diff'] * 100:+.2f}",
+            ]
+            for r in prev["comparison"]
+        ]
+        sections.append(
+            (
+                f"Compared with the previous run {prev['run_id']} ({note})",
+                ["metric", "previous", "this run", "change (points)"],
+                rows,
+                [],
+            )
+        )
 
     detail = manifest.get("metrics_detail", {})
     settings = [
-        ["linear probe", f"standardised features, multinomial logistic regression (L-BFGS); weight decay chosen "
-                         f"from {m['linear']['weight_decay_grid']} on {m['linear']['chosen_on']}; "
-                         f"chosen: {detail.get('ssl', {}).get('linear', {}).get('weight_decay', '?')}"],
-        ["kNN", f"k={k} (also {', '.join(str(x) for x in manifest['config']['probe']['knn_k'][1:]) or 'none'}), "
-                f"T={m['knn']['temperature']}, cosine similarity on L2-normalised features, weights exp(sim/T)"],
+        [
+            "linear probe",
+            f"standardised features, multinomial logistic regression (L-BFGS); weight decay chosen "
+            f"from {m['linear']['weight_decay_grid']} on {m['linear']['chosen_on']}; "
+            f"chosen: {detail.get('ssl', {}).get('linear', {}).get('weight_decay', '?')}",
+        ],
+        [
+            "kNN",
+            f"k={k} (also {', '.join(str(x) for x in manifest['config']['probe']['knn_k'][1:]) or 'none'}), "
+            f"T={m['knn']['temperature']}, cosine similarity on L2-normalised features, weights exp(sim/T)",
+        ],
         ["labelled images", f"{m['num_train']} train / {m['num_test']} test (scored once, on test)"],
     ]
     if eff:
         seeds = max(r.get("seeds", 1) for r in eff)
-        settings.append(["label subsets", f"class-stratified, nested ({', '.join(_pct(r['fraction']) for r in eff)}), "
-                                          f"drawn with the run's seed; {seeds} draw(s) per fraction below 100%"
-                                          f"{' (mean ± std)' if seeds > 1 else ''}; the same subset for every method"])
+        settings.append(
+            [
+                "label subsets",
+                f"class-stratified, nested ({', '.join(_pct(r['fraction']) for r in eff)}), "
+                f"drawn with the run's seed; {seeds} draw(s) per fraction below 100%"
+                f"{' (mean ± std)' if seeds > 1 else ''}; the same subset for every method",
+            ]
+        )
     recipe = m.get("supervised_recipe")
     if recipe:
-        budget = "; ".join(f"{_pct(r['fraction'])}: {r['supervised']['steps']} steps ({r['supervised']['epochs']:.0f} "
-                           f"epochs), train top-1 {r['supervised']['train_top1']:.3f}"
-                           for r in eff if r.get("supervised"))
-        settings.append(["supervised from scratch", f"same architecture + linear head, cross-entropy (label smoothing "
-                         f"{recipe['label_smoothing']}), AdamW lr {recipe['lr']} wd {recipe['weight_decay']}, warm-up + "
-                         f"cosine, batch {recipe['batch_size']}, random resized crop (scale {recipe['crop_scale_min']}-1) "
-                         f"+ flip p={recipe['flip_p']}; budget max({recipe['epochs']} epochs, {recipe['min_steps']} "
-                         f"steps) — {budget}"])
+        budget = "; ".join(
+            f"{_pct(r['fraction'])}: {r['supervised']['steps']} steps ({r['supervised']['epochs']:.0f} "
+            f"epochs), train top-1 {r['supervised']['train_top1']:.3f}"
+            for r in eff
+            if r.get("supervised")
+        )
+        settings.append(
+            [
+                "supervised from scratch",
+                f"same architecture + linear head, cross-entropy (label smoothing "
+                f"{recipe['label_smoothing']}), AdamW lr {recipe['lr']} wd {recipe['weight_decay']}, warm-up + "
+                f"cosine, batch {recipe['batch_size']}, random resized crop (scale {recipe['crop_scale_min']}-1) "
+                f"+ flip p={recipe['flip_p']}; budget max({recipe['epochs']} epochs, {recipe['min_steps']} "
+                f"steps) — {budget}",
+            ]
+        )
     facts = [
         ["run", manifest["run_id"]],
         ["data version (data.dvc md5)", manifest["data_version"]],
-        ["dataset", f"{manifest['dataset']['name']} ({manifest['dataset']['format']}, "
-                    f"{manifest['dataset']['image_shape']}, fingerprint {manifest['dataset']['fingerprint']})"],
-        ["code version", f"pretextflow {manifest['code_version']['pretextflow']}, commit "
-                         f"{manifest['code_version'].get('commit') or 'n/a'}"
-                         f"{' (dirty)' if manifest['code_version'].get('dirty') else ''}"],
-        ["pretext / backbone", f"{manifest['plugins']['pretext']['name']} "
-                               f"({manifest['plugins']['pretext']['package']} {manifest['plugins']['pretext']['version']}) / "
-                               f"{manifest['plugins']['backbone']['name']}"],
+        [
+            "dataset",
+            f"{manifest['dataset']['name']} ({manifest['dataset']['format']}, "
+            f"{manifest['dataset']['image_shape']}, fingerprint {manifest['dataset']['fingerprint']})",
+        ],
+        [
+            "code version",
+            f"pretextflow {manifest['code_version']['pretextflow']}, commit "
+            f"{manifest['code_version'].get('commit') or 'n/a'}"
+            f"{' (dirty)' if manifest['code_version'].get('dirty') else ''}",
+        ],
+        [
+            "pretext / backbone",
+            f"{manifest['plugins']['pretext']['name']} "
+            f"({manifest['plugins']['pretext']['package']} {manifest['plugins']['pretext']['version']}) / "
+            f"{manifest['plugins']['backbone']['name']}",
+        ],
         ["seed / device / threads", f"{manifest['seed']} / {manifest['device']} / {manifest['threads']}"],
-        ["pretraining", f"{manifest['pretrain']['epochs']} epochs, final loss {manifest['pretrain']['final_loss']:.4f}, "
-                        f"{(manifest['pretrain']['images_per_second'] or 0):.0f} images/s"
-                        + _rollback_text(manifest['pretrain'].get('rollbacks') or [])],
+        [
+            "pretraining",
+            f"{manifest['pretrain']['epochs']} epochs, final loss {manifest['pretrain']['final_loss']:.4f}, "
+            f"{(manifest['pretrain']['images_per_second'] or 0):.0f} images/s"
+            + _rollback_text(manifest["pretrain"].get("rollbacks") or []),
+        ],
         ["packages", ", ".join(f"{k} {v}" for k, v in manifest["packages"].items())],
     ]
     for stage, info in manifest.get("stages", {}).items():
         facts.append([f"stage {stage}", f"{info.get('seconds', 0):.1f}s{' (cached)' if info.get('cached') else ''}"])
     for stage, art in manifest["artifacts"].items():
         facts.append([f"artifact {stage}", art["uri"]])
-    sections += [("Pretraining", ["", ""], [], ["pretrain_loss.png"]),
-                 ("What the features capture", ["", ""], [], ["retrieval.png", "projection.png"]),
-                 ("Protocol", ["probe", "settings"], settings, []),
-                 ("Manifest", ["fact", "value"], facts, [])]
+    sections += [
+        ("Pretraining", ["", ""], [], ["pretrain_loss.png"]),
+        ("What the features capture", ["", ""], [], ["retrieval.png", "projection.png"]),
+        ("Protocol", ["probe", "settings"], settings, []),
+        ("Manifest", ["fact", "value"], facts, []),
+    ]
     return sections
 
 
@@ -386,19 +506,24 @@ def _rollback_text(rollbacks: list[dict[str, Any]]) -> str:
     needed them is not the same as one that did not, and the report says so."""
     if not rollbacks:
         return ""
-    each = "; ".join(f"{r['problem']} at step {r['step']} -> back to step {r['restored_step']}, lr x{r['lr_scale']:g}"
-                     for r in rollbacks)
+    each = "; ".join(
+        f"{r['problem']} at step {r['step']} -> back to step {r['restored_step']}, lr x{r['lr_scale']:g}"
+        for r in rollbacks
+    )
     return f"; {len(rollbacks)} rollback{'s' if len(rollbacks) > 1 else ''} ({each})"
 
 
 def render_html(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow: {e(manifest['name'])}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#223}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;"
-             "text-align:left;font-size:14px}th{background:#eef}.lead{font-size:1.2em}"
-             "img{max-width:100%;display:block;margin:0.5em 0}</style></head><body>",
-             f"<h1>pretextflow report: {e(manifest['name'])}</h1>", f"<p class='lead'>{e(headline(manifest))}</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow: {e(manifest['name'])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#223}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;"
+        "text-align:left;font-size:14px}th{background:#eef}.lead{font-size:1.2em}"
+        "img{max-width:100%;display:block;margin:0.5em 0}</style></head><body>",
+        f"<h1>pretextflow report: {e(manifest['name'])}</h1>",
+        f"<p class='lead'>{e(headline(manifest))}</p>",
+    ]
     if manifest.get("regression"):
         parts.append(f"<p style='color:#b00;font-weight:bold'>Regression: {e(manifest['regression'])}</p>")
     for title, header, rows, figs in _sections(manifest):
@@ -417,8 +542,9 @@ def render_html(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
-def write_report(store: ArtifactStore, run_id: str, manifest: dict[str, Any], history: dict, metrics: dict,
-                 dataset=None) -> str:
+def write_report(
+    store: ArtifactStore, run_id: str, manifest: dict[str, Any], history: dict, metrics: dict, dataset=None
+) -> str:
     figures = {"pretrain_loss.png": loss_figure(history), "probe_accuracy.png": probe_figure(metrics)}
     if metrics.get("label_efficiency"):
         figures["label_efficiency.png"] = label_efficiency_figure(metrics)

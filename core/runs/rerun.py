@@ -1,18 +1,22 @@
-"""Reruns: restore a manifest's exact data version, rebuild its config, and compare the new run's metrics with the recorded ones. The pipeline itself is run by the caller (``flows.rerun``): core knows no orchestrator."""
+"""Reruns: restore a manifest's exact data version, rebuild its config, and compare the new run's
+metrics with the recorded ones. The pipeline itself is run by the caller (``flows.rerun``): core
+knows no orchestrator."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pretextflow.core.config import RunConfig, load_config
-from pretextflow.core.training.model import select_device
-from pretextflow.core.runs.history import compare_metrics, environment_differences, load_manifest
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import yaml
+
+from pretextflow.core.config import RunConfig, load_config
 from pretextflow.core.errors import StageInputError, VersioningError
+from pretextflow.core.runs.history import compare_metrics, environment_differences, load_manifest
 from pretextflow.core.store import ArtifactStore
+from pretextflow.core.training.model import select_device
 from pretextflow.core.workspace import Workspace
 
 
@@ -30,13 +34,17 @@ def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = N
 
     remote = remote or manifest.get("dvc_remote")
     if not remote:
-        raise StageInputError("the manifest records no DVC remote, so its data cannot be restored. "
-                              "Pass --remote URL (the DVC remote holding that data version).")
+        raise StageInputError(
+            "the manifest records no DVC remote, so its data cannot be restored. "
+            "Pass --remote URL (the DVC remote holding that data version)."
+        )
     if ws.data_dvc.exists():
         current = yaml.safe_load(ws.data_dvc.read_text())
         if current.get("outs", [{}])[0].get("md5") != manifest["data_version"]:
-            raise StageInputError(f"{ws.root} already holds another data version; rerun into an empty folder "
-                                  f"(the default) so nothing of that workspace is overwritten.")
+            raise StageInputError(
+                f"{ws.root} already holds another data version; rerun into an empty folder "
+                f"(the default) so nothing of that workspace is overwritten."
+            )
     init_workspace(ws.root, remote)
     with workspace_lock(ws, f"rerun {manifest['run_id']}: dvc pull"):
         ws.data_dvc.write_text(yaml.safe_dump(manifest["data_dvc"], sort_keys=False))
@@ -44,8 +52,10 @@ def restore_data(ws: Workspace, manifest: dict[str, Any], remote: str | None = N
     version = data_version(ws)
     ds = load_dataset(str(ws.data_dir), manifest["dataset"]["name"])
     if version != manifest["data_version"] or ds.fingerprint != manifest["dataset"]["fingerprint"]:
-        raise VersioningError(f"restored data version {version} (fingerprint {ds.fingerprint}) does not match the "
-                              f"manifest's {manifest['data_version']} ({manifest['dataset']['fingerprint']}).")
+        raise VersioningError(
+            f"restored data version {version} (fingerprint {ds.fingerprint}) does not match the "
+            f"manifest's {manifest['data_version']} ({manifest['dataset']['fingerprint']})."
+        )
     return version
 
 
@@ -61,10 +71,12 @@ def store_root(manifest: dict[str, Any], ref: str | None = None) -> str:
     derived = run_folder.rpartition("/runs/")[0]
     if derived and redact_url(derived) == root:
         return derived
-    raise StageInputError(f"the run's artifact store {root} needs credentials, which the manifest does not record. "
-                          f"Name the run by its full URI with credentials (.../runs/<run id>), or rerun with "
-                          f"--no-cache. Writing them as a reference in the config (store.uri: "
-                          f"s3://${{env:NAME}}@bucket/...) lets the manifest keep the reference.")
+    raise StageInputError(
+        f"the run's artifact store {root} needs credentials, which the manifest does not record. "
+        f"Name the run by its full URI with credentials (.../runs/<run id>), or rerun with "
+        f"--no-cache. Writing them as a reference in the config (store.uri: "
+        f"s3://${{env:NAME}}@bucket/...) lets the manifest keep the reference."
+    )
 
 
 @dataclass
@@ -79,8 +91,14 @@ class RerunPlan:
     no_cache: bool
 
 
-def prepare_rerun(ref: str, workspace: str | None = None, no_cache: bool = False, tolerance: float | None = None,
-                  remote: str | None = None, storage_options: dict[str, Any] | None = None) -> RerunPlan:
+def prepare_rerun(
+    ref: str,
+    workspace: str | None = None,
+    no_cache: bool = False,
+    tolerance: float | None = None,
+    remote: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RerunPlan:
     """Restore a past run's data version into a fresh workspace and rebuild its config."""
     before = load_manifest(ref, storage_options)
     root = Path(workspace or tempfile.mkdtemp(prefix="pretextflow-rerun-")).resolve()
@@ -104,7 +122,15 @@ def compare_rerun(plan: RerunPlan, run_uri: str) -> dict[str, Any]:
     before = plan.before
     after = ArtifactStore(run_uri, plan.cfg.store.storage_options).read_json("manifest.json")
     rows = compare_metrics(before["metrics"], after["metrics"], plan.tolerance)
-    return {"before": before["run_id"], "after": after["run_id"], "run_uri": run_uri, "workspace": str(plan.root),
-            "tolerance": plan.tolerance, "identical": all(r["ok"] for r in rows), "rows": rows,
-            "warnings": environment_differences(before, after), "no_cache": plan.no_cache,
-            "stages": after.get("stages", {})}
+    return {
+        "before": before["run_id"],
+        "after": after["run_id"],
+        "run_uri": run_uri,
+        "workspace": str(plan.root),
+        "tolerance": plan.tolerance,
+        "identical": all(r["ok"] for r in rows),
+        "rows": rows,
+        "warnings": environment_differences(before, after),
+        "no_cache": plan.no_cache,
+        "stages": after.get("stages", {}),
+    }

@@ -5,6 +5,7 @@ artifact store). No Prefect here: ``pretextflow.flows.sweep`` runs the points.
 Every point config is validated before any work starts; a bad key or value is a ConfigError that
 names the grid key. The comparison reports every point's test accuracies side by side, best
 linear top-1 first; nothing is chosen by them."""
+
 from __future__ import annotations
 
 import copy
@@ -104,51 +105,62 @@ def check_key(key: str, spec: str) -> None:
             close = difflib.get_close_matches(part, names, n=1)
             hint = f" Did you mean {'.'.join([*parts[:i], close[0]])}?" if close else ""
             shorthand = " (or the shorthands pretext, backbone)" if i == 0 else ""
-            raise ConfigError(f"--grid {spec!r}: {key} is not a config key.{hint} Known keys"
-                              f"{' under ' + where if where else ''}: {', '.join(names)}{shorthand}.")
+            raise ConfigError(
+                f"--grid {spec!r}: {key} is not a config key.{hint} Known keys"
+                f"{' under ' + where if where else ''}: {', '.join(names)}{shorthand}."
+            )
         annotation = model.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
             continue
         if i < len(parts) - 1 and getattr(annotation, "__origin__", annotation) is not dict:
-            raise ConfigError(f"--grid {spec!r}: {'.'.join(parts[:i + 1])} is a single value, not a section; "
-                              f"grid it as --grid {'.'.join(parts[:i + 1])}=v1,v2.")
+            raise ConfigError(
+                f"--grid {spec!r}: {'.'.join(parts[: i + 1])} is a single value, not a section; "
+                f"grid it as --grid {'.'.join(parts[: i + 1])}=v1,v2."
+            )
         return  # a value, or a free-form mapping (pretext.params, backbone.kwargs, data.options)
 
 
 def parse_grid(specs: list[str] | None) -> list[GridAxis]:
     """``["pretext=simclr,byol", "seed=0,1"]`` -> axes; values are YAML, as with ``--set``."""
     if not specs:
-        raise ConfigError("a sweep needs at least one --grid KEY=v1,v2, e.g. --grid pretext=simclr,byol "
-                          "--grid seed=0,1")
+        raise ConfigError(
+            "a sweep needs at least one --grid KEY=v1,v2, e.g. --grid pretext=simclr,byol --grid seed=0,1"
+        )
     axes: list[GridAxis] = []
     for spec in specs:
         if "=" not in spec:
-            raise ConfigError(f"--grid {spec!r}: expected KEY=v1,v2,..., e.g. --grid pretext=simclr,byol "
-                              f"or --grid train.lr=0.001,0.002")
+            raise ConfigError(
+                f"--grid {spec!r}: expected KEY=v1,v2,..., e.g. --grid pretext=simclr,byol "
+                f"or --grid train.lr=0.001,0.002"
+            )
         label, raw = (s.strip() for s in spec.split("=", 1))
         key = SHORTHANDS.get(label, label)
         if not label or any(not p for p in key.split(".")):
             raise ConfigError(f"--grid {spec!r}: {label!r} is not a config key; e.g. --grid train.lr=0.001,0.002")
         check_key(key, spec)
         if raw == "":
-            raise ConfigError(f"--grid {spec!r}: no values; give one or more, comma-separated: "
-                              f"--grid {label}=v1,v2")
+            raise ConfigError(f"--grid {spec!r}: no values; give one or more, comma-separated: --grid {label}=v1,v2")
         values = []
         for n, text in enumerate(split_values(raw), 1):
             if text == "":
-                raise ConfigError(f"--grid {spec!r}: value {n} is empty; remove the extra comma "
-                                  f"(a list value is written in brackets: --grid probe.knn_k=[20,5],[200])")
+                raise ConfigError(
+                    f"--grid {spec!r}: value {n} is empty; remove the extra comma "
+                    f"(a list value is written in brackets: --grid probe.knn_k=[20,5],[200])"
+                )
             try:
                 _, value = parse_override(f"{key}={text}")  # the same YAML parsing as --set
             except ConfigError:
-                raise ConfigError(f"--grid {spec!r}: value {text!r} is not valid YAML; quote it or fix the "
-                                  f"brackets") from None
+                raise ConfigError(
+                    f"--grid {spec!r}: value {text!r} is not valid YAML; quote it or fix the brackets"
+                ) from None
             values.append(value)
         for other in axes:
             if other.key == key or other.key.startswith(key + ".") or key.startswith(other.key + "."):
-                raise ConfigError(f"--grid {spec!r} and --grid {other.spec!r} both set {min(key, other.key)}; "
-                                  f"give each key once, with all its values: --grid {other.label}=v1,v2,v3")
+                raise ConfigError(
+                    f"--grid {spec!r} and --grid {other.spec!r} both set {min(key, other.key)}; "
+                    f"give each key once, with all its values: --grid {other.label}=v1,v2,v3"
+                )
         axes.append(GridAxis(spec=spec, label=label, key=key, values=tuple(values)))
     return axes
 
@@ -182,16 +194,19 @@ def format_value(value: Any) -> str:
 def _blamed(axes: list[GridAxis], values: dict[str, Any], message: str) -> list[GridAxis]:
     """The grid keys an error is about: named in it (a plugin's options count for the plugin's
     name), or whose value it quotes (an unknown task); all of them when it names none."""
-    hits = [a for a in axes if a.key in message or PLUGIN_OPTIONS.get(a.key, "\0") in message
-            or repr(values[a.label]) in message]
+    hits = [
+        a
+        for a in axes
+        if a.key in message or PLUGIN_OPTIONS.get(a.key, "\0") in message or repr(values[a.label]) in message
+    ]
     return hits or axes
 
 
 def validate_point(raw: dict[str, Any], registry=None) -> tuple[RunConfig, dict[str, Any]]:
     """The config loader, then the plugins: the task and backbone exist and the task's params are
     valid. Returns the config and its signature (the dump with the task's params resolved)."""
-    from pretextflow.core.registry.registry import get_registry
     from pretextflow.core.registry.preflight import resolved_pretext_params
+    from pretextflow.core.registry.registry import get_registry
 
     cfg = load_config(raw=copy.deepcopy(raw))
     registry = registry or get_registry()
@@ -212,16 +227,16 @@ def expand_grid(base: dict[str, Any], axes: list[GridAxis], registry=None) -> li
     seen: dict[str, SweepPoint] = {}
     for combo in itertools.product(*(a.values for a in axes)):
         raw = copy.deepcopy(base)
-        values = {a.label: v for a, v in zip(axes, combo)}
-        name = "-".join([base_name, *(f"{a.label}={format_value(v)}" for a, v in zip(axes, combo))])
+        values = {a.label: v for a, v in zip(axes, combo, strict=False)}
+        name = "-".join([base_name, *(f"{a.label}={format_value(v)}" for a, v in zip(axes, combo, strict=False))])
         reset = []
-        chosen = {a.key: v for a, v in zip(axes, combo)}
+        chosen = {a.key: v for a, v in zip(axes, combo, strict=False)}
         for name_key, options_key in PLUGIN_OPTIONS.items():
             if name_key in chosen and chosen[name_key] != _get(base, name_key) and options_key not in keys:
                 if _get(base, options_key):
                     reset.append(options_key)
                 _set(raw, options_key, {})
-        for a, v in zip(axes, combo):
+        for a, v in zip(axes, combo, strict=False):
             _set(raw, a.key, v)
         try:
             cfg, signature = validate_point(raw, registry)
@@ -229,11 +244,19 @@ def expand_grid(base: dict[str, Any], axes: list[GridAxis], registry=None) -> li
             blamed = _blamed(axes, values, str(exc))
             which = ", ".join(f"{a.label}={format_value(values[a.label])}" for a in blamed)
             keys_text = " / ".join(f"--grid {a.label}" for a in blamed)
-            reset_note = (f" ({', '.join(reset)} of the base config belong to its "
-                          f"{' and '.join(_get(base, k.rsplit('.', 1)[0] + '.name') for k in reset)} and were "
-                          f"dropped for this point; set them with --grid too)") if reset else ""
-            raise ConfigError(f"--grid: the point {name} ({which}) is not a valid config{reset_note}:\n{exc}\n"
-                              f"Fix or drop that value of {keys_text} (nothing has run yet).") from None
+            reset_note = (
+                (
+                    f" ({', '.join(reset)} of the base config belong to its "
+                    f"{' and '.join(_get(base, k.rsplit('.', 1)[0] + '.name') for k in reset)} and were "
+                    f"dropped for this point; set them with --grid too)"
+                )
+                if reset
+                else ""
+            )
+            raise ConfigError(
+                f"--grid: the point {name} ({which}) is not a valid config{reset_note}:\n{exc}\n"
+                f"Fix or drop that value of {keys_text} (nothing has run yet)."
+            ) from None
         point_config = cfg.model_dump(mode="json")
         point_config["name"] = name
         sig = json.dumps(signature, sort_keys=True, default=str)
@@ -276,27 +299,55 @@ def result_row(point: SweepPoint | dict[str, Any], manifest: dict[str, Any], run
     p = point.as_dict() if isinstance(point, SweepPoint) else point
     m = manifest["metrics"]
     stages = manifest.get("stages", {})
-    efficiency = [{"fraction": r["fraction"], "labels": r.get("num_labels"),
-                   "ssl_linear_top1": _r(r.get("ssl_linear_top1")), "ssl_knn_top1": _r(r.get("ssl_knn_top1")),
-                   "supervised_top1": _r(r.get("supervised_top1"))}
-                  for r in m.get("label_efficiency", []) if r["fraction"] < 1]
-    return {"point": p["name"], "status": "ok", "values": p["values"], "run_id": manifest["run_id"],
-            "run_uri": run_uri, "linear_top1": _r(m.get("linear_top1")), "linear_top5": _r(m.get("linear_top5")),
-            "knn_top1": _r(m.get("knn_top1")),
-            "random_init_linear_top1": _r(m.get("baselines", {}).get("random_init", {}).get("linear_top1")),
-            "label_efficiency": efficiency,
-            "pretrain_seconds": _r(manifest.get("pretrain", {}).get("seconds"), 1),
-            "cached": {s: bool(stages.get(s, {}).get("cached")) for s in ("pretrain", "freeze", "probe")},
-            "keys": {s: a.get("key") for s, a in manifest.get("artifacts", {}).items() if a.get("key")},
-            "threads": manifest.get("threads"), "error": None}
+    efficiency = [
+        {
+            "fraction": r["fraction"],
+            "labels": r.get("num_labels"),
+            "ssl_linear_top1": _r(r.get("ssl_linear_top1")),
+            "ssl_knn_top1": _r(r.get("ssl_knn_top1")),
+            "supervised_top1": _r(r.get("supervised_top1")),
+        }
+        for r in m.get("label_efficiency", [])
+        if r["fraction"] < 1
+    ]
+    return {
+        "point": p["name"],
+        "status": "ok",
+        "values": p["values"],
+        "run_id": manifest["run_id"],
+        "run_uri": run_uri,
+        "linear_top1": _r(m.get("linear_top1")),
+        "linear_top5": _r(m.get("linear_top5")),
+        "knn_top1": _r(m.get("knn_top1")),
+        "random_init_linear_top1": _r(m.get("baselines", {}).get("random_init", {}).get("linear_top1")),
+        "label_efficiency": efficiency,
+        "pretrain_seconds": _r(manifest.get("pretrain", {}).get("seconds"), 1),
+        "cached": {s: bool(stages.get(s, {}).get("cached")) for s in ("pretrain", "freeze", "probe")},
+        "keys": {s: a.get("key") for s, a in manifest.get("artifacts", {}).items() if a.get("key")},
+        "threads": manifest.get("threads"),
+        "error": None,
+    }
 
 
 def failed_row(point: SweepPoint | dict[str, Any], error: str) -> dict[str, Any]:
     p = point.as_dict() if isinstance(point, SweepPoint) else point
-    return {"point": p["name"], "status": "failed", "values": p["values"], "run_id": None, "run_uri": None,
-            "linear_top1": None, "linear_top5": None, "knn_top1": None, "random_init_linear_top1": None,
-            "label_efficiency": [], "pretrain_seconds": None, "cached": {}, "keys": {}, "threads": None,
-            "error": error}
+    return {
+        "point": p["name"],
+        "status": "failed",
+        "values": p["values"],
+        "run_id": None,
+        "run_uri": None,
+        "linear_top1": None,
+        "linear_top5": None,
+        "knn_top1": None,
+        "random_init_linear_top1": None,
+        "label_efficiency": [],
+        "pretrain_seconds": None,
+        "cached": {},
+        "keys": {},
+        "threads": None,
+        "error": error,
+    }
 
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -305,16 +356,32 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ok + [r for r in rows if r["status"] != "ok"]
 
 
-def build_summary(*, sweep_id: str, base: dict[str, Any], axes: list[GridAxis], points: list[SweepPoint],
-                  rows: list[dict[str, Any]], runner: str, workers: int | None,
-                  data_versions: list[str] | None = None) -> dict[str, Any]:
+def build_summary(
+    *,
+    sweep_id: str,
+    base: dict[str, Any],
+    axes: list[GridAxis],
+    points: list[SweepPoint],
+    rows: list[dict[str, Any]],
+    runner: str,
+    workers: int | None,
+    data_versions: list[str] | None = None,
+) -> dict[str, Any]:
     rows = sort_rows(rows)
-    return {"schema_version": 1, "sweep_id": sweep_id, "name": base.get("name"),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runner": runner, "workers": workers,
-            "grid": [{"key": a.key, "label": a.label, "values": list(a.values)} for a in axes],
-            "points": [p.as_dict() for p in points], "data_versions": sorted(set(data_versions or [])),
-            "rows": rows, "failed": [{"point": r["point"], "error": r["error"]} for r in rows if r["status"] != "ok"],
-            "note": "Test-set accuracies of every point, for comparison only; the sweep selects nothing."}
+    return {
+        "schema_version": 1,
+        "sweep_id": sweep_id,
+        "name": base.get("name"),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runner": runner,
+        "workers": workers,
+        "grid": [{"key": a.key, "label": a.label, "values": list(a.values)} for a in axes],
+        "points": [p.as_dict() for p in points],
+        "data_versions": sorted(set(data_versions or [])),
+        "rows": rows,
+        "failed": [{"point": r["point"], "error": r["error"]} for r in rows if r["status"] != "ok"],
+        "note": "Test-set accuracies of every point, for comparison only; the sweep selects nothing.",
+    }
 
 
 def _fractions(rows: list[dict[str, Any]]) -> list[float]:
@@ -326,9 +393,17 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = summary["rows"]
     labels = [g["label"] for g in summary["grid"]]
     fractions = _fractions(rows)
-    header = ["#", *labels, "linear top-1", "kNN top-1",
-              *[f"linear @ {f * 100:g}%" for f in fractions], *[f"supervised @ {f * 100:g}%" for f in fractions],
-              "pretrain s", "cached", "run"]
+    header = [
+        "#",
+        *labels,
+        "linear top-1",
+        "kNN top-1",
+        *[f"linear @ {f * 100:g}%" for f in fractions],
+        *[f"supervised @ {f * 100:g}%" for f in fractions],
+        "pretrain s",
+        "cached",
+        "run",
+    ]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     cells = []
     for i, r in enumerate(rows, 1):
@@ -338,38 +413,60 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             cached, run = "-", f"FAILED: {r['error']}"
         else:
             run = r["run_id"]
-        cells.append([str(i), *[format_value(r["values"].get(k)) for k in labels], fmt(r["linear_top1"]),
-                      fmt(r["knn_top1"]), *[fmt(eff.get(f, {}).get("ssl_linear_top1")) for f in fractions],
-                      *[fmt(eff.get(f, {}).get("supervised_top1")) for f in fractions],
-                      "-" if r["pretrain_seconds"] is None else f"{r['pretrain_seconds']:.1f}", cached, run])
+        cells.append(
+            [
+                str(i),
+                *[format_value(r["values"].get(k)) for k in labels],
+                fmt(r["linear_top1"]),
+                fmt(r["knn_top1"]),
+                *[fmt(eff.get(f, {}).get("ssl_linear_top1")) for f in fractions],
+                *[fmt(eff.get(f, {}).get("supervised_top1")) for f in fractions],
+                "-" if r["pretrain_seconds"] is None else f"{r['pretrain_seconds']:.1f}",
+                cached,
+                run,
+            ]
+        )
     return header, cells
 
 
 def _intro(summary: dict[str, Any]) -> list[str]:
     n, failed = len(summary["rows"]), len(summary["failed"])
     grid = " x ".join(f"{g['label']} ({', '.join(format_value(v) for v in g['values'])})" for g in summary["grid"])
-    lines = [f"{n} points ({grid}); {n - failed} finished, {failed} failed. Runner: {summary['runner']}"
-             f"{'' if summary['workers'] is None else ' x ' + str(summary['workers'])}. "
-             f"Data version: {', '.join(summary['data_versions']) or '-'}."]
+    lines = [
+        f"{n} points ({grid}); {n - failed} finished, {failed} failed. Runner: {summary['runner']}"
+        f"{'' if summary['workers'] is None else ' x ' + str(summary['workers'])}. "
+        f"Data version: {', '.join(summary['data_versions']) or '-'}."
+    ]
     dups = [(p["name"], d) for p in summary["points"] for d in p["duplicates"]]
     if dups:
         lines.append("Identical configs ran once: " + "; ".join(f"{d} = {n}" for n, d in dups) + ".")
     resets = [(p["name"], p["reset"]) for p in summary["points"] if p["reset"]]
     if resets:
-        lines.append("Plugin options of the base config dropped (another plugin, its defaults): "
-                     + "; ".join(f"{n}: {', '.join(r)}" for n, r in resets) + ".")
+        lines.append(
+            "Plugin options of the base config dropped (another plugin, its defaults): "
+            + "; ".join(f"{n}: {', '.join(r)}" for n, r in resets)
+            + "."
+        )
     lines.append(summary["note"] + " Sorted by linear top-1 (100% of the labels), best first.")
     return lines
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
     header, cells = table(summary)
-    out = [f"# pretextflow sweep: {summary['name']}", "", f"Sweep `{summary['sweep_id']}`.", "",
-           *[line + "\n" for line in _intro(summary)],
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-           *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells], "",
-           "Run folders (report.html, manifest.json):", "",
-           *[f"- {r['point']}: `{r['run_uri']}`" for r in summary["rows"] if r["run_uri"]]]
+    out = [
+        f"# pretextflow sweep: {summary['name']}",
+        "",
+        f"Sweep `{summary['sweep_id']}`.",
+        "",
+        *[line + "\n" for line in _intro(summary)],
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells],
+        "",
+        "Run folders (report.html, manifest.json):",
+        "",
+        *[f"- {r['point']}: `{r['run_uri']}`" for r in summary["rows"] if r["run_uri"]],
+    ]
     if summary["failed"]:
         out += ["", "## Failed points", "", *[f"- {f['point']}: {f['error']}" for f in summary["failed"]]]
     return "\n".join(out) + "\n"
@@ -391,21 +488,28 @@ def render_html(summary: dict[str, Any]) -> str:
     header, cells = table(summary)
     run_uris = [r["run_uri"] for r in summary["rows"]]
     body = []
-    for row, uri in zip(cells, run_uris):
+    for row, uri in zip(cells, run_uris, strict=False):
         tds = [f"<td>{e(c)}</td>" for c in row]
         if uri:
             tds[-1] = f"<td><a href='{e(uri)}/report.html'>{e(row[-1])}</a></td>"
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return "\n".join([
-        f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow sweep: {e(str(summary['name']))}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#223}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;text-align:left;"
-        "font-size:14px}th{background:#eef;cursor:pointer}th:hover{background:#dde}</style></head><body>",
-        f"<h1>pretextflow sweep: {e(str(summary['name']))}</h1>",
-        f"<p>Sweep <code>{e(summary['sweep_id'])}</code>.</p>",
-        *[f"<p>{e(line)}</p>" for line in _intro(summary)],
-        "<table><thead><tr>" + "".join(f"<th title='click to sort'>{e(h)}</th>" for h in header) + "</tr></thead>",
-        "<tbody>", *body, "</tbody></table>", _SORT_JS, "</body></html>"])
+    return "\n".join(
+        [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow sweep: {e(str(summary['name']))}</title>",
+            "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#223}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;text-align:left;"
+            "font-size:14px}th{background:#eef;cursor:pointer}th:hover{background:#dde}</style></head><body>",
+            f"<h1>pretextflow sweep: {e(str(summary['name']))}</h1>",
+            f"<p>Sweep <code>{e(summary['sweep_id'])}</code>.</p>",
+            *[f"<p>{e(line)}</p>" for line in _intro(summary)],
+            "<table><thead><tr>" + "".join(f"<th title='click to sort'>{e(h)}</th>" for h in header) + "</tr></thead>",
+            "<tbody>",
+            *body,
+            "</tbody></table>",
+            _SORT_JS,
+            "</body></html>",
+        ]
+    )
 
 
 def write_comparison(store, summary: dict[str, Any]) -> str:

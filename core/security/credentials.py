@@ -13,6 +13,7 @@ Why not Prefect Secret blocks: they need a server-side block per credential and 
 plain ``python -c`` call of a stage function; environment variables work for the CLI, deployments
 (a work pool's job variables), Dask workers and tests alike.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,13 @@ import os
 import re
 from typing import Any
 
-from pretextflow.core.security.redaction import ENV_REF, SECRET_OPTION_NAME, is_reference, register_secret_value, split_url_userinfo
+from pretextflow.core.security.redaction import (
+    ENV_REF,
+    SECRET_OPTION_NAME,
+    is_reference,
+    register_secret_value,
+    split_url_userinfo,
+)
 
 GENERATED_PREFIX = "PRETEXTFLOW_SECRET_"
 
@@ -30,12 +37,15 @@ _NAME_OF: dict[str, str] = {}  # a secret's value -> the environment variable th
 def resolve(text: str) -> str:
     """``text`` with every ``${env:NAME}`` replaced by the variable's value (registered for redaction).
     A ValueError names an unset variable and says how to set it."""
+
     def value_of(match: re.Match) -> str:
         name = match.group(1)
         if name not in os.environ:
-            raise ValueError(f"refers to the environment variable {name}, which is not set. Export {name} before "
-                             f"running (credentials are passed by reference, so they never enter the config, "
-                             f"Prefect's database or the manifest)")
+            raise ValueError(
+                f"refers to the environment variable {name}, which is not set. Export {name} before "
+                f"running (credentials are passed by reference, so they never enter the config, "
+                f"Prefect's database or the manifest)"
+            )
         value = os.environ[name]
         _NAME_OF.setdefault(value, name)
         register_secret_value(value)
@@ -67,8 +77,12 @@ def resolve_options(options: Any) -> Any:
 def protect_options(options: Any) -> Any:
     """Storage options with every credential-named string value (key, secret, token...) as a reference."""
     if isinstance(options, dict):
-        return {k: reference(v) if isinstance(v, str) and v and SECRET_OPTION_NAME.search(str(k))
-                and not is_reference(v) else protect_options(v) for k, v in options.items()}
+        return {
+            k: reference(v)
+            if isinstance(v, str) and v and SECRET_OPTION_NAME.search(str(k)) and not is_reference(v)
+            else protect_options(v)
+            for k, v in options.items()
+        }
     if isinstance(options, list):
         return [protect_options(v) for v in options]
     return options
@@ -89,9 +103,16 @@ def for_record(value: Any) -> Any:
     the user wrote (``${env:AWS_SECRET_ACCESS_KEY}``: a rerun resolves them again) stay, and anything
     else that is a credential becomes ``***``."""
     if isinstance(value, dict):
-        return {k: for_record(v) if isinstance(v, (dict, list)) else
-                (_recordable(protect_options({k: v})[k]) if isinstance(v, str) and SECRET_OPTION_NAME.search(str(k))
-                 else v) for k, v in value.items()}
+        return {
+            k: for_record(v)
+            if isinstance(v, (dict, list))
+            else (
+                _recordable(protect_options({k: v})[k])
+                if isinstance(v, str) and SECRET_OPTION_NAME.search(str(k))
+                else v
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [for_record(v) for v in value]
     if isinstance(value, str):

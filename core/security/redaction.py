@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = [
     "ENV_REF",
@@ -52,9 +52,7 @@ _SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDE
 # The one URL-credentials pattern: group 1 the scheme, group 2 the userinfo (USER:PASS).
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@]+)@")
 _OPTION_VALUE = re.compile(
-    r"\b("
-    + "|".join(sorted(SECRET_REMOTE_OPTIONS, key=len, reverse=True))
-    + r")(\s*[=:]\s*)(['\"]?)[^\s'\",]+",
+    r"\b(" + "|".join(sorted(SECRET_REMOTE_OPTIONS, key=len, reverse=True)) + r")(\s*[=:]\s*)(['\"]?)[^\s'\",]+",
     re.IGNORECASE,
 )
 

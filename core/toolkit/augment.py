@@ -7,6 +7,7 @@ images in the hot path, and the same seed gives the same views on the same devic
 Images enter as uint8 ``(N, C, H, W)`` and leave as float32 in [0, 1]; normalisation is the
 backbone's business (it sees the same statistics in pretraining and probing).
 """
+
 from __future__ import annotations
 
 import math
@@ -71,7 +72,7 @@ class Augmenter:
         if self.world == 1:
             return draw(size)
         n = size[0]
-        return draw((n * self.world, *size[1:]))[self.rank * n:(self.rank + 1) * n]
+        return draw((n * self.world, *size[1:]))[self.rank * n : (self.rank + 1) * n]
 
     def rand(self, *size: int) -> torch.Tensor:
         """Uniform [0, 1) of shape ``size`` (batch first)."""
@@ -88,8 +89,7 @@ class Augmenter:
         return self.rand(n) < p
 
     def randint(self, high: int, size: tuple[int, ...]) -> torch.Tensor:
-        return self._local(lambda s: torch.randint(high, s, generator=self.generator, device=self.device),
-                           tuple(size))
+        return self._local(lambda s: torch.randint(high, s, generator=self.generator, device=self.device), tuple(size))
 
     # -- transforms ------------------------------------------------------------------------
     def resized_crop(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
@@ -163,15 +163,24 @@ class Augmenter:
         x = self.solarize(x, spec.solarize_p)
         return x
 
-    def multi_crop(self, images: torch.Tensor, global_spec: ViewSpec, local_spec: ViewSpec, n_global: int = 2,
-                   n_local: int = 0) -> list[torch.Tensor]:
+    def multi_crop(
+        self, images: torch.Tensor, global_spec: ViewSpec, local_spec: ViewSpec, n_global: int = 2, n_local: int = 0
+    ) -> list[torch.Tensor]:
         """Multi-crop (SwAV/DINO): ``n_global`` large views, then ``n_local`` small ones."""
-        return ([self.view(images, global_spec) for _ in range(n_global)]
-                + [self.view(images, local_spec) for _ in range(n_local)])
+        return [self.view(images, global_spec) for _ in range(n_global)] + [
+            self.view(images, local_spec) for _ in range(n_local)
+        ]
 
 
-def crop_boxes(x: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, cw: torch.Tensor, ch: torch.Tensor,
-               out_size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+def crop_boxes(
+    x: torch.Tensor,
+    cx: torch.Tensor,
+    cy: torch.Tensor,
+    cw: torch.Tensor,
+    ch: torch.Tensor,
+    out_size: int,
+    flip: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Resample one box per sample to ``out_size`` x ``out_size`` with a single ``grid_sample``.
 
     Boxes are in normalised coordinates: centre ``(cx, cy)`` in [-1, 1], width/height ``(cw, ch)`` as

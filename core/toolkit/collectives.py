@@ -17,8 +17,11 @@ as one process with that batch, up to floating-point reduction order:
   identity in a single process: a plugin calls them unconditionally;
 - rank 0 alone writes checkpoints, history and the final weights, and logs.
 """
+
 from __future__ import annotations
+
 from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -58,7 +61,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -150,8 +153,9 @@ def convert_batchnorm(module: torch.nn.Module, device_type: str) -> torch.nn.Mod
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+        out = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight, out.bias = module.weight, module.bias

@@ -1,12 +1,15 @@
 """Building blocks shared by pretext tasks (built-in and third-party): projection MLPs, EMA
 teachers, schedules. Methods differ in how they combine these, not in the pieces."""
+
 from __future__ import annotations
+
 import torch
 from torch import nn
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, bn_last: bool = False,
-        bn_hidden: bool = True) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: int, out_dim: int, layers: int = 2, bn_last: bool = False, bn_hidden: bool = True
+) -> nn.Sequential:
     """``layers`` linear layers with BN + ReLU between them (the SimCLR/BYOL/VICReg projector shape)."""
     mods: list[nn.Module] = []
     dim = in_dim

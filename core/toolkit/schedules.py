@@ -1,5 +1,7 @@
 """Schedules as pure functions of the step (nothing to checkpoint): momentum, temperature, lr."""
+
 from __future__ import annotations
+
 import math
 
 
@@ -13,6 +15,7 @@ def linear_warmup(start: float, end: float, step: int, warmup_steps: int) -> flo
     if warmup_steps <= 0 or step >= warmup_steps:
         return end
     return start + (end - start) * step / warmup_steps
+
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     """Linear warm-up then cosine decay to zero (a pure function of the step: nothing to checkpoint)."""

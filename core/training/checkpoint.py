@@ -1,5 +1,6 @@
 """Checkpoints as safetensors: tensors in the file, everything else as JSON in its metadata.
 Nothing is pickled, so loading a checkpoint can never execute code."""
+
 from __future__ import annotations
 
 import json
@@ -29,15 +30,17 @@ def decode(data: bytes) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, A
     except Exception as exc:  # safetensors' own error type, a bad header, a name without a group...
         from pretextflow.core.errors import StageInputError
 
-        raise StageInputError(f"a checkpoint in the artifact store is corrupt ({exc.__class__.__name__}: {exc}). "
-                              f"Delete its folder (pretrain/<key> or freeze/<key>) to recompute it.") from None
+        raise StageInputError(
+            f"a checkpoint in the artifact store is corrupt ({exc.__class__.__name__}: {exc}). "
+            f"Delete its folder (pretrain/<key> or freeze/<key>) to recompute it."
+        ) from None
     return groups, info
 
 
 def _metadata(data: bytes) -> dict[str, str]:
     # safetensors layout: 8-byte little-endian header length, then a JSON header with __metadata__
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n]).get("__metadata__", {}) or {}
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}
 
 
 def optimizer_to_groups(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,31 +1,40 @@
 """Freeze: keep the backbone, throw the pretext head away. Exports the backbone's weights as
 safetensors plus a small JSON spec (how to rebuild it); probing loads only these two files."""
+
 from __future__ import annotations
 
 import logging
 
-from pretextflow.core.training import checkpoint as ckpt
 from pretextflow.core.config import RunConfig
-from pretextflow.core.registry.contracts import Backbone
 from pretextflow.core.errors import StageInputError
+from pretextflow.core.registry.contracts import Backbone
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
+from pretextflow.core.training import checkpoint as ckpt
 from pretextflow.core.training.model import build_backbone
 
 STAGE = "freeze"
 log = logging.getLogger("pretextflow.freeze")
 
 
-def freeze(cfg: RunConfig, dataset_meta: dict, store: ArtifactStore, pretrain_key: str, key: str,
-           logger: logging.Logger | logging.LoggerAdapter = log) -> str:
+def freeze(
+    cfg: RunConfig,
+    dataset_meta: dict,
+    store: ArtifactStore,
+    pretrain_key: str,
+    key: str,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+) -> str:
     if store.is_complete(STAGE, key):
         logger.info("freeze %s: complete artifact found", key)
         return store.uri_of(STAGE, key)
     if not store.is_complete("pretrain", pretrain_key):
-        raise StageInputError(f"freeze needs the pretrained model pretrain/{pretrain_key} in {store.uri}, which "
-                              f"does not exist. Run `pretextflow pretrain CONFIG` (or `pretextflow run CONFIG`).")
+        raise StageInputError(
+            f"freeze needs the pretrained model pretrain/{pretrain_key} in {store.uri}, which "
+            f"does not exist. Run `pretextflow pretrain CONFIG` (or `pretextflow run CONFIG`)."
+        )
     groups, _ = ckpt.decode(store.read_bytes("pretrain", pretrain_key, "task.safetensors"))
-    weights = {k[len("backbone."):]: v for k, v in groups["model"].items() if k.startswith("backbone.")}
+    weights = {k[len("backbone.") :]: v for k, v in groups["model"].items() if k.startswith("backbone.")}
     spec = {
         "backbone": cfg.backbone.model_dump(mode="json"),
         "image_shape": dataset_meta["image_shape"],
@@ -47,11 +56,14 @@ def load_frozen_backbone(store: ArtifactStore, key: str, registry: Registry) -> 
     from pretextflow.core.config import BackboneConfig, DataConfig
 
     if not store.is_complete(STAGE, key):
-        raise StageInputError(f"probe needs the frozen backbone freeze/{key} in {store.uri}, which does not "
-                              f"exist. Run `pretextflow freeze CONFIG` first (or `pretextflow run CONFIG`).")
+        raise StageInputError(
+            f"probe needs the frozen backbone freeze/{key} in {store.uri}, which does not "
+            f"exist. Run `pretextflow freeze CONFIG` first (or `pretextflow run CONFIG`)."
+        )
     groups, spec = ckpt.decode(store.read_bytes(STAGE, key, "backbone.safetensors"))
     cfg = RunConfig(data=DataConfig(name="frozen"), backbone=BackboneConfig(**spec["backbone"]))  # data unused
-    backbone = build_backbone(cfg, {"image_shape": spec["image_shape"], "mean": spec["mean"], "std": spec["std"]},
-                              registry)
+    backbone = build_backbone(
+        cfg, {"image_shape": spec["image_shape"], "mean": spec["mean"], "std": spec["std"]}, registry
+    )
     backbone.load_state_dict(groups["backbone"], strict=True)
     return backbone.eval().requires_grad_(False)

@@ -1,7 +1,9 @@
 """The multi-process launcher of ``train.devices: N``: N rank processes on this machine (the
 torchrun environment, a JSON payload, no pickling), waited on together; a failing rank's own
 error is re-raised here. Each rank runs ``core.training.rank``."""
+
 from __future__ import annotations
+
 import os
 import socket
 from typing import Any
@@ -39,12 +41,24 @@ def launch(world: int, device_type: str, payload: dict[str, Any], timeout: float
         port = str(free_port())
         procs, logs = [], []
         for r in range(world):
-            env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            env = {
+                **os.environ,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": str(world),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            }
             log_file = open(os.path.join(tmp, f"rank{r}.log"), "w+")
             logs.append(log_file)
-            procs.append(subprocess.Popen([sys.executable, "-m", "pretextflow.core.training.rank", payload_path],
-                                          env=env, stdout=log_file if r else None, stderr=log_file if r else None))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "pretextflow.core.training.rank", payload_path],
+                    env=env,
+                    stdout=log_file if r else None,
+                    stderr=log_file if r else None,
+                )
+            )
         try:
             failed = _wait_all(procs, timeout)
         finally:
@@ -66,10 +80,9 @@ def launch(world: int, device_type: str, payload: dict[str, Any], timeout: float
             raise PretextflowError(f"pretraining rank {failed} of {world} failed: {err['type']}: {err['message']}")
         with open(os.path.join(tmp, f"rank{failed}.log")) as f:
             tail = "".join(f.readlines()[-15:])
-        raise PretextflowError(f"pretraining rank {failed} of {world} exited with code {procs[failed].returncode}:\n"
-                               f"{tail}")
-
-
+        raise PretextflowError(
+            f"pretraining rank {failed} of {world} exited with code {procs[failed].returncode}:\n{tail}"
+        )
 
 
 def _wait_all(procs, timeout: float | None) -> int | None:

@@ -4,38 +4,38 @@ resume); the pretext task owns its heads, views and loss.
 Deterministic on the CPU for a seed: the model's init, the data order and the augmentations come
 from three separately seeded generators, all saved in each checkpoint, so a resumed run continues
 exactly where the interrupted one would have."""
+
 from __future__ import annotations
+
 import contextlib
 import logging
 import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+
 import numpy as np
 import torch
-from pretextflow.core.security import credentials
-from pretextflow.core.training import checkpoint as ckpt
-from pretextflow.core.toolkit import collectives as distributed
-from pretextflow.core.errors import TrainingDiverged
-from pretextflow.core.toolkit.schedules import lr_at
-from pretextflow.core.training import launch
-from pretextflow.core.training.model import amp_dtype, build_backbone, build_task, configure_runtime, select_device
-from pretextflow.core.toolkit.augment import Augmenter
+
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset
-from pretextflow.core.errors import ConfigError
+from pretextflow.core.errors import ConfigError, TrainingDiverged
 from pretextflow.core.registry.registry import Registry
+from pretextflow.core.security import credentials
 from pretextflow.core.store import ArtifactStore
-
+from pretextflow.core.toolkit import collectives as distributed
+from pretextflow.core.toolkit.augment import Augmenter
+from pretextflow.core.toolkit.schedules import lr_at
+from pretextflow.core.training import checkpoint as ckpt
+from pretextflow.core.training import launch
+from pretextflow.core.training.model import amp_dtype, build_backbone, build_task, configure_runtime, select_device
 
 log = logging.getLogger("pretextflow.train")
 
 
 STAGE = "pretrain"
-
-
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -55,8 +55,9 @@ class _Progress:
     A checkpoint can be taken after any step, so the current epoch's partial sums are in it too."""
 
     step: int = 0  # optimizer steps done
-    history: dict = field(default_factory=lambda: {"step_loss": [], "epoch_loss": [], "epoch_logs": [],
-                                                   "epoch_seconds": []})  # of the finished epochs
+    history: dict = field(
+        default_factory=lambda: {"step_loss": [], "epoch_loss": [], "epoch_logs": [], "epoch_seconds": []}
+    )  # of the finished epochs
     losses: list = field(default_factory=list)  # the current epoch's step losses so far
     logs_sum: dict = field(default_factory=dict)  # the current epoch's summed logs so far
     epoch_seconds: float = 0.0  # time spent in the current epoch before the checkpoint
@@ -64,14 +65,28 @@ class _Progress:
     rollbacks: list = field(default_factory=list)  # one record per rollback
 
     def info(self, steps_per_epoch: int) -> dict:
-        return {"step": self.step, "epoch": self.step // steps_per_epoch, "history": self.history,
-                "epoch_losses": self.losses, "epoch_logs_sum": self.logs_sum, "epoch_seconds": self.epoch_seconds,
-                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
+        return {
+            "step": self.step,
+            "epoch": self.step // steps_per_epoch,
+            "history": self.history,
+            "epoch_losses": self.losses,
+            "epoch_logs_sum": self.logs_sum,
+            "epoch_seconds": self.epoch_seconds,
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+        }
 
     @classmethod
-    def from_info(cls, info: dict) -> "_Progress":
-        return cls(info["step"], info["history"], info["epoch_losses"], info["epoch_logs_sum"],
-                   info["epoch_seconds"], info["lr_scale"], info["rollbacks"])
+    def from_info(cls, info: dict) -> _Progress:
+        return cls(
+            info["step"],
+            info["history"],
+            info["epoch_losses"],
+            info["epoch_logs_sum"],
+            info["epoch_seconds"],
+            info["lr_scale"],
+            info["rollbacks"],
+        )
 
 
 def _end_epoch(run: _Progress, seconds: float, steps_per_epoch: int) -> None:
@@ -101,8 +116,9 @@ def _finite_state(task: torch.nn.Module, opt: torch.optim.Optimizer, device: tor
     return bool(distributed.all_reduce_mean(torch.tensor(float(ok), device=device)) == 1.0)
 
 
-def _checkpoint_bytes(task, opt, scaler, data_state: torch.Tensor, aug, run: _Progress, steps_per_epoch: int,
-                      device) -> bytes:
+def _checkpoint_bytes(
+    task, opt, scaler, data_state: torch.Tensor, aug, run: _Progress, steps_per_epoch: int, device
+) -> bytes:
     """``data_state``: the data generator before the current epoch's permutation, so that a resumed
     run redraws the same permutation and continues mid-epoch at ``run.step``."""
     opt_tensors, opt_info = ckpt.optimizer_to_groups(opt)
@@ -113,10 +129,16 @@ def _checkpoint_bytes(task, opt, scaler, data_state: torch.Tensor, aug, run: _Pr
     return ckpt.encode({"model": task.state_dict(), "optim": opt_tensors, "rng": rng}, info)
 
 
-def pretrain(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, registry: Registry,
-             logger: logging.Logger | logging.LoggerAdapter = log,
-             on_epoch_end: Callable[[int], None] | None = None,
-             on_step: Callable[[int], None] | None = None) -> PretrainOutcome:
+def pretrain(
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    key: str,
+    registry: Registry,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    on_epoch_end: Callable[[int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> PretrainOutcome:
     """Train ``cfg.pretext`` on ``cfg.backbone`` over the dataset's training images (labels unused).
 
     Writes ``pretrain/<key>/{task.safetensors, history.json, _COMPLETE}`` and, every
@@ -128,46 +150,79 @@ def pretrain(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, r
     if store.is_complete(STAGE, key):
         hist = store.read_json(STAGE, key, "history.json")
         logger.info("pretrain %s: complete artifact found, nothing to train", key)
-        return PretrainOutcome(key, store.uri_of(STAGE, key), True, 0.0, hist.get("images_per_second"),
-                               hist["epoch_loss"][-1] if hist["epoch_loss"] else None)
+        return PretrainOutcome(
+            key,
+            store.uri_of(STAGE, key),
+            True,
+            0.0,
+            hist.get("images_per_second"),
+            hist["epoch_loss"][-1] if hist["epoch_loss"] else None,
+        )
     if cfg.train.devices > 1:
         return _pretrain_multiprocess(cfg, dataset, store, key, logger)
     return _train(cfg, dataset, store, key, registry, logger, on_epoch_end, distributed.Shard(), on_step=on_step)
 
 
-def _pretrain_multiprocess(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str,
-                           logger: logging.Logger | logging.LoggerAdapter) -> PretrainOutcome:
+def _pretrain_multiprocess(
+    cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, logger: logging.Logger | logging.LoggerAdapter
+) -> PretrainOutcome:
     """Launch ``train.devices`` processes on this machine; they write the artifact, we read it."""
     tc = cfg.train
     device = select_device(tc.device)
     if device.type == "cuda" and torch.cuda.device_count() < tc.devices:
-        raise ConfigError(f"train.devices={tc.devices} but only {torch.cuda.device_count()} CUDA devices are "
-                          f"visible. Lower train.devices.")
+        raise ConfigError(
+            f"train.devices={tc.devices} but only {torch.cuda.device_count()} CUDA devices are "
+            f"visible. Lower train.devices."
+        )
     if store.fs.protocol in ("memory", ("memory",)) or "memory" in (store.fs.protocol or ()):
-        raise ConfigError("train.devices > 1 needs an artifact store every process can reach (a local folder or "
-                          "s3://...), not memory://. Set store.uri.")
+        raise ConfigError(
+            "train.devices > 1 needs an artifact store every process can reach (a local folder or "
+            "s3://...), not memory://. Set store.uri."
+        )
     reopen = dataset.reopen_args()
     if reopen is None:
-        raise ConfigError("train.devices > 1 needs a dataset the processes can open (one ingested into a "
-                          "workspace); this one exists only in memory. Use train.devices: 1.")
+        raise ConfigError(
+            "train.devices > 1 needs a dataset the processes can open (one ingested into a "
+            "workspace); this one exists only in memory. Use train.devices: 1."
+        )
     threads = (tc.threads or max(1, (os.cpu_count() or 1) // tc.devices)) if device.type == "cpu" else tc.threads
-    logger.info("pretrain %s: %d processes (%s), global batch %d = %d x %d, %s threads each", key, tc.devices,
-                launch.backend_for(device.type), tc.batch_size, tc.devices, tc.batch_size // tc.devices,
-                threads)
+    logger.info(
+        "pretrain %s: %d processes (%s), global batch %d = %d x %d, %s threads each",
+        key,
+        tc.devices,
+        launch.backend_for(device.type),
+        tc.batch_size,
+        tc.devices,
+        tc.batch_size // tc.devices,
+        threads,
+    )
     t0 = time.perf_counter()
-    launch.launch(tc.devices, device.type, {
-        "config": cfg.model_dump(mode="json"), "key": key, "threads": threads,
-        # credentials by reference (the ranks inherit the environment): no secret in the payload file
-        "data": [credentials.protect_uri(reopen[0]), reopen[1], credentials.protect_options(reopen[2])],
-        "store": [credentials.protect_uri(store.uri), credentials.protect_options(store.storage_options)]})
+    launch.launch(
+        tc.devices,
+        device.type,
+        {
+            "config": cfg.model_dump(mode="json"),
+            "key": key,
+            "threads": threads,
+            # credentials by reference (the ranks inherit the environment): no secret in the payload file
+            "data": [credentials.protect_uri(reopen[0]), reopen[1], credentials.protect_options(reopen[2])],
+            "store": [credentials.protect_uri(store.uri), credentials.protect_options(store.storage_options)],
+        },
+    )
     hist = store.read_json(STAGE, key, "history.json")
-    for epoch, (loss, seconds) in enumerate(zip(hist["epoch_loss"], hist["epoch_seconds"]), 1):
+    for epoch, (loss, seconds) in enumerate(zip(hist["epoch_loss"], hist["epoch_seconds"], strict=False), 1):
         logger.info("pretrain %s: epoch %d/%d mean loss %.4f (%.1fs)", key, epoch, tc.epochs, loss, seconds)
-    return PretrainOutcome(key, store.uri_of(STAGE, key), False, time.perf_counter() - t0,
-                           hist.get("images_per_second"), hist["epoch_loss"][-1] if hist["epoch_loss"] else None)
+    return PretrainOutcome(
+        key,
+        store.uri_of(STAGE, key),
+        False,
+        time.perf_counter() - t0,
+        hist.get("images_per_second"),
+        hist["epoch_loss"][-1] if hist["epoch_loss"] else None,
+    )
 
 
-def rank_main(shard: "distributed.Shard", payload: dict) -> None:
+def rank_main(shard: distributed.Shard, payload: dict) -> None:
     """One rank of a multi-process run (a new process: everything is rebuilt from plain data)."""
     from pretextflow.core.config import load_config
     from pretextflow.core.data.dataset import load_dataset
@@ -183,8 +238,7 @@ def rank_main(shard: "distributed.Shard", payload: dict) -> None:
     rank_log = logging.getLogger("pretextflow.train")
     if shard.rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s rank 0/%(process)d | %(message)s")
-    _train(cfg, dataset, store, payload["key"], get_registry(), rank_log if shard.rank == 0 else _SILENT, None,
-           shard)
+    _train(cfg, dataset, store, payload["key"], get_registry(), rank_log if shard.rank == 0 else _SILENT, None, shard)
 
 
 _SILENT = logging.getLogger("pretextflow.train.silent")
@@ -193,9 +247,17 @@ _SILENT = logging.getLogger("pretextflow.train.silent")
 _SILENT.disabled = True
 
 
-def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, registry: Registry,
-           logger: logging.Logger | logging.LoggerAdapter, on_epoch_end: Callable[[int], None] | None,
-           shard: "distributed.Shard", on_step: Callable[[int], None] | None = None) -> PretrainOutcome:
+def _train(
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    key: str,
+    registry: Registry,
+    logger: logging.Logger | logging.LoggerAdapter,
+    on_epoch_end: Callable[[int], None] | None,
+    shard: distributed.Shard,
+    on_step: Callable[[int], None] | None = None,
+) -> PretrainOutcome:
     """The loop, in one process or as one rank of several (``shard``). ``on_epoch_end(epochs done)``
     and ``on_step(steps done)`` are called after the epoch's / step's checkpoint, if one was due."""
     tc = cfg.train
@@ -219,8 +281,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # the task module computes the loss itself; DDP averages gradients across ranks
-        model = DDP(task, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=False)
+        model = DDP(task, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
 
     images = dataset.train_images if tc.max_train_samples is None else dataset.train_images[: tc.max_train_samples]
     if isinstance(images, np.memmap) and device.type == "cpu":
@@ -235,8 +296,9 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
     n = len(images)
     steps_per_epoch = n // tc.batch_size
     if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {n} training images. "
-                          f"Lower train.batch_size.")
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} is larger than the {n} training images. Lower train.batch_size."
+        )
     local_batch = tc.batch_size // shard.world
     resident = device.type == "cpu" or images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]
     if resident:
@@ -283,15 +345,32 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
         good = store.read_bytes(STAGE, key, "checkpoint.safetensors")
         run = restore(good)
         good_step = run.step
-        logger.info("pretrain %s: resuming from the checkpoint at step %d/%d (epoch %d, step %d of %d)", key,
-                    run.step, total, run.step // steps_per_epoch + 1, run.step % steps_per_epoch, steps_per_epoch)
+        logger.info(
+            "pretrain %s: resuming from the checkpoint at step %d/%d (epoch %d, step %d of %d)",
+            key,
+            run.step,
+            total,
+            run.step // steps_per_epoch + 1,
+            run.step % steps_per_epoch,
+            steps_per_epoch,
+        )
     elif rollback:
         good = _checkpoint_bytes(task, opt, scaler, data_gen.get_state(), aug, run, steps_per_epoch, device)
 
-    logger.info("pretrain %s: %s on %s, %d images, %d epochs x %d steps, batch %d%s, device %s%s%s",
-                key, cfg.pretext.name, cfg.backbone.name, n, tc.epochs, steps_per_epoch, tc.batch_size,
-                f" ({shard.world} x {local_batch})" if shard.world > 1 else "", device,
-                f" ({dtype})" if dtype else "", ", compiled" if tc.compile else "")
+    logger.info(
+        "pretrain %s: %s on %s, %d images, %d epochs x %d steps, batch %d%s, device %s%s%s",
+        key,
+        cfg.pretext.name,
+        cfg.backbone.name,
+        n,
+        tc.epochs,
+        steps_per_epoch,
+        tc.batch_size,
+        f" ({shard.world} x {local_batch})" if shard.world > 1 else "",
+        device,
+        f" ({dtype})" if dtype else "",
+        ", compiled" if tc.compile else "",
+    )
     task.train()
     t_start = time.perf_counter()
     trained_images = 0
@@ -309,11 +388,11 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
             g["lr"] = lr
         # this rank's contiguous slice of the global batch (every rank drew the same permutation)
         start = i * tc.batch_size + shard.rank * local_batch
-        idx = perm[start:start + local_batch]
+        idx = perm[start : start + local_batch]
         batch = images[idx.to(images.device)] if resident else images[idx].to(device, non_blocking=True)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             out = model(batch, aug)
         loss = out.loss
         # the global batch's loss (identical to the rank's own for losses computed on gathered tensors);
@@ -332,13 +411,21 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
             for k, v in out.logs.items():
                 run.logs_sum[k] = run.logs_sum.get(k, 0.0) + float(v)
             if run.step % tc.log_every == 0:
-                logger.info("pretrain %s: epoch %d step %d/%d loss %.4f lr %.2e", key, epoch + 1, run.step,
-                            total, value, lr)
+                logger.info(
+                    "pretrain %s: epoch %d step %d/%d loss %.4f lr %.2e", key, epoch + 1, run.step, total, value, lr
+                )
             if run.step % steps_per_epoch == 0:
                 _end_epoch(run, time.perf_counter() - t_epoch, steps_per_epoch)
                 seconds = run.history["epoch_seconds"][-1]
-                logger.info("pretrain %s: epoch %d/%d mean loss %.4f (%.1fs, %.0f images/s)", key, epoch + 1, tc.epochs,
-                            run.history["epoch_loss"][-1], seconds, steps_per_epoch * tc.batch_size / seconds)
+                logger.info(
+                    "pretrain %s: epoch %d/%d mean loss %.4f (%.1fs, %.0f images/s)",
+                    key,
+                    epoch + 1,
+                    tc.epochs,
+                    run.history["epoch_loss"][-1],
+                    seconds,
+                    steps_per_epoch * tc.batch_size / seconds,
+                )
             if _checkpoint_due(run.step, steps_per_epoch, total, tc):
                 if not _finite_state(task, opt, device):
                     problem = "non-finite weights after the update"  # never checkpointed: the last good one stays
@@ -353,28 +440,49 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
                         store.write_bytes(data, STAGE, key, "checkpoint.safetensors")
                     good, good_step = (data if rollback else None), run.step
         if problem is not None:
-            where = (f"{cfg.pretext.name}: {problem} at step {step} (epoch {epoch + 1}/{tc.epochs}, "
-                     f"lr {lr:.3g})")
-            kept = (f"the last good checkpoint (step {good_step}) is kept in {store.uri_of(STAGE, key)}, and a rerun "
-                    f"resumes from it" if good_step is not None else
-                    "no checkpoint had been written yet (train.checkpoint_every_steps checkpoints mid-epoch)")
+            where = f"{cfg.pretext.name}: {problem} at step {step} (epoch {epoch + 1}/{tc.epochs}, lr {lr:.3g})"
+            kept = (
+                f"the last good checkpoint (step {good_step}) is kept in {store.uri_of(STAGE, key)}, and a rerun "
+                f"resumes from it"
+                if good_step is not None
+                else "no checkpoint had been written yet (train.checkpoint_every_steps checkpoints mid-epoch)"
+            )
             if not rollback:
-                raise TrainingDiverged(f"{where}. Training stopped; {kept}. Lower train.lr or check the data, or set "
-                                       f"train.on_nonfinite: rollback to go back to the last good state with a lower "
-                                       f"lr automatically.")
+                raise TrainingDiverged(
+                    f"{where}. Training stopped; {kept}. Lower train.lr or check the data, or set "
+                    f"train.on_nonfinite: rollback to go back to the last good state with a lower "
+                    f"lr automatically."
+                )
             if len(run.rollbacks) >= tc.max_rollbacks:
-                raise TrainingDiverged(f"{where}, after {len(run.rollbacks)} rollbacks (train.max_rollbacks="
-                                       f"{tc.max_rollbacks}) already lowered the lr to {run.lr_scale:g} x train.lr. "
-                                       f"Training stopped; {kept}. Lower train.lr or check the data.")
+                raise TrainingDiverged(
+                    f"{where}, after {len(run.rollbacks)} rollbacks (train.max_rollbacks="
+                    f"{tc.max_rollbacks}) already lowered the lr to {run.lr_scale:g} x train.lr. "
+                    f"Training stopped; {kept}. Lower train.lr or check the data."
+                )
             events, scale = run.rollbacks, run.lr_scale * tc.rollback_lr_factor
             run = restore(good)
             run.lr_scale = scale
-            run.rollbacks = events + [{"step": step, "epoch": epoch + 1, "problem": problem,
-                                       "restored_step": run.step, "lr_scale": scale, "lr": tc.lr * scale}]
+            run.rollbacks = events + [
+                {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "problem": problem,
+                    "restored_step": run.step,
+                    "lr_scale": scale,
+                    "lr": tc.lr * scale,
+                }
+            ]
             perm = None  # the restored data generator redraws the epoch's permutation
-            logger.warning("pretrain %s: %s; rolled back to step %d, lr now %g x train.lr = %.3g (rollback %d of "
-                           "at most %d)", key, where, run.step, scale, tc.lr * scale, len(run.rollbacks),
-                           tc.max_rollbacks)
+            logger.warning(
+                "pretrain %s: %s; rolled back to step %d, lr now %g x train.lr = %.3g (rollback %d of at most %d)",
+                key,
+                where,
+                run.step,
+                scale,
+                tc.lr * scale,
+                len(run.rollbacks),
+                tc.max_rollbacks,
+            )
             continue
         if run.step % steps_per_epoch == 0 and on_epoch_end is not None:
             on_epoch_end(run.step // steps_per_epoch)
@@ -391,11 +499,16 @@ def _train(cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, reg
     if writer:
         task_cpu = task.to("cpu")
         state = {k: v for k, v in task_cpu.state_dict().items()}
-        store.write_bytes(ckpt.encode({"model": state}, {"pretext": cfg.pretext.name}),
-                          STAGE, key, "task.safetensors")
+        store.write_bytes(ckpt.encode({"model": state}, {"pretext": cfg.pretext.name}), STAGE, key, "task.safetensors")
         store.write_json(history, STAGE, key, "history.json")
         store.mark_complete(STAGE, key, {"pretext": cfg.pretext.name, "backbone": cfg.backbone.name})
         if store.exists(STAGE, key, "checkpoint.safetensors"):
             store.fs.rm(store.path(STAGE, key, "checkpoint.safetensors"))
-    return PretrainOutcome(key, store.uri_of(STAGE, key), False, elapsed, history["images_per_second"],
-                           history["epoch_loss"][-1] if history["epoch_loss"] else None)
+    return PretrainOutcome(
+        key,
+        store.uri_of(STAGE, key),
+        False,
+        elapsed,
+        history["images_per_second"],
+        history["epoch_loss"][-1] if history["epoch_loss"] else None,
+    )

@@ -1,10 +1,13 @@
 """Building what is trained: the device and precision policy, the backbone and the pretext task."""
+
 from __future__ import annotations
+
 import numpy as np
 import torch
+
 from pretextflow.core.config import RunConfig, validate_plugin_params
-from pretextflow.core.registry.contracts import Backbone, BackboneParams, PretextTask
 from pretextflow.core.errors import ConfigError, PluginError, PretextflowError
+from pretextflow.core.registry.contracts import Backbone, BackboneParams, PretextTask
 from pretextflow.core.registry.registry import Registry
 
 
@@ -44,9 +47,12 @@ def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed:
     """The backbone plugin's network wrapped with the dataset's normalisation. Seeded so that the
     random-init baseline is exactly pretraining's starting point."""
     spec = registry.backbone(cfg.backbone.name)
-    params = BackboneParams(in_chans=int(dataset_meta["image_shape"][0]),
-                            image_size=int(dataset_meta["image_shape"][1]),
-                            small_image_stem=cfg.backbone.small_image_stem, kwargs=cfg.backbone.kwargs)
+    params = BackboneParams(
+        in_chans=int(dataset_meta["image_shape"][0]),
+        image_size=int(dataset_meta["image_shape"][1]),
+        small_image_stem=cfg.backbone.small_image_stem,
+        kwargs=cfg.backbone.kwargs,
+    )
     if seed is not None:
         torch.manual_seed(seed)
     try:
@@ -54,24 +60,37 @@ def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed:
     except PretextflowError:
         raise
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise PluginError(f"backbone {cfg.backbone.name!r} could not be built with backbone.kwargs="
-                          f"{cfg.backbone.kwargs}: {exc}") from exc
-    return Backbone(net, num_features, dataset_meta["mean"], dataset_meta["std"],
-                    image_size=params.image_size, provides_tokens=spec.provides_tokens)
+        raise PluginError(
+            f"backbone {cfg.backbone.name!r} could not be built with backbone.kwargs={cfg.backbone.kwargs}: {exc}"
+        ) from exc
+    return Backbone(
+        net,
+        num_features,
+        dataset_meta["mean"],
+        dataset_meta["std"],
+        image_size=params.image_size,
+        provides_tokens=spec.provides_tokens,
+    )
 
 
 def build_task(cfg: RunConfig, backbone: Backbone, registry: Registry) -> PretextTask:
     task_cls = registry.pretext_task(cfg.pretext.name)
     req = task_cls.requires
     if req.tokens and not backbone.provides_tokens:
-        raise PluginError(f"pretext task {task_cls.name!r} needs a backbone that exposes patch tokens, but "
-                          f"backbone {cfg.backbone.name!r} does not. Choose a ViT backbone.")
+        raise PluginError(
+            f"pretext task {task_cls.name!r} needs a backbone that exposes patch tokens, but "
+            f"backbone {cfg.backbone.name!r} does not. Choose a ViT backbone."
+        )
     if req.flexible_input and not backbone.flexible_input:
-        raise PluginError(f"pretext task {task_cls.name!r} needs a backbone that accepts smaller crops than its "
-                          f"built size, but backbone {cfg.backbone.name!r} does not (for timm ViTs pass "
-                          f"backbone.kwargs.dynamic_img_size=true).")
+        raise PluginError(
+            f"pretext task {task_cls.name!r} needs a backbone that accepts smaller crops than its "
+            f"built size, but backbone {cfg.backbone.name!r} does not (for timm ViTs pass "
+            f"backbone.kwargs.dynamic_img_size=true)."
+        )
     if backbone.image_size < req.min_image_size:
-        raise PluginError(f"pretext task {task_cls.name!r} needs images of at least {req.min_image_size}px; "
-                          f"the dataset's are {backbone.image_size}px.")
+        raise PluginError(
+            f"pretext task {task_cls.name!r} needs images of at least {req.min_image_size}px; "
+            f"the dataset's are {backbone.image_size}px."
+        )
     params = validate_plugin_params(task_cls.Params, cfg.pretext.params, "pretext.params")
     return task_cls(backbone, params)

@@ -1,8 +1,11 @@
 """One rank's process (``python -m pretextflow.core.training.rank PAYLOAD.json``, started by
 ``core.training.launch``): join the process group, run the training loop on its shard, leave.
 A failure is written as ``error<rank>.json`` for the launcher to re-raise."""
+
 from __future__ import annotations
+
 import os
+
 import torch
 import torch.distributed as dist
 

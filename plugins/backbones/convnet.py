@@ -3,6 +3,7 @@ demo's CPU budget (about 4k images/s for one training view on 2 cores).
 
 Four 3x3 conv-BN-ReLU blocks, strides 1-2-2-2, global average pooling. ``width`` scales the
 channels (16, 32, 64, 128 at width 16)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -11,8 +12,7 @@ from pretextflow.api import BackboneParams, BackboneSpec, hookimpl
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 def _bounded(value, what: str, lo: int, hi: int) -> int:
@@ -30,11 +30,11 @@ def build_convnet(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
         raise ValueError(f"unknown option(s) for {name}: {sorted(kwargs)} (known: width, depth)")
     if width * 2 ** (depth - 1) > 4096:  # the last block's channels: beyond this the model would not fit
         raise ValueError(f"width x 2^(depth-1) = {width * 2 ** (depth - 1)} channels in the last block; at most 4096")
-    chans = [width * 2 ** i for i in range(depth)]
+    chans = [width * 2**i for i in range(depth)]
     # a small-image stem keeps full resolution in the first block; otherwise downsample at once
     strides = [1 if params.small_image_stem else 2] + [2] * (depth - 1)
     layers, cin = [], params.in_chans
-    for cout, stride in zip(chans, strides):
+    for cout, stride in zip(chans, strides, strict=False):
         layers.append(_block(cin, cout, stride))
         cin = cout
     net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -43,5 +43,8 @@ def build_convnet(name: str, params: BackboneParams) -> tuple[nn.Module, int]:
 
 @hookimpl
 def pretextflow_backbones():
-    return [BackboneSpec(name="convnet-s", build=build_convnet,
-                         description="4-block small-image CNN (kwargs: width=16, depth=4)")]
+    return [
+        BackboneSpec(
+            name="convnet-s", build=build_convnet, description="4-block small-image CNN (kwargs: width=16, depth=4)"
+        )
+    ]

@@ -9,8 +9,18 @@ from typing import Any
 
 from pretextflow.api import DataError, gunzip_bounded, join_uri, read_source_bytes
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 KNOWN_IDX_DATASETS: dict[str, dict[str, Any]] = {
     "fashion-mnist": {
@@ -35,8 +45,9 @@ KNOWN_IDX_DATASETS: dict[str, dict[str, Any]] = {
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def fetch_known(name: str, dest: str | Path, mirror: str | None = None,
-                storage_options: dict[str, Any] | None = None) -> Path:
+def fetch_known(
+    name: str, dest: str | Path, mirror: str | None = None, storage_options: dict[str, Any] | None = None
+) -> Path:
     """Download a known IDX dataset's four files to ``dest`` (skipping verified ones), checking
     every file's checksum. ``mirror`` replaces the official base URL (any fsspec URI)."""
     if name not in KNOWN_IDX_DATASETS:
@@ -52,9 +63,11 @@ def fetch_known(name: str, dest: str | Path, mirror: str | None = None,
         archive = read_source_bytes(join_uri(base, f"{stem}.gz"), storage_options)
         archive_ok = hashlib.md5(archive).hexdigest() == info["archive_md5"][f"{stem}.gz"]
         if not archive_ok and _payload_sha256(archive) != sha:
-            raise DataError(f"{join_uri(base, stem + '.gz')}: checksum mismatch (neither the official archive "
-                            f"md5 nor the payload sha256 matches). The download is corrupt or from the "
-                            f"wrong dataset; nothing was written. Retry, or use another mirror.")
+            raise DataError(
+                f"{join_uri(base, stem + '.gz')}: checksum mismatch (neither the official archive "
+                f"md5 nor the payload sha256 matches). The download is corrupt or from the "
+                f"wrong dataset; nothing was written. Retry, or use another mirror."
+            )
         tmp = target.with_suffix(".gz.part")
         tmp.write_bytes(archive)
         tmp.replace(target)  # atomic: a failed fetch never leaves a half file under the real name

@@ -1,6 +1,7 @@
 """``sklearn-digits``: scikit-learn's embedded 8x8 handwritten digits (1,797 images, 10 classes).
 No download: for tests and a smoke run in under a minute. The source argument is ignored
 (write ``sklearn:digits``). Split: stratified 75/25 with a fixed seed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,14 @@ class DigitsFormat(DatasetFormat):
         tr, te = train_test_split(np.arange(len(labels)), test_size=0.25, random_state=0, stratify=labels)
         tr, te = np.sort(tr), np.sort(te)
         digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
-        return DatasetArrays(train_images=images[tr], train_labels=labels[tr], test_images=images[te],
-                             test_labels=labels[te], class_names=[str(i) for i in range(10)],
-                             source_files={"sklearn.datasets.load_digits": digest})
+        return DatasetArrays(
+            train_images=images[tr],
+            train_labels=labels[tr],
+            test_images=images[te],
+            test_labels=labels[te],
+            class_names=[str(i) for i in range(10)],
+            source_files={"sklearn.datasets.load_digits": digest},
+        )
 
 
 @hookimpl

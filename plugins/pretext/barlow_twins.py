@@ -4,12 +4,24 @@ redundancy reduction off it. Contrastive family (joint-embedding).
 
 Recipe, scaled to small images: a 3-layer projector (8192-d in the paper, 4x backbone width
 here), lambda = 0.0051 as published."""
+
 from __future__ import annotations
 
 import torch
 from pydantic import Field
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, gather_with_grad, hookimpl, mlp, two_views
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    gather_with_grad,
+    hookimpl,
+    mlp,
+    two_views,
+)
 
 
 class BarlowTwinsParams(Params):

@@ -5,13 +5,27 @@ negatives. Contrastive family (joint-embedding).
 Recipe, scaled to small images: SimCLR augmentations, projector and predictor MLPs with BN
 (hidden 4x backbone width, 128-d output; 4096/256 in the paper), the symmetric 2 - 2cos loss, and
 the target momentum rising from 0.99 to 1 along a cosine (0.996 base in the paper's long runs)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, cosine_increase, ema_update, frozen_copy, hookimpl, mlp, two_views
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    cosine_increase,
+    ema_update,
+    frozen_copy,
+    hookimpl,
+    mlp,
+    two_views,
+)
 
 
 class BYOLParams(Params):

@@ -11,6 +11,7 @@ image nearly the same prototype scores and training collapses to the uniform out
 hundred steps, measured on digits), student temperature 0.1,
 teacher temperature warmed up from 0.04 to 0.07 over the first 30% of training, centre momentum
 0.9, teacher momentum rising from 0.99 to 1 along a cosine (0.996 in the paper)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,20 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, all_reduce_mean, cosine_increase, ema_update, frozen_copy, hookimpl, linear_warmup
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    all_reduce_mean,
+    cosine_increase,
+    ema_update,
+    frozen_copy,
+    hookimpl,
+    linear_warmup,
+)
 
 
 class DINOParams(Params):
@@ -36,16 +50,24 @@ class DINOParams(Params):
     warmup_fraction: float = Field(0.3, ge=0, le=1, description="of training, to warm the teacher temperature")
     center_momentum: float = Field(0.9, ge=0, lt=1)
     base_momentum: float = Field(0.99, ge=0, le=1)
-    freeze_last_layer_fraction: float = Field(0.01, ge=0, le=1,
-                                              description="of training with the last layer frozen (1 of 100 epochs)")
+    freeze_last_layer_fraction: float = Field(
+        0.01, ge=0, le=1, description="of training with the last layer frozen (1 of 100 epochs)"
+    )
 
 
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int, bn: bool = True):
         super().__init__()
         norm = (lambda: nn.BatchNorm1d(hidden)) if bn else nn.Identity
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), norm(), nn.GELU(), nn.Linear(hidden, hidden), norm(),
-                                 nn.GELU(), nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            norm(),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            norm(),
+            nn.GELU(),
+            nn.Linear(hidden, bottleneck),
+        )
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         # the paper freezes the weight norm's magnitude at 1 ("norm_last_layer")
         self.last.parametrizations.weight.original0.data.fill_(1.0)
@@ -63,15 +85,17 @@ class DINO(PretextTask):
 
     def __init__(self, backbone: Backbone, params: DINOParams):
         super().__init__(backbone, params)
-        self.head = DINOHead(backbone.num_features, params.head_hidden, params.bottleneck, params.out_dim,
-                             params.head_bn)
+        self.head = DINOHead(
+            backbone.num_features, params.head_hidden, params.bottleneck, params.out_dim, params.head_bn
+        )
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, params.out_dim))
         self.register_buffer("progress", torch.zeros(2, dtype=torch.long))  # (step, total): schedules resume
         # the paper freezes the prototypes for the first epoch: early updates there destabilise training
         self.head.last.parametrizations.weight.original1.register_hook(
-            lambda grad: grad * 0 if self.last_layer_frozen() else grad)
+            lambda grad: grad * 0 if self.last_layer_frozen() else grad
+        )
         side = backbone.image_size
         # a backbone that only takes its built size (a plain ViT) gets full-size local crops
         local = max(4, round(side * params.local_size_fraction)) if backbone.flexible_input else side
@@ -107,7 +131,9 @@ class DINO(PretextTask):
                 loss = loss + torch.sum(-q * F.log_softmax(s, dim=-1), dim=-1).mean()
                 terms += 1
         with torch.no_grad():
-            self.center.mul_(p.center_momentum).add_(all_reduce_mean(t_out.mean(0, keepdim=True)), alpha=1 - p.center_momentum)
+            self.center.mul_(p.center_momentum).add_(
+                all_reduce_mean(t_out.mean(0, keepdim=True)), alpha=1 - p.center_momentum
+            )
         return StepOutput(loss / terms, {"teacher_temp": self.teacher_temperature()})
 
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -5,6 +5,7 @@ Recipe, scaled to small images: a random square covering ``mask_side`` of the im
 i.e. a quarter of the area, as the paper's central/random block), filled with the dataset mean;
 a decoder from the pooled features to the full image; the L2 loss weighted 0.99 on the hidden
 region and 0.01 on the visible context (the paper's weighting; no adversarial term)."""
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,12 @@ class Inpainting(PretextTask):
     def __init__(self, backbone: Backbone, params: InpaintingParams):
         super().__init__(backbone, params)
         c, side, f = backbone.in_chans, backbone.image_size, backbone.num_features
-        self.decoder = nn.Sequential(nn.Linear(f, params.decoder_hidden), nn.ReLU(inplace=True),
-                                     nn.Linear(params.decoder_hidden, c * side * side), nn.Sigmoid())
+        self.decoder = nn.Sequential(
+            nn.Linear(f, params.decoder_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(params.decoder_hidden, c * side * side),
+            nn.Sigmoid(),
+        )
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), jitter_p=0.0, grayscale_p=0.0)
 
     def random_masks(self, aug: Augmenter, n: int, h: int, w: int, device) -> torch.Tensor:

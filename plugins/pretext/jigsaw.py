@@ -6,6 +6,7 @@ distance (the paper's best trade-off is 100-1000), each tile a random sub-crop o
 (the paper's 64 px tiles in 85 px cells) so edge continuity cannot solve the puzzle. One departure:
 the shuffled tiles are reassembled into one image and encoded once, instead of nine tile
 encodings, so any backbone (ViTs included) works at its built size; say so when you compare."""
+
 from __future__ import annotations
 
 import itertools
@@ -28,10 +29,12 @@ class JigsawParams(Params):
     crop_scale_min: float = Field(0.6, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _enough_permutations(self) -> "JigsawParams":
-        if self.num_permutations > math.factorial(self.grid ** 2):
-            raise ValueError(f"num_permutations {self.num_permutations} is more than the "
-                             f"{math.factorial(self.grid ** 2)} orders of a {self.grid}x{self.grid} grid")
+    def _enough_permutations(self) -> JigsawParams:
+        if self.num_permutations > math.factorial(self.grid**2):
+            raise ValueError(
+                f"num_permutations {self.num_permutations} is more than the "
+                f"{math.factorial(self.grid**2)} orders of a {self.grid}x{self.grid} grid"
+            )
         return self
 
 
@@ -55,8 +58,9 @@ def permutation_set(cells: int, count: int, seed: int = 0) -> np.ndarray:
     return pool[chosen].astype(np.int64)
 
 
-def shuffle_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int, tile_fraction: float,
-                  offsets: torch.Tensor) -> torch.Tensor:
+def shuffle_tiles(
+    x: torch.Tensor, perms: torch.Tensor, grid: int, tile_fraction: float, offsets: torch.Tensor
+) -> torch.Tensor:
     """Rebuild each image from its tiles in permuted order with one ``grid_sample``.
 
     Output cell j shows source cell ``perms[i, j]`` (row-major), as a sub-crop of side
@@ -64,8 +68,8 @@ def shuffle_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int, tile_fraction
     n, _, h, w = x.shape
     dev = x.device
     cell_h, cell_w = h / grid, w / grid
-    ys = (torch.arange(h, device=dev) + 0.5)
-    xs = (torch.arange(w, device=dev) + 0.5)
+    ys = torch.arange(h, device=dev) + 0.5
+    xs = torch.arange(w, device=dev) + 0.5
     row = (ys // cell_h).clamp(max=grid - 1).long()  # output cell row of each pixel row
     col = (xs // cell_w).clamp(max=grid - 1).long()
     ty = (ys - row * cell_h) / cell_h  # position inside the output cell, [0, 1)
@@ -74,7 +78,9 @@ def shuffle_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int, tile_fraction
     src = torch.gather(perms, 1, out_cell)  # source cell per output pixel
     off = torch.gather(offsets, 1, out_cell.unsqueeze(-1).expand(-1, -1, 2))  # (n, h*w, 2)
     margin = 1 - tile_fraction
-    sy = (src // grid).float() * cell_h + (off[..., 0] * margin + ty.repeat_interleave(w)[None] * tile_fraction) * cell_h
+    sy = (src // grid).float() * cell_h + (
+        off[..., 0] * margin + ty.repeat_interleave(w)[None] * tile_fraction
+    ) * cell_h
     sx = (src % grid).float() * cell_w + (off[..., 1] * margin + tx.repeat(h)[None] * tile_fraction) * cell_w
     grid_xy = torch.stack([2 * sx / w - 1, 2 * sy / h - 1], dim=-1).view(n, h, w, 2)
     return F.grid_sample(x, grid_xy.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
@@ -91,13 +97,13 @@ class Jigsaw(PretextTask):
         f = backbone.num_features
         k = params.num_permutations
         self.head = mlp(f, params.head_hidden, k, layers=2) if params.head_hidden else torch.nn.Linear(f, k)
-        self.register_buffer("permutations", torch.from_numpy(permutation_set(params.grid ** 2, k)))
+        self.register_buffer("permutations", torch.from_numpy(permutation_set(params.grid**2, k)))
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
         x = aug.view(images, self.view)
         n = x.shape[0]
-        cells = self.params.grid ** 2
+        cells = self.params.grid**2
         target = aug.randint(self.params.num_permutations, (n,))
         offsets = aug.rand(n, cells, 2)
         puzzle = shuffle_tiles(x, self.permutations[target], self.params.grid, self.params.tile_fraction, offsets)

@@ -6,6 +6,7 @@ Recipe, scaled to small images: mask ratio 0.75, the normalised-pixel target (pe
 variance, the paper's best), loss on masked patches only, a 2-block 128-d decoder (8 x 512 in the
 paper) with learned position embeddings, random resized crop (0.2-1) + flip as the only
 augmentation."""
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ class MAEParams(Params):
     crop_scale_min: float = Field(0.2, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _heads_divide_dim(self) -> "MAEParams":
+    def _heads_divide_dim(self) -> MAEParams:
         if self.decoder_dim % self.decoder_heads:
             raise ValueError(f"decoder_dim {self.decoder_dim} must be divisible by decoder_heads {self.decoder_heads}")
         return self
@@ -62,10 +63,11 @@ class MAE(PretextTask):
         self.decoder_pos = nn.Parameter(torch.zeros(1, 1 + api.num_patches, d))
         nn.init.trunc_normal_(self.decoder_pos, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.decoder = nn.Sequential(*[Block(d, params.decoder_heads, mlp_ratio=4.0, qkv_bias=True)
-                                       for _ in range(params.decoder_depth)])
+        self.decoder = nn.Sequential(
+            *[Block(d, params.decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(params.decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(d)
-        self.decoder_pred = nn.Linear(d, api.patch_size ** 2 * backbone.in_chans)
+        self.decoder_pred = nn.Linear(d, api.patch_size**2 * backbone.in_chans)
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), jitter_p=0.0, grayscale_p=0.0)
         self.last_mask: torch.Tensor | None = None  # for inspection and tests
 

@@ -4,18 +4,31 @@ slowly moving momentum copy, out of a queue of keys from earlier batches. Contra
 Recipe, scaled to small images: the SimCLR augmentations, an MLP projection head (no BN, as v2)
 to 128 dimensions, temperature 0.2, momentum 0.99 (0.999 in the paper, whose runs are 100x
 longer), a queue of 4,096 keys (65,536 for ImageNet)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, ema_update, frozen_copy, gather, hookimpl, mlp
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    ema_update,
+    frozen_copy,
+    gather,
+    hookimpl,
+    mlp,
+)
 
 
 class MoCoParams(Params):
     temperature: float = Field(0.2, gt=0)
-    queue_size: int = Field(4096, gt=0, le=2 ** 20)
+    queue_size: int = Field(4096, gt=0, le=2**20)
     momentum: float = Field(0.99, ge=0, le=1)
     proj_hidden: int = Field(0, ge=0, le=16384, description="0 = backbone width")
     proj_dim: int = Field(128, gt=0, le=16384)

@@ -5,13 +5,25 @@ Predictive family.
 Recipe, scaled to small images: patches of ~75% of a cell with random jitter (the paper's gaps
 and jitter, against trivial edge matching); both patches are resampled to the backbone's input
 size, so any backbone (ViTs included) works; a 2-layer head on the two concatenated features."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, crop_boxes, hookimpl, mlp, to_float
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    crop_boxes,
+    hookimpl,
+    mlp,
+    to_float,
+)
 
 # the eight neighbours of the centre cell (row, col offsets), in the paper's order
 NEIGHBOURS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]

@@ -3,6 +3,7 @@ rotated by. Predictive family: the target is computed from the input alone.
 
 Recipe, scaled to small images: each image appears in all four rotations in the same batch (the
 paper's finding), light crop + flip beforehand, a classifier head on the pooled features."""
+
 from __future__ import annotations
 
 import torch
@@ -30,12 +31,17 @@ class Rotation(PretextTask):
         super().__init__(backbone, params)
         f = backbone.num_features
         if params.head_hidden:
-            self.head = nn.Sequential(nn.Linear(f, params.head_hidden), nn.BatchNorm1d(params.head_hidden),
-                                      nn.ReLU(inplace=True), nn.Linear(params.head_hidden, 4))
+            self.head = nn.Sequential(
+                nn.Linear(f, params.head_hidden),
+                nn.BatchNorm1d(params.head_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(params.head_hidden, 4),
+            )
         else:
             self.head = nn.Linear(f, 4)
-        self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), flip_p=params.flip_p, jitter_p=0.0,
-                             grayscale_p=0.0)
+        self.view = ViewSpec(
+            crop_scale=(params.crop_scale_min, 1.0), flip_p=params.flip_p, jitter_p=0.0, grayscale_p=0.0
+        )
 
     @staticmethod
     def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ pushed away from every other image in the batch with the NT-Xent loss. Contrasti
 Recipe, scaled to small images: random resized crop (scale 0.2-1), flip, colour jitter (p=0.8),
 grayscale (p=0.2, colour only), no blur at this size; a 2-layer MLP projection head to 128
 dimensions; temperature 0.5 (the paper's CIFAR-10 setting)."""
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, gather_with_grad, hookimpl, two_views
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    gather_with_grad,
+    hookimpl,
+    two_views,
+)
 
 
 class SimCLRParams(Params):
@@ -42,8 +53,9 @@ class SimCLR(PretextTask):
         super().__init__(backbone, params)
         f = backbone.num_features
         hidden = params.proj_hidden or f
-        self.projector = nn.Sequential(nn.Linear(f, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(hidden, params.proj_dim))
+        self.projector = nn.Sequential(
+            nn.Linear(f, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, params.proj_dim)
+        )
         s = params.jitter_strength
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), brightness=s, contrast=s, saturation=s)
 

@@ -4,6 +4,7 @@ Contrastive family (joint-embedding).
 
 Recipe, scaled to small images: a 3-layer projector with BN on its output (2048-d in the paper,
 4x backbone width here) and a bottleneck predictor (a quarter of the projection width)."""
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,10 @@ class SimSiam(PretextTask):
         p = self.predictor(z)
         z1, z2 = z.chunk(2)
         p1, p2 = p.chunk(2)
-        loss = -(F.cosine_similarity(p1, z2.detach(), dim=-1).mean()
-                 + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()) / 2
+        loss = (
+            -(F.cosine_similarity(p1, z2.detach(), dim=-1).mean() + F.cosine_similarity(p2, z1.detach(), dim=-1).mean())
+            / 2
+        )
         # the output's per-dimension std collapses to 0 when the method fails; 1/sqrt(d) is healthy
         std = F.normalize(z1.detach(), dim=1).std(dim=0).mean().item()
         return StepOutput(loss, {"z_std": std})

@@ -5,13 +5,25 @@ family (joint-embedding).
 
 Recipe, scaled to small images: a 3-layer projector (8192-d in the paper, 4x backbone width here),
 coefficients 25 / 25 / 1 as published."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextflow.api import Augmenter, Backbone, Params, PretextTask, StepOutput, ViewSpec, gather_with_grad, hookimpl, mlp, two_views
+from pretextflow.api import (
+    Augmenter,
+    Backbone,
+    Params,
+    PretextTask,
+    StepOutput,
+    ViewSpec,
+    gather_with_grad,
+    hookimpl,
+    mlp,
+    two_views,
+)
 
 from .barlow_twins import off_diagonal
 

@@ -1,4 +1,5 @@
 """pretextflow plugin: the ``denoising`` pretext task (a denoising autoencoder)."""
+
 from importlib import metadata as _metadata
 
 try:

@@ -10,6 +10,7 @@ pooled features to the whole image; the loss is the mean squared error to the cl
 A third-party plugin written only against ``pretextflow.api``; every random draw comes from the
 seeded augmenter's generator, on the images' device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,12 @@ class Denoising(PretextTask):
     def __init__(self, backbone: Backbone, params: DenoisingParams):
         super().__init__(backbone, params)
         c, side, f = backbone.in_chans, backbone.image_size, backbone.num_features
-        self.decoder = nn.Sequential(nn.Linear(f, params.decoder_hidden), nn.ReLU(inplace=True),
-                                     nn.Linear(params.decoder_hidden, c * side * side), nn.Sigmoid())
+        self.decoder = nn.Sequential(
+            nn.Linear(f, params.decoder_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(params.decoder_hidden, c * side * side),
+            nn.Sigmoid(),
+        )
         self.view = ViewSpec(crop_scale=(params.crop_scale_min, 1.0), jitter_p=0.0, grayscale_p=0.0)
 
     def corrupt(self, x: torch.Tensor, aug: Augmenter) -> torch.Tensor:

@@ -1,19 +1,27 @@
 """The example plugin's own tests: the pretextflow conformance kit, plus what is specific to the
 method (the corruption)."""
+
 import torch
+from pretextflow_denoising.denoising import Denoising
 
 from pretextflow.api import Augmenter
 from pretextflow.testing import assert_conforms, registry_with
-
-from pretextflow_denoising.denoising import Denoising
 
 
 def test_conforms_to_the_pretext_task_contract():
     """Installed (pip install -e .): registered under its name, params, forward, gradients,
     determinism, state dict, device, and a short pretrain -> freeze -> probe on digits."""
     results = assert_conforms("denoising", kind="pretext")
-    assert [r.name for r in results if r.passed] == ["registered", "params", "forward", "gradients",
-                                                     "determinism", "state_dict", "device", "pipeline"]
+    assert [r.name for r in results if r.passed] == [
+        "registered",
+        "params",
+        "forward",
+        "gradients",
+        "determinism",
+        "state_dict",
+        "device",
+        "pipeline",
+    ]
 
 
 def test_conforms_before_installing():
