@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: demo test install example data browser lock clean
+.PHONY: demo test lint install example data browser lock clean
 
 # The environment: a venv with the pinned constraints (torch 2.14.1 / torchvision 0.29.1, ...).
 $(STAMP): pyproject.toml constraints.txt
@@ -40,8 +40,15 @@ demo: install
 	@dir=$$(PRETEXTFLOW=$(BIN)/pretextflow sh scripts/fashion_mnist_dir.sh) && \
 	$(BIN)/pretextflow run configs/fashion_mnist.yaml --set data.source=$$dir
 
-# The test suite (Prefect and DVC run in temporary folders; nothing touches ~ or this repo's data/).
-test: install data browser example
+# Lint, format and layering checks (ruff, import-linter contracts of pyproject.toml).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	LINT_IMPORTS=$(abspath $(BIN))/lint-imports sh scripts/lint_imports.sh
+
+# The test suite (Prefect and DVC run in temporary folders; nothing touches ~ or this repo's data/),
+# after the lint and layering checks.
+test: install lint data browser example
 	$(BIN)/python -m pytest
 
 # Refresh the lock file from the current venv (after changing dependencies in pyproject.toml).

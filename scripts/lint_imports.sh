@@ -1,0 +1,14 @@
+#!/bin/sh
+# import-linter reads packages from the file system, but the repository keeps core/, plugins/ and
+# flows/ at its top level (installed as pretextflow.core, .plugins, .flows: see pyproject.toml). Lay
+# the installed shape out in a temporary folder and check the contracts of pyproject.toml there.
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir "$tmp/pretextflow"
+cp -R "$here"/pretextflow/. "$tmp/pretextflow/"
+for pkg in core plugins flows; do cp -R "$here/$pkg" "$tmp/pretextflow/$pkg"; done
+find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
+cd "$tmp"
+PYTHONPATH="$tmp" "${LINT_IMPORTS:-$here/.venv/bin/lint-imports}" "$here/pyproject.toml" --no-cache "$@"
