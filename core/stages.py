@@ -15,7 +15,7 @@ from typing import Any
 
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset, load_dataset
-from pretextflow.core.keys import source_digest, stage_key
+from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import ArtifactStore
@@ -64,28 +64,18 @@ class StageContext:
 
     # -- keys ----------------------------------------------------------------------------------
     def code_version(self, stage: str) -> str:
-        """Content hash of the code a stage runs: its core modules and the plugins' modules."""
-        from pretextflow.core.evaluation import features, probe, supervised
-        from pretextflow.core.registry import contracts
-        from pretextflow.core.toolkit import augment, heads
-        from pretextflow.core.training import checkpoint, freeze
-        from pretextflow.core.training import loop as train
+        """Content hash of the code a stage runs: the stage's entry module and the plugins it calls,
+        with everything they import, transitively (``core.keys.code_digest``)."""
+        from pretextflow.core.evaluation import probe
+        from pretextflow.core.training import freeze, loop
 
         backbone = self.registry.backbone(self.cfg.backbone.name).build
-        modules = {
-            "pretrain": [
-                train,
-                augment,
-                heads,
-                contracts,
-                checkpoint,
-                backbone,
-                self.registry.pretext_task(self.cfg.pretext.name),
-            ],
-            "freeze": [freeze, checkpoint],
-            "probe": [probe, features, supervised, augment, train, backbone],
+        entry_points = {
+            "pretrain": [loop, backbone, self.registry.pretext_task(self.cfg.pretext.name)],
+            "freeze": [freeze],
+            "probe": [probe, backbone],
         }[stage]
-        return source_digest(*modules)
+        return code_digest(*entry_points)
 
     def pretrain_key(self, ds: Dataset) -> str:
         cfg = self.cfg

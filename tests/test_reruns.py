@@ -191,7 +191,7 @@ def test_regression_marks_the_flow_run_failed(first):
 
 
 def test_code_version_is_part_of_the_key(tmp_path):
-    from pretextflow.core.keys import source_digest
+    from pretextflow.core.keys import code_digest
 
     mod = tmp_path / "stage_mod.py"
     mod.write_text("X = 1\n")
@@ -201,10 +201,10 @@ def test_code_version_is_part_of_the_key(tmp_path):
 
         import stage_mod
 
-        first_digest = source_digest(stage_mod)
+        first_digest = code_digest(stage_mod)
         mod.write_text("X = 2\n")
         importlib.reload(stage_mod)
-        assert source_digest(stage_mod) != first_digest
+        assert code_digest(stage_mod) != first_digest
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("stage_mod", None)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pretextflow.core.config import ProbeConfig, RunConfig
 from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.evaluation.features import cached_features, pixel_features
-from pretextflow.core.keys import source_digest, stage_key
+from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.training.freeze import load_frozen_backbone
@@ -227,10 +227,8 @@ class _Supervised:
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
         from pretextflow.core.evaluation import supervised
-        from pretextflow.core.toolkit import augment
-        from pretextflow.core.training import loop as train
 
-        self.code = source_digest(supervised, augment, train, registry.backbone(cfg.backbone.name).build)
+        self.code = code_digest(supervised, registry.backbone(cfg.backbone.name).build)
 
     def run(self, kind: str, fraction: float, subset_seed: int, idx: np.ndarray) -> dict[str, Any]:
         from pretextflow.core.evaluation.supervised import train_supervised
@@ -308,7 +306,7 @@ def probe(
     t = time.perf_counter()
     from pretextflow.core.evaluation import features as features_module
 
-    code = source_digest(features_module)
+    code = code_digest(features_module)
     feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}
     feats = {
         "ssl": cached_features(
@@ -330,7 +328,7 @@ def probe(
                 "data": dataset.fingerprint,
                 "backbone_version": registry.describe("backbone", cfg.backbone.name).version,
                 "code": code,
-                "backbone_code": source_digest(registry.backbone(cfg.backbone.name).build),
+                "backbone_code": code_digest(registry.backbone(cfg.backbone.name).build),
             },
         )
         feats["random_init"] = cached_features(
