@@ -60,7 +60,6 @@ def _relative(path: str) -> str:
     return "/".join(parts[-3:])
 
 
-@functools.cache
 def import_closure(module: str, path: str) -> frozenset[str]:
     """Source files of ``module`` and of every module of its own top-level package, or of
     ``pretextflow``, that it imports (module-level and function-level imports alike, and the
@@ -86,7 +85,16 @@ def import_closure(module: str, path: str) -> frozenset[str]:
 
 def _imported_names(module: str, path: str) -> set[str]:
     """Every dotted name an ``import`` or ``from ... import`` in the file may refer to."""
-    tree = ast.parse(read_source(path), filename=path)
+    return _names_in(module, path, read_source(path))
+
+
+# Nothing about which files a closure holds is cached across calls: it is recomputed from the
+# file system each time, so no state of the process (an import hook, a half-imported package in
+# another thread) can leave a stale answer that makes two processes disagree on a key. Only the
+# parse of a file's exact bytes is cached.
+@functools.lru_cache(maxsize=4096)
+def _names_in(module: str, path: str, source: bytes) -> frozenset[str]:
+    tree = ast.parse(source, filename=path)
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -99,7 +107,7 @@ def _imported_names(module: str, path: str) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             out.add(base)
             out.update(f"{base}.{alias.name}" for alias in node.names)  # names that are submodules
-    return out
+    return frozenset(out)
 
 
 def _with_parents(name: str) -> list[str]:
@@ -107,7 +115,6 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-@functools.cache
 def _module_file(name: str) -> str | None:
     """The source file of module ``name`` without importing it (None for a name that is not a
     module: a function or class imported from one)."""
@@ -131,7 +138,4 @@ def _module_file(name: str) -> str | None:
 
 
 def _search_locations(package: str, init_file: str) -> list[str]:
-    module = sys.modules.get(package)
-    if module is not None and getattr(module, "__path__", None):
-        return list(module.__path__)
     return [str(Path(init_file).parent)]
