@@ -4,11 +4,15 @@ Nothing is pickled, so loading a checkpoint can never execute code."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+if TYPE_CHECKING:
+    from pretextflow.core.toolkit.augment import Augmenter
 
 META_KEY = "pretextflow"
 
@@ -61,3 +65,44 @@ def optimizer_from_groups(opt: torch.optim.Optimizer, tensors: dict[str, torch.T
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+@dataclass
+class TrainingState:
+    """The live objects a pretraining checkpoint holds: the task's weights and buffers, the optimizer,
+    the AMP scaler and the three generators (torch's, the data order's, the augmenter's)."""
+
+    task: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data_gen: torch.Generator
+    aug: Augmenter
+    device: torch.device
+
+    def to_bytes(self, data_state: torch.Tensor, progress: dict[str, Any]) -> bytes:
+        """Encode the state with ``progress`` (the loop's JSON part); ``data_state`` is the data
+        generator's state to save (the one from before the current epoch's permutation)."""
+        opt_tensors, opt_info = optimizer_to_groups(self.opt)
+        rng = {
+            "torch": torch.get_rng_state(),
+            "data": data_state,
+            **{f"aug.{k}": v for k, v in self.aug.state_dict().items()},
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        info = {**progress, "optimizer": opt_info, "scaler": self.scaler.state_dict()}
+        return encode({"model": self.task.state_dict(), "optim": opt_tensors, "rng": rng}, info)
+
+    def restore(self, data: bytes) -> dict[str, Any]:
+        """Load a checkpoint written by ``to_bytes`` into the live objects; return its JSON part."""
+        groups, info = decode(data)
+        self.task.load_state_dict(groups["model"])
+        optimizer_from_groups(self.opt, groups.get("optim", {}), info["optimizer"])
+        if info.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(info["scaler"])
+        torch.set_rng_state(groups["rng"]["torch"])
+        self.data_gen.set_state(groups["rng"]["data"])  # from before the epoch's permutation: redrawn identically
+        self.aug.load_state_dict({"generator": groups["rng"]["aug.generator"]})
+        if self.device.type == "cuda" and "cuda" in groups["rng"]:
+            torch.cuda.set_rng_state(groups["rng"]["cuda"], self.device)
+        return info

@@ -116,19 +116,6 @@ def _finite_state(task: torch.nn.Module, opt: torch.optim.Optimizer, device: tor
     return bool(distributed.all_reduce_mean(torch.tensor(float(ok), device=device)) == 1.0)
 
 
-def _checkpoint_bytes(
-    task, opt, scaler, data_state: torch.Tensor, aug, run: _Progress, steps_per_epoch: int, device
-) -> bytes:
-    """``data_state``: the data generator before the current epoch's permutation, so that a resumed
-    run redraws the same permutation and continues mid-epoch at ``run.step``."""
-    opt_tensors, opt_info = ckpt.optimizer_to_groups(opt)
-    rng = {"torch": torch.get_rng_state(), "data": data_state, **{f"aug.{k}": v for k, v in aug.state_dict().items()}}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    info = {**run.info(steps_per_epoch), "optimizer": opt_info, "scaler": scaler.state_dict()}
-    return ckpt.encode({"model": task.state_dict(), "optim": opt_tensors, "rng": rng}, info)
-
-
 def pretrain(
     cfg: RunConfig,
     dataset: Dataset,
@@ -247,25 +234,21 @@ _SILENT = logging.getLogger("pretextflow.train.silent")
 _SILENT.disabled = True
 
 
-def _train(
-    cfg: RunConfig,
-    dataset: Dataset,
-    store: ArtifactStore,
-    key: str,
-    registry: Registry,
-    logger: logging.Logger | logging.LoggerAdapter,
-    on_epoch_end: Callable[[int], None] | None,
-    shard: distributed.Shard,
-    on_step: Callable[[int], None] | None = None,
-) -> PretrainOutcome:
-    """The loop, in one process or as one rank of several (``shard``). ``on_epoch_end(epochs done)``
-    and ``on_step(steps done)`` are called after the epoch's / step's checkpoint, if one was due."""
-    tc = cfg.train
+def _device(tc, shard: distributed.Shard) -> torch.device:
+    """The device this process trains on: with several CUDA processes, the rank's own GPU."""
     device = select_device(tc.device)
     if device.type == "cuda" and shard.world > 1:
         device = torch.device("cuda", shard.rank)
-    configure_runtime(cfg.seed, device, tc.threads)
-    backbone = build_backbone(cfg, dataset.meta, registry, seed=cfg.seed)
+    return device
+
+
+def _build_model(
+    cfg: RunConfig, meta: dict, registry: Registry, shard: distributed.Shard, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module, bool]:
+    """(task, the module the loop calls, channels-last): the task built and placed on the device,
+    converted / compiled as configured, and wrapped in DDP when there are several processes."""
+    tc = cfg.train
+    backbone = build_backbone(cfg, meta, registry, seed=cfg.seed)
     task = build_task(cfg, backbone, registry)
     if shard.world > 1 and tc.sync_batchnorm:
         task = distributed.convert_batchnorm(task, device.type)
@@ -282,7 +265,41 @@ def _train(
 
         # the task module computes the loss itself; DDP averages gradients across ranks
         model = DDP(task, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+    return task, model, channels_last
 
+
+@dataclass
+class _Batches:
+    """The training images, placed for the device, and how they are cut into this rank's batches."""
+
+    images: torch.Tensor
+    resident: bool  # on the training device as a whole (else copied batch by batch)
+    channels_last: bool
+    device: torch.device
+    batch_size: int  # the global batch
+    local_batch: int  # this rank's share of it
+    rank: int
+    steps_per_epoch: int
+
+    @property
+    def n(self) -> int:
+        """The number of training images."""
+        return len(self.images)
+
+    def get(self, perm: torch.Tensor, i: int) -> torch.Tensor:
+        """This rank's batch for step ``i`` of the epoch with permutation ``perm``, on the device."""
+        # this rank's contiguous slice of the global batch (every rank drew the same permutation)
+        start = i * self.batch_size + self.rank * self.local_batch
+        idx = perm[start : start + self.local_batch]
+        images = self.images
+        batch = images[idx.to(images.device)] if self.resident else images[idx].to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+def _image_tensor(dataset: Dataset, tc, device: torch.device) -> torch.Tensor:
+    """The training images (the first ``train.max_train_samples``) as a CPU tensor."""
     images = dataset.train_images if tc.max_train_samples is None else dataset.train_images[: tc.max_train_samples]
     if isinstance(images, np.memmap) and device.type == "cpu":
         # train straight from the memory-mapped file: its pages are the only copy in RAM (shared with
@@ -290,9 +307,15 @@ def _train(
         # writes to it, so torch's warning about a read-only buffer does not apply.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            images = torch.from_numpy(images)
-    else:
-        images = torch.from_numpy(np.array(images))  # one in-memory copy, then moved to the device
+            return torch.from_numpy(images)
+    return torch.from_numpy(np.array(images))  # one in-memory copy, then moved to the device
+
+
+def _place_images(
+    dataset: Dataset, tc, shard: distributed.Shard, device: torch.device, channels_last: bool
+) -> _Batches:
+    """Check that a global batch fits in the images, and put them where batches are drawn from."""
+    images = _image_tensor(dataset, tc, device)
     n = len(images)
     steps_per_epoch = n // tc.batch_size
     if steps_per_epoch == 0:
@@ -305,205 +328,339 @@ def _train(
         images = images.to(device)  # on a GPU: the whole dataset lives on the device, no copies per step
     elif device.type == "cuda":
         images = images.pin_memory()  # copied batch by batch with non_blocking transfers
+    return _Batches(images, resident, channels_last, device, tc.batch_size, local_batch, shard.rank, steps_per_epoch)
 
+
+def _optimizer(task: torch.nn.Module, tc) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the trainable parameters, without weight decay on norms and biases."""
     decay, no_decay = [], []
     for p in task.parameters():
         if p.requires_grad:  # EMA teachers and momentum encoders are updated by the task, not the optimizer
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if tc.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=tc.lr)
-    dtype = amp_dtype(device, tc.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=tc.lr)
 
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    aug = Augmenter(cfg.seed + 1, device, shard=(shard.rank, shard.world))
-    total = tc.epochs * steps_per_epoch
-    warmup = int(round(tc.warmup_epochs * steps_per_epoch))
-    writer = shard.rank == 0  # one process writes checkpoints, history and weights
-    rollback = tc.on_nonfinite == "rollback"
 
-    def restore(data: bytes) -> _Progress:
-        groups_, info = ckpt.decode(data)
-        task.load_state_dict(groups_["model"])
-        ckpt.optimizer_from_groups(opt, groups_.get("optim", {}), info["optimizer"])
-        if info.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(info["scaler"])
-        torch.set_rng_state(groups_["rng"]["torch"])
-        data_gen.set_state(groups_["rng"]["data"])  # from before the epoch's permutation: redrawn identically
-        aug.load_state_dict({"generator": groups_["rng"]["aug.generator"]})
-        if device.type == "cuda" and "cuda" in groups_["rng"]:
-            torch.cuda.set_rng_state(groups_["rng"]["cuda"], device)
-        return _Progress.from_info(info)
+@dataclass
+class _Loop:
+    """One process's training loop: what ``_setup`` built (fixed for the run) and the moving parts."""
 
-    run = _Progress()
+    cfg: RunConfig
+    store: ArtifactStore
+    key: str
+    logger: logging.Logger | logging.LoggerAdapter
+    shard: distributed.Shard
+    state: ckpt.TrainingState  # task, optimizer, scaler, generators: what a checkpoint holds
+    model: torch.nn.Module  # the task, or its DDP wrapper
+    dtype: torch.dtype | None  # autocast's, None without AMP
+    batches: _Batches
+    total: int  # optimizer steps in the run
+    warmup: int  # warm-up steps
+    run: _Progress = field(default_factory=_Progress)
     good: bytes | None = None  # rollback mode: the last good checkpoint, or the initial state, in memory
     good_step: int | None = None  # the step of the last checkpoint in the store
-    if store.exists(STAGE, key, "checkpoint.safetensors"):
-        good = store.read_bytes(STAGE, key, "checkpoint.safetensors")
-        run = restore(good)
-        good_step = run.step
-        logger.info(
-            "pretrain %s: resuming from the checkpoint at step %d/%d (epoch %d, step %d of %d)",
-            key,
-            run.step,
-            total,
-            run.step // steps_per_epoch + 1,
-            run.step % steps_per_epoch,
-            steps_per_epoch,
-        )
-    elif rollback:
-        good = _checkpoint_bytes(task, opt, scaler, data_gen.get_state(), aug, run, steps_per_epoch, device)
+    perm: torch.Tensor | None = None  # the current epoch's permutation (None: redraw it)
+    epoch_data_state: torch.Tensor | None = None  # the data generator before that permutation
+    t_epoch: float = 0.0  # perf_counter at the (virtual) start of the current epoch
+    trained_images: int = 0
 
-    logger.info(
-        "pretrain %s: %s on %s, %d images, %d epochs x %d steps, batch %d%s, device %s%s%s",
-        key,
-        cfg.pretext.name,
-        cfg.backbone.name,
-        n,
-        tc.epochs,
-        steps_per_epoch,
-        tc.batch_size,
-        f" ({shard.world} x {local_batch})" if shard.world > 1 else "",
-        device,
-        f" ({dtype})" if dtype else "",
-        ", compiled" if tc.compile else "",
-    )
-    task.train()
-    t_start = time.perf_counter()
-    trained_images = 0
-    perm = epoch_data_state = None
-    t_epoch = 0.0
-    while run.step < total:
-        step = run.step
-        epoch, i = divmod(step, steps_per_epoch)
-        if perm is None or i == 0:  # a new epoch, or the first step after a resume or a rollback
-            epoch_data_state = data_gen.get_state()
-            perm = torch.randperm(n, generator=data_gen)
-            t_epoch, run.epoch_seconds = time.perf_counter() - run.epoch_seconds, 0.0
-        lr = lr_at(step, total, warmup, tc.lr * run.lr_scale)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        # this rank's contiguous slice of the global batch (every rank drew the same permutation)
-        start = i * tc.batch_size + shard.rank * local_batch
-        idx = perm[start : start + local_batch]
-        batch = images[idx.to(images.device)] if resident else images[idx].to(device, non_blocking=True)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            out = model(batch, aug)
+    @property
+    def tc(self):
+        """The run's ``train`` config."""
+        return self.cfg.train
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes checkpoints, history and weights (only rank 0 does)."""
+        return self.shard.rank == 0
+
+    @property
+    def rollback(self) -> bool:
+        """Whether a non-finite loss rolls the run back (else it stops it)."""
+        return self.tc.on_nonfinite == "rollback"
+
+    def snapshot(self, data_state: torch.Tensor) -> bytes:
+        """The checkpoint bytes of the current state and progress, saving ``data_state`` as the data generator's."""
+        return self.state.to_bytes(data_state, self.run.info(self.batches.steps_per_epoch))
+
+    def restore(self, data: bytes) -> _Progress:
+        """Load checkpoint bytes into the modules and generators; return the progress they hold."""
+        return _Progress.from_info(self.state.restore(data))
+
+    def resume(self) -> None:
+        """Continue from the store's checkpoint if there is one; in rollback mode keep the start as the good state."""
+        spe = self.batches.steps_per_epoch
+        if self.store.exists(STAGE, self.key, "checkpoint.safetensors"):
+            self.good = self.store.read_bytes(STAGE, self.key, "checkpoint.safetensors")
+            self.run = self.restore(self.good)
+            self.good_step = self.run.step
+            self.logger.info(
+                "pretrain %s: resuming from the checkpoint at step %d/%d (epoch %d, step %d of %d)",
+                self.key,
+                self.run.step,
+                self.total,
+                self.run.step // spe + 1,
+                self.run.step % spe,
+                spe,
+            )
+        elif self.rollback:
+            self.good = self.snapshot(self.state.data_gen.get_state())
+
+    def log_start(self) -> None:
+        """Log what is trained, on what, and how."""
+        tc, world = self.tc, self.shard.world
+        self.logger.info(
+            "pretrain %s: %s on %s, %d images, %d epochs x %d steps, batch %d%s, device %s%s%s",
+            self.key,
+            self.cfg.pretext.name,
+            self.cfg.backbone.name,
+            self.batches.n,
+            tc.epochs,
+            self.batches.steps_per_epoch,
+            tc.batch_size,
+            f" ({world} x {self.batches.local_batch})" if world > 1 else "",
+            self.state.device,
+            f" ({self.dtype})" if self.dtype else "",
+            ", compiled" if tc.compile else "",
+        )
+
+    def step(self) -> bool:
+        """One training step; False if a non-finite loss or state rolled the run back instead."""
+        step = self.run.step
+        epoch, i = divmod(step, self.batches.steps_per_epoch)
+        if self.perm is None or i == 0:  # a new epoch, or the first step after a resume or a rollback
+            self._begin_epoch()
+        lr = self._set_lr(step)
+        out = self._forward(self.batches.get(self.perm, i))
         loss = out.loss
         # the global batch's loss (identical to the rank's own for losses computed on gathered tensors);
         # reduced before the update so that every rank sees a non-finite loss on any of them
         value = float(distributed.all_reduce_mean(loss.detach()))
         problem = None if math.isfinite(value) else f"non-finite loss ({value})"
         if problem is None:
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            task.on_step_end(step, total)
-            trained_images += tc.batch_size
-            run.step += 1
-            run.losses.append(value)
-            for k, v in out.logs.items():
-                run.logs_sum[k] = run.logs_sum.get(k, 0.0) + float(v)
-            if run.step % tc.log_every == 0:
-                logger.info(
-                    "pretrain %s: epoch %d step %d/%d loss %.4f lr %.2e", key, epoch + 1, run.step, total, value, lr
-                )
-            if run.step % steps_per_epoch == 0:
-                _end_epoch(run, time.perf_counter() - t_epoch, steps_per_epoch)
-                seconds = run.history["epoch_seconds"][-1]
-                logger.info(
-                    "pretrain %s: epoch %d/%d mean loss %.4f (%.1fs, %.0f images/s)",
-                    key,
-                    epoch + 1,
-                    tc.epochs,
-                    run.history["epoch_loss"][-1],
-                    seconds,
-                    steps_per_epoch * tc.batch_size / seconds,
-                )
-            if _checkpoint_due(run.step, steps_per_epoch, total, tc):
-                if not _finite_state(task, opt, device):
-                    problem = "non-finite weights after the update"  # never checkpointed: the last good one stays
-                elif writer or rollback:
-                    if run.step % steps_per_epoch:
-                        run.epoch_seconds = time.perf_counter() - t_epoch
-                    # the data generator as it was before this epoch's permutation (at a boundary: now)
-                    state = data_gen.get_state() if run.step % steps_per_epoch == 0 else epoch_data_state
-                    data = _checkpoint_bytes(task, opt, scaler, state, aug, run, steps_per_epoch, device)
-                    run.epoch_seconds = 0.0
-                    if writer:
-                        store.write_bytes(data, STAGE, key, "checkpoint.safetensors")
-                    good, good_step = (data if rollback else None), run.step
+            self._update(loss, step)
+            self._record(value, out.logs, epoch, lr)
+            problem = self._checkpoint_if_due()
         if problem is not None:
-            where = f"{cfg.pretext.name}: {problem} at step {step} (epoch {epoch + 1}/{tc.epochs}, lr {lr:.3g})"
-            kept = (
-                f"the last good checkpoint (step {good_step}) is kept in {store.uri_of(STAGE, key)}, and a rerun "
-                f"resumes from it"
-                if good_step is not None
-                else "no checkpoint had been written yet (train.checkpoint_every_steps checkpoints mid-epoch)"
-            )
-            if not rollback:
-                raise TrainingDiverged(
-                    f"{where}. Training stopped; {kept}. Lower train.lr or check the data, or set "
-                    f"train.on_nonfinite: rollback to go back to the last good state with a lower "
-                    f"lr automatically."
-                )
-            if len(run.rollbacks) >= tc.max_rollbacks:
-                raise TrainingDiverged(
-                    f"{where}, after {len(run.rollbacks)} rollbacks (train.max_rollbacks="
-                    f"{tc.max_rollbacks}) already lowered the lr to {run.lr_scale:g} x train.lr. "
-                    f"Training stopped; {kept}. Lower train.lr or check the data."
-                )
-            events, scale = run.rollbacks, run.lr_scale * tc.rollback_lr_factor
-            run = restore(good)
-            run.lr_scale = scale
-            run.rollbacks = events + [
-                {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "problem": problem,
-                    "restored_step": run.step,
-                    "lr_scale": scale,
-                    "lr": tc.lr * scale,
-                }
-            ]
-            perm = None  # the restored data generator redraws the epoch's permutation
-            logger.warning(
-                "pretrain %s: %s; rolled back to step %d, lr now %g x train.lr = %.3g (rollback %d of at most %d)",
-                key,
-                where,
-                run.step,
-                scale,
-                tc.lr * scale,
-                len(run.rollbacks),
-                tc.max_rollbacks,
-            )
-            continue
-        if run.step % steps_per_epoch == 0 and on_epoch_end is not None:
-            on_epoch_end(run.step // steps_per_epoch)
-        if on_step is not None:
-            on_step(run.step)
+            self._handle_nonfinite(problem, step, epoch, lr)
+            return False
+        return True
 
-    elapsed = time.perf_counter() - t_start
-    history = run.history
-    history["rollbacks"] = run.rollbacks
-    history["images_per_second"] = trained_images / elapsed if trained_images else None
-    history["device"] = str(device)
-    history["threads"] = torch.get_num_threads()
-    history["devices"] = shard.world
-    if writer:
-        task_cpu = task.to("cpu")
+    def _begin_epoch(self) -> None:
+        """Draw the epoch's permutation (remembering the generator before it) and start its clock."""
+        self.epoch_data_state = self.state.data_gen.get_state()
+        self.perm = torch.randperm(self.batches.n, generator=self.state.data_gen)
+        self.t_epoch, self.run.epoch_seconds = time.perf_counter() - self.run.epoch_seconds, 0.0
+
+    def _set_lr(self, step: int) -> float:
+        """Set the scheduled lr (scaled down by any rollbacks) on every parameter group; return it."""
+        lr = lr_at(step, self.total, self.warmup, self.tc.lr * self.run.lr_scale)
+        for g in self.state.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _forward(self, batch: torch.Tensor):
+        """The task's output (loss and logs) for a batch, under autocast when AMP is on."""
+        with torch.autocast(self.state.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext():
+            return self.model(batch, self.state.aug)
+
+    def _update(self, loss: torch.Tensor, step: int) -> None:
+        """Backpropagate the loss, step the optimizer (through the AMP scaler) and let the task update itself."""
+        opt, scaler = self.state.opt, self.state.scaler
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        self.state.task.on_step_end(step, self.total)
+
+    def _record(self, value: float, logs: dict, epoch: int, lr: float) -> None:
+        """Count the finished step (its loss and logs) in the progress, log it, and close a finished epoch."""
+        run, tc = self.run, self.tc
+        self.trained_images += tc.batch_size
+        run.step += 1
+        run.losses.append(value)
+        for k, v in logs.items():
+            run.logs_sum[k] = run.logs_sum.get(k, 0.0) + float(v)
+        if run.step % tc.log_every == 0:
+            self.logger.info(
+                "pretrain %s: epoch %d step %d/%d loss %.4f lr %.2e",
+                self.key,
+                epoch + 1,
+                run.step,
+                self.total,
+                value,
+                lr,
+            )
+        if run.step % self.batches.steps_per_epoch == 0:
+            self._close_epoch(epoch)
+
+    def _close_epoch(self, epoch: int) -> None:
+        """Move the epoch's sums into the history and log its mean loss and speed."""
+        spe = self.batches.steps_per_epoch
+        _end_epoch(self.run, time.perf_counter() - self.t_epoch, spe)
+        seconds = self.run.history["epoch_seconds"][-1]
+        self.logger.info(
+            "pretrain %s: epoch %d/%d mean loss %.4f (%.1fs, %.0f images/s)",
+            self.key,
+            epoch + 1,
+            self.tc.epochs,
+            self.run.history["epoch_loss"][-1],
+            seconds,
+            spe * self.tc.batch_size / seconds,
+        )
+
+    def _checkpoint_if_due(self) -> str | None:
+        """Checkpoint if the schedule says so; return the problem if the state is not finite (then nothing is saved)."""
+        run, spe = self.run, self.batches.steps_per_epoch
+        if not _checkpoint_due(run.step, spe, self.total, self.tc):
+            return None
+        if not _finite_state(self.state.task, self.state.opt, self.state.device):
+            return "non-finite weights after the update"  # never checkpointed: the last good one stays
+        if self.writer or self.rollback:
+            if run.step % spe:
+                run.epoch_seconds = time.perf_counter() - self.t_epoch
+            # the data generator as it was before this epoch's permutation (at a boundary: now)
+            data = self.snapshot(self.state.data_gen.get_state() if run.step % spe == 0 else self.epoch_data_state)
+            run.epoch_seconds = 0.0
+            if self.writer:
+                self.store.write_bytes(data, STAGE, self.key, "checkpoint.safetensors")
+            self.good, self.good_step = (data if self.rollback else None), run.step
+        return None
+
+    def _handle_nonfinite(self, problem: str, step: int, epoch: int, lr: float) -> None:
+        """Stop the run (``TrainingDiverged``) or, with ``train.on_nonfinite: rollback``, roll it back."""
+        tc = self.tc
+        where = f"{self.cfg.pretext.name}: {problem} at step {step} (epoch {epoch + 1}/{tc.epochs}, lr {lr:.3g})"
+        kept = (
+            f"the last good checkpoint (step {self.good_step}) is kept in {self.store.uri_of(STAGE, self.key)}, "
+            f"and a rerun resumes from it"
+            if self.good_step is not None
+            else "no checkpoint had been written yet (train.checkpoint_every_steps checkpoints mid-epoch)"
+        )
+        if not self.rollback:
+            raise TrainingDiverged(
+                f"{where}. Training stopped; {kept}. Lower train.lr or check the data, or set "
+                f"train.on_nonfinite: rollback to go back to the last good state with a lower "
+                f"lr automatically."
+            )
+        if len(self.run.rollbacks) >= tc.max_rollbacks:
+            raise TrainingDiverged(
+                f"{where}, after {len(self.run.rollbacks)} rollbacks (train.max_rollbacks="
+                f"{tc.max_rollbacks}) already lowered the lr to {self.run.lr_scale:g} x train.lr. "
+                f"Training stopped; {kept}. Lower train.lr or check the data."
+            )
+        self._roll_back(problem, step, epoch, where)
+
+    def _roll_back(self, problem: str, step: int, epoch: int, where: str) -> None:
+        """Restore the last good state, lower the lr scale by ``train.rollback_lr_factor`` and record the event."""
+        tc = self.tc
+        events, scale = self.run.rollbacks, self.run.lr_scale * tc.rollback_lr_factor
+        self.run = self.restore(self.good)
+        self.run.lr_scale = scale
+        self.run.rollbacks = events + [
+            {
+                "step": step,
+                "epoch": epoch + 1,
+                "problem": problem,
+                "restored_step": self.run.step,
+                "lr_scale": scale,
+                "lr": tc.lr * scale,
+            }
+        ]
+        self.perm = None  # the restored data generator redraws the epoch's permutation
+        self.logger.warning(
+            "pretrain %s: %s; rolled back to step %d, lr now %g x train.lr = %.3g (rollback %d of at most %d)",
+            self.key,
+            where,
+            self.run.step,
+            scale,
+            tc.lr * scale,
+            len(self.run.rollbacks),
+            tc.max_rollbacks,
+        )
+
+    def final_history(self, elapsed: float) -> dict:
+        """The history to write: the epochs' records plus the rollbacks, speed and where it ran."""
+        history = self.run.history
+        history["rollbacks"] = self.run.rollbacks
+        history["images_per_second"] = self.trained_images / elapsed if self.trained_images else None
+        history["device"] = str(self.state.device)
+        history["threads"] = torch.get_num_threads()
+        history["devices"] = self.shard.world
+        return history
+
+    def write_outputs(self, history: dict) -> None:
+        """On the writing rank: the final weights, the history, the completion marker; drop the checkpoint."""
+        if not self.writer:
+            return
+        store, key, cfg = self.store, self.key, self.cfg
+        task_cpu = self.state.task.to("cpu")
         state = {k: v for k, v in task_cpu.state_dict().items()}
         store.write_bytes(ckpt.encode({"model": state}, {"pretext": cfg.pretext.name}), STAGE, key, "task.safetensors")
         store.write_json(history, STAGE, key, "history.json")
         store.mark_complete(STAGE, key, {"pretext": cfg.pretext.name, "backbone": cfg.backbone.name})
         if store.exists(STAGE, key, "checkpoint.safetensors"):
             store.fs.rm(store.path(STAGE, key, "checkpoint.safetensors"))
+
+
+def _setup(
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    key: str,
+    registry: Registry,
+    logger: logging.Logger | logging.LoggerAdapter,
+    shard: distributed.Shard,
+) -> _Loop:
+    """Build the loop: device, model, images, optimizer, AMP and generators, in this order (the
+    model's initialisation draws from the freshly seeded torch generator)."""
+    tc = cfg.train
+    device = _device(tc, shard)
+    configure_runtime(cfg.seed, device, tc.threads)
+    task, model, channels_last = _build_model(cfg, dataset.meta, registry, shard, device)
+    batches = _place_images(dataset, tc, shard, device, channels_last)
+    opt = _optimizer(task, tc)
+    dtype = amp_dtype(device, tc.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    aug = Augmenter(cfg.seed + 1, device, shard=(shard.rank, shard.world))
+    state = ckpt.TrainingState(task, opt, scaler, data_gen, aug, device)
+    total = tc.epochs * batches.steps_per_epoch
+    warmup = int(round(tc.warmup_epochs * batches.steps_per_epoch))
+    return _Loop(cfg, store, key, logger, shard, state, model, dtype, batches, total, warmup)
+
+
+def _train(
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    key: str,
+    registry: Registry,
+    logger: logging.Logger | logging.LoggerAdapter,
+    on_epoch_end: Callable[[int], None] | None,
+    shard: distributed.Shard,
+    on_step: Callable[[int], None] | None = None,
+) -> PretrainOutcome:
+    """The loop, in one process or as one rank of several (``shard``). ``on_epoch_end(epochs done)``
+    and ``on_step(steps done)`` are called after the epoch's / step's checkpoint, if one was due."""
+    loop = _setup(cfg, dataset, store, key, registry, logger, shard)
+    loop.resume()
+    loop.log_start()
+    loop.state.task.train()
+    t_start = time.perf_counter()
+    spe = loop.batches.steps_per_epoch
+    while loop.run.step < loop.total:
+        if not loop.step():
+            continue  # rolled back: the next step starts from the restored state
+        if loop.run.step % spe == 0 and on_epoch_end is not None:
+            on_epoch_end(loop.run.step // spe)
+        if on_step is not None:
+            on_step(loop.run.step)
+    elapsed = time.perf_counter() - t_start
+    history = loop.final_history(elapsed)
+    loop.write_outputs(history)
     return PretrainOutcome(
         key,
         store.uri_of(STAGE, key),
