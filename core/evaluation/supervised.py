@@ -34,41 +34,40 @@ def schedule(n: int, sc: SupervisedConfig) -> tuple[int, int, int]:
     return batch, per_epoch, max(sc.min_steps, sc.epochs * per_epoch)
 
 
-def train_supervised(
-    cfg: RunConfig,
-    meta: dict,
-    registry: Registry,
-    images: np.ndarray,
-    labels: np.ndarray,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    seed: int,
-    init_weights: dict[str, torch.Tensor] | None = None,
-    lr_scale: float = 1.0,
-    logger: logging.Logger | logging.LoggerAdapter = log,
-    tag: str = "supervised",
-) -> dict[str, Any]:
-    """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
-    Deterministic for a seed on the CPU (model init, data order and augmentation are seeded)."""
-    sc = cfg.probe.supervised
-    t0 = time.perf_counter()
+def _build_model(
+    cfg: RunConfig, meta: dict, registry: Registry, seed: int, init_weights: dict[str, torch.Tensor] | None
+) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """The backbone (seeded, or loaded from ``init_weights``) and a linear head over its features."""
     num_classes = int(meta["num_classes"])
     backbone = build_backbone(cfg, meta, registry, seed=seed)
     if init_weights is not None:
         backbone.load_state_dict(init_weights, strict=True)
-    head = torch.nn.Linear(backbone.num_features, num_classes)
-    model = torch.nn.Sequential(backbone, head).train()
+    return backbone, torch.nn.Linear(backbone.num_features, num_classes)
 
+
+def _optimizer(model: torch.nn.Module, sc: SupervisedConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW with ``sc.weight_decay``, none on norms and biases."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # no weight decay on norms and biases
-    lr = sc.lr * lr_scale
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": sc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-    x = torch.from_numpy(np.array(images))
-    y = torch.from_numpy(np.array(labels)).long()
+
+
+def _fit(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sc: SupervisedConfig,
+    seed: int,
+    lr: float,
+    plan: tuple[int, int, int],
+) -> list[float]:
+    """Train for ``plan`` = (batch, steps per epoch, total steps) with warm-up + cosine lr, seeded
+    data order and augmentation; return the step losses."""
+    batch, per_epoch, total = plan
     n = len(x)
-    batch, per_epoch, total = schedule(n, sc)
     warmup = int(sc.warmup_fraction * total)
     gen = torch.Generator().manual_seed(seed)
     aug = Augmenter(seed + 1)
@@ -92,28 +91,47 @@ def train_supervised(
             opt.step()
             losses.append(float(loss.detach()))
             step += 1
+    return losses
 
+
+def _top1(backbone: torch.nn.Module, head: torch.nn.Linear, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of backbone + head on (images, labels)."""
+    feats = torch.from_numpy(extract_features(backbone, images, 1024))
+    return float((head(feats).argmax(1).numpy() == np.asarray(labels)).mean())
+
+
+def train_supervised(
+    cfg: RunConfig,
+    meta: dict,
+    registry: Registry,
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    lr_scale: float = 1.0,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    tag: str = "supervised",
+) -> dict[str, Any]:
+    """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
+    Deterministic for a seed on the CPU (model init, data order and augmentation are seeded)."""
+    sc = cfg.probe.supervised
+    t0 = time.perf_counter()
+    backbone, head = _build_model(cfg, meta, registry, seed, init_weights)
+    model = torch.nn.Sequential(backbone, head).train()
+    lr = sc.lr * lr_scale
+    opt = _optimizer(model, sc, lr)
+    x = torch.from_numpy(np.array(images))
+    y = torch.from_numpy(np.array(labels)).long()
+    n = len(x)
+    batch, per_epoch, total = schedule(n, sc)
+    losses = _fit(model, opt, x, y, sc, seed, lr, (batch, per_epoch, total))
     model.eval()
     with torch.inference_mode():
-
-        def predict(imgs: np.ndarray) -> np.ndarray:
-            feats = torch.from_numpy(extract_features(backbone, imgs, 1024))
-            return head(feats).argmax(1).numpy()
-
-        train_top1 = float((predict(images) == np.asarray(labels)).mean())
-        test_top1 = float((predict(test_images) == np.asarray(test_labels)).mean())
-    seconds = time.perf_counter() - t0
-    logger.info(
-        "%s: %d labels, %d steps (%.1f epochs), train top-1 %.4f, test top-1 %.4f [%.1fs]",
-        tag,
-        n,
-        total,
-        total / per_epoch,
-        train_top1,
-        test_top1,
-        seconds,
-    )
-    return {
+        train_top1 = _top1(backbone, head, images, labels)
+        test_top1 = _top1(backbone, head, test_images, test_labels)
+    result = {
         "top1": test_top1,
         "train_top1": train_top1,
         "num_labels": int(n),
@@ -122,5 +140,21 @@ def train_supervised(
         "batch_size": int(batch),
         "lr": lr,
         "final_train_loss": float(np.mean(losses[-max(1, per_epoch) :])),
-        "seconds": seconds,
+        "seconds": time.perf_counter() - t0,
     }
+    _log_result(logger, tag, result)
+    return result
+
+
+def _log_result(logger: logging.Logger | logging.LoggerAdapter, tag: str, r: dict[str, Any]) -> None:
+    """Log one supervised run's labels, budget, accuracies and time."""
+    logger.info(
+        "%s: %d labels, %d steps (%.1f epochs), train top-1 %.4f, test top-1 %.4f [%.1fs]",
+        tag,
+        r["num_labels"],
+        r["steps"],
+        r["epochs"],
+        r["train_top1"],
+        r["top1"],
+        r["seconds"],
+    )
