@@ -66,6 +66,7 @@ def import_closure(module: str, path: str) -> frozenset[str]:
     ``__init__.py`` of each package on the way), transitively. Read from the source with ``ast``:
     nothing is imported."""
     roots = {module.partition(".")[0], "pretextflow"}
+    files: dict[str, str | None] = {}  # module name -> its file, for this call only
     seen: dict[str, str] = {}
     todo = [(module, path)]
     while todo:
@@ -77,7 +78,7 @@ def import_closure(module: str, path: str) -> frozenset[str]:
             if dep.partition(".")[0] not in roots:
                 continue
             for candidate in _with_parents(dep):
-                found = _module_file(candidate)
+                found = _module_file(candidate, files)
                 if found and candidate not in seen:
                     todo.append((candidate, found))
     return frozenset(seen.values())
@@ -115,27 +116,28 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _module_file(name: str) -> str | None:
+def _module_file(name: str, files: dict[str, str | None]) -> str | None:
     """The source file of module ``name`` without importing it (None for a name that is not a
-    module: a function or class imported from one)."""
-    top, _, rest = name.partition(".")
-    if not rest:
-        spec = importlib.util.find_spec(top)
+    module: a function or class imported from one). ``files`` memoises answers within one closure."""
+    if name not in files:
+        files[name] = _find_module_file(name, files)
+    return files[name]
+
+
+def _find_module_file(name: str, files: dict[str, str | None]) -> str | None:
+    package, _, leaf = name.rpartition(".")
+    if not package:
+        spec = importlib.util.find_spec(leaf)
         return spec.origin if spec is not None and spec.origin and spec.origin.endswith(".py") else None
-    parent = _module_file(name.rpartition(".")[0])
+    parent = _module_file(package, files)
     if parent is None or not parent.endswith("__init__.py"):
         return None
-    leaf = name.rpartition(".")[2]
-    for location in _search_locations(name.rpartition(".")[0], parent):
-        for candidate in (Path(location) / f"{leaf}.py", Path(location) / leaf / "__init__.py"):
-            if candidate.is_file():
-                return str(candidate)
+    folder = Path(parent).parent
+    for candidate in (folder / f"{leaf}.py", folder / leaf / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate)
     try:  # a sub-package mapped elsewhere (setuptools package-dir): ask the import system
         spec = importlib.util.find_spec(name)  # imports only the parent package, already a package
     except (ImportError, ValueError):
         return None
     return spec.origin if spec is not None and spec.origin and spec.origin.endswith(".py") else None
-
-
-def _search_locations(package: str, init_file: str) -> list[str]:
-    return [str(Path(init_file).parent)]

@@ -66,8 +66,8 @@ def is_reference(value: object) -> bool:
 
 def url_userinfo(uri: str | None) -> str | None:
     """The ``USER:PASS`` of ``scheme://USER:PASS@host/...``, or None."""
-    match = _URL_USERINFO.match(uri or "")
-    return match.group(2) if match else None
+    parts = split_url_userinfo(uri or "")
+    return parts[1] if parts else None
 
 
 def split_url_userinfo(uri: str) -> tuple[str, str, str] | None:
