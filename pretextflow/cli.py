@@ -112,14 +112,10 @@ def plugins_new(
     from pretextflow.scaffold import scaffold
 
     with user_errors():
-        from pretextflow.core.registry.registry import get_registry
+        from pretextflow.core.registry.registry import KINDS, get_registry
 
         registry = get_registry()
-        taken = {
-            "pretext": set(registry.pretext),
-            "backbone": set(registry.backbones),
-            "dataset": set(registry.formats),
-        }.get(kind, set())
+        taken = set(registry.table(kind)) if kind in KINDS else set()
         root = scaffold(name, kind, directory, taken)
     typer.echo(f"created {root}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

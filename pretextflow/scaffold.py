@@ -20,8 +20,8 @@ from pathlib import Path
 from string import Template
 
 from pretextflow.core.errors import PluginError
+from pretextflow.core.registry.registry import KINDS
 
-KINDS = ("pretext", "backbone", "dataset")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 MODULE_OF = {"pretext": "task", "backbone": "backbone", "dataset": "dataset_format"}
 

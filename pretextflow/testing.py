@@ -66,7 +66,7 @@ from pretextflow.core.registry.contracts import (
     StepOutput,
 )
 from pretextflow.core.registry.hookspecs import hookimpl
-from pretextflow.core.registry.registry import PluginInfo, Registry, build_registry, get_registry
+from pretextflow.core.registry.registry import KINDS, PluginInfo, Registry, build_registry, get_registry
 from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.training import checkpoint as ckpt
 
@@ -90,7 +90,6 @@ PASS, FAIL, SKIP = "pass", "fail", "skip"
 PRETEXT_CHECKS = ("registered", "params", "forward", "gradients", "determinism", "state_dict", "device", "pipeline")
 BACKBONE_CHECKS = ("registered", "build", "forward", "gradients", "determinism", "state_dict", "device", "pipeline")
 DATASET_CHECKS = ("registered", "options", "read", "validate", "determinism", "pipeline")
-KINDS = ("pretext", "backbone", "dataset")
 
 log = logging.getLogger("pretextflow.testing")
 _UNKNOWN_KEY = "pretextflow_kit_unknown_key"
@@ -566,7 +565,7 @@ def _resolve_name(registry: Registry, kind: str, name: str) -> Any:
 
 
 def _table(registry: Registry, kind: str) -> dict:
-    return {"pretext": registry.pretext, "backbone": registry.backbones, "dataset": registry.formats}[kind]
+    return registry.table(kind)
 
 
 def _with_plugin(registry: Registry, kind: str, obj: Any) -> Registry:

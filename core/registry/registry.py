@@ -55,7 +55,7 @@ BUILTIN_PLUGINS = (
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
-    kind: str  # "pretext" | "backbone" | "dataset"
+    kind: str  # one of KINDS
     family: str | None
     package: str
     version: str
@@ -70,6 +70,10 @@ class SkippedPlugin:
     reason: str
 
 
+KINDS = ("pretext", "backbone", "dataset")
+"""The plugin kinds, in the order listings show them; :meth:`Registry.table` maps each to its table."""
+
+
 @dataclass
 class Registry:
     pretext: dict[str, type[PretextTask]] = field(default_factory=dict)
@@ -77,6 +81,13 @@ class Registry:
     formats: dict[str, type[DatasetFormat]] = field(default_factory=dict)
     info: list[PluginInfo] = field(default_factory=list)
     skipped: list[SkippedPlugin] = field(default_factory=list)
+
+    def table(self, kind: str) -> dict[str, Any]:
+        """The name → plugin table of one kind (the one place that maps a kind to its table)."""
+        tables = {"pretext": self.pretext, "backbone": self.backbones, "dataset": self.formats}
+        if kind not in tables:
+            raise PluginError(f"unknown plugin kind {kind!r}: use one of {', '.join(KINDS)}")
+        return tables[kind]
 
     # -- lookups with errors that list what exists ----------------------------------------
     def pretext_task(self, name: str) -> type[PretextTask]:
@@ -202,12 +213,13 @@ def _hook_results(pm: pluggy.PluginManager, hook_name: str, registry: Registry, 
 
 
 def _collect(pm, registry: Registry, origin) -> None:
-    checks: list[tuple[str, str, dict, Callable[[Any], str | None], Callable[[Any], str]]] = [
-        ("pretextflow_pretext_tasks", "pretext", registry.pretext, _check_pretext, lambda o: o.name),
-        ("pretextflow_backbones", "backbone", registry.backbones, _check_backbone, lambda o: o.name),
-        ("pretextflow_dataset_formats", "dataset", registry.formats, _check_format, lambda o: o.name),
+    checks: list[tuple[str, str, Callable[[Any], str | None], Callable[[Any], str]]] = [
+        ("pretextflow_pretext_tasks", "pretext", _check_pretext, lambda o: o.name),
+        ("pretextflow_backbones", "backbone", _check_backbone, lambda o: o.name),
+        ("pretextflow_dataset_formats", "dataset", _check_format, lambda o: o.name),
     ]
-    for hook_name, kind, table, check, name_of in checks:
+    for hook_name, kind, check, name_of in checks:
+        table = registry.table(kind)
         for plugin_name, package, version, items in _hook_results(pm, hook_name, registry, origin):
             for obj in items:
                 problem = check(obj)
