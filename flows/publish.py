@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from pretextflow.core.evaluation.metrics import EFFICIENCY_COLUMNS, KNN_TOP1, LINEAR_TOP1
 from pretextflow.core.runs.report import headline
 from pretextflow.core.security.redaction import redact
 
@@ -19,11 +20,9 @@ def artifact_key(prefix: str, name: str) -> str:
 
 def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
     m = manifest["metrics"]
-    rows = [
-        {"features": "SSL (frozen)", "linear_top1": round(m["linear_top1"], 4), "knn_top1": round(m["knn_top1"], 4)}
-    ]
+    rows = [{"features": "SSL (frozen)", LINEAR_TOP1: round(m[LINEAR_TOP1], 4), KNN_TOP1: round(m[KNN_TOP1], 4)}]
     for name, b in m.get("baselines", {}).items():
-        rows.append({"features": name, "linear_top1": round(b["linear_top1"], 4), "knn_top1": round(b["knn_top1"], 4)})
+        rows.append({"features": name, LINEAR_TOP1: round(b[LINEAR_TOP1], 4), KNN_TOP1: round(b[KNN_TOP1], 4)})
     md = "\n".join(
         [
             f"# {manifest['name']}",
@@ -32,7 +31,7 @@ def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
             "",
             "| features | linear top-1 | kNN top-1 |",
             "|---|---|---|",
-            *[f"| {r['features']} | {r['linear_top1']:.4f} | {r['knn_top1']:.4f} |" for r in rows],
+            *[f"| {r['features']} | {r[LINEAR_TOP1]:.4f} | {r[KNN_TOP1]:.4f} |" for r in rows],
             "",
             f"- data version: `{manifest['data_version']}`",
             f"- run folder: `{redact(run_uri)}` (report.html, report.md, manifest.json)",
@@ -54,17 +53,7 @@ def publish_artifacts(manifest: dict[str, Any], run_uri: str) -> None:
             "fraction": r["fraction"],
             "labels": r["num_labels"],
             "seeds": r["seeds"],
-            **{
-                k: None if r.get(k) is None else round(r[k], 4)
-                for k in (
-                    "ssl_linear_top1",
-                    "ssl_knn_top1",
-                    "supervised_top1",
-                    "random_init_linear_top1",
-                    "pixels_linear_top1",
-                    "finetune_top1",
-                )
-            },
+            **{c.key: None if r.get(c.key) is None else round(r[c.key], 4) for c in EFFICIENCY_COLUMNS},
         }
         for r in m.get("label_efficiency", [])
     ]

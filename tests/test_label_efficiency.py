@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pretextflow.core.errors import ConfigError
+from pretextflow.core.errors import ConfigError, StageInputError
 from pretextflow.core.evaluation.probe import label_subsets
 from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
 
@@ -86,6 +86,23 @@ def test_rows_have_mean_std_and_every_comparison(probed):
         assert r["supervised"]["steps"] >= 100 and r["supervised"]["train_top1"] > 0.5
     assert rows[-1]["supervised_top1"] > 0.8  # the baseline is trained properly: digits are easy with all labels
     assert rows[0]["num_labels"] < rows[1]["num_labels"] < rows[2]["num_labels"] == m["num_train"]
+
+
+def test_probe_metrics_match_the_one_schema(probed):
+    import copy
+
+    from pretextflow.core.evaluation.metrics import EFFICIENCY_COLUMNS, check_metrics
+
+    _, _, _, m = probed
+    assert check_metrics(m) is m
+    assert all(c.key in m["label_efficiency"][0] for c in EFFICIENCY_COLUMNS)  # fine-tuning is on here
+    renamed = copy.deepcopy(m)
+    renamed["label_efficiency"][0]["ssl_lin_top1"] = renamed["label_efficiency"][0].pop("ssl_linear_top1")
+    with pytest.raises(StageInputError, match=r"label_efficiency\.0\.ssl_linear_top1: Field required"):
+        check_metrics(renamed, "probe metrics.json")
+    no_headline = {k: v for k, v in m.items() if k != "linear_top1"}
+    with pytest.raises(StageInputError, match="linear_top1"):
+        check_metrics(no_headline)
 
 
 def test_backbone_stays_frozen_through_probing_and_fine_tuning(probed):

@@ -14,6 +14,14 @@ from typing import Any
 import fsspec
 
 from pretextflow.core.errors import PretextflowError, StageInputError
+from pretextflow.core.evaluation.metrics import (
+    EFFICIENCY_COLUMNS,
+    HEADLINE,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    SSL_LINEAR,
+    SUPERVISED,
+)
 from pretextflow.core.store import ArtifactStore
 
 log = logging.getLogger("pretextflow.runs")
@@ -22,14 +30,7 @@ log = logging.getLogger("pretextflow.runs")
 RUNS = "runs"
 
 
-METRIC_KEYS = (
-    "ssl_linear_top1",
-    "ssl_knn_top1",
-    "supervised_top1",
-    "random_init_linear_top1",
-    "pixels_linear_top1",
-    "finetune_top1",
-)
+METRIC_KEYS = tuple(column.key for column in EFFICIENCY_COLUMNS)
 
 
 class RegressionError(PretextflowError):
@@ -112,13 +113,13 @@ def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
                 "data_version": m["data_version"],
                 "pretext": m["config"]["pretext"]["name"],
                 "backbone": m["config"]["backbone"]["name"],
-                "linear_top1": m["metrics"]["linear_top1"],
-                "knn_top1": m["metrics"]["knn_top1"],
+                LINEAR_TOP1: m["metrics"][LINEAR_TOP1],
+                KNN_TOP1: m["metrics"][KNN_TOP1],
                 "low_label": (
                     {
                         "fraction": eff[0]["fraction"],
-                        "ssl_linear_top1": eff[0]["ssl_linear_top1"],
-                        "supervised_top1": eff[0].get("supervised_top1"),
+                        SSL_LINEAR.key: eff[0][SSL_LINEAR.key],
+                        SUPERVISED.key: eff[0].get(SUPERVISED.key),
                     }
                     if eff
                     else None
@@ -139,7 +140,7 @@ def previous_run(store: ArtifactStore, name: str, before_run_id: str | None = No
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Every accuracy of a run under a stable name: ``linear_top1``, ``baselines.pixels.knn_top1``,
     ``label_efficiency.1%.supervised_top1`` ..."""
-    flat = {k: metrics[k] for k in ("linear_top1", "linear_top5", "knn_top1") if metrics.get(k) is not None}
+    flat = {k: metrics[k] for k in HEADLINE if metrics.get(k) is not None}
     for name, b in sorted(metrics.get("baselines", {}).items()):
         for k, v in sorted(b.items()):
             flat[f"baselines.{name}.{k}"] = v

@@ -1,0 +1,146 @@
+"""The probe stage's metrics: one schema that probe writes and runs, publish, report and sweep read.
+
+``metrics.json`` of a probe (and ``manifest["metrics"]`` of a run) is a :class:`ProbeMetrics`. The
+accuracy names below are the only place their spelling lives: the label-efficiency columns are
+:data:`EFFICIENCY_COLUMNS` (with the label a table or a figure shows), the headline accuracies
+:data:`HEADLINE`, the frozen-feature baselines :data:`BASELINES`. :func:`check_metrics` validates a
+dict against the schema (pydantic), so a renamed key fails loudly where it is written, not as a
+``KeyError`` in a report three stages later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict
+
+from pretextflow.core.errors import StageInputError
+
+LINEAR_TOP1 = "linear_top1"
+LINEAR_TOP5 = "linear_top5"
+KNN_TOP1 = "knn_top1"
+HEADLINE = (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1)
+"""The run's headline accuracies on the test split (top-5 only when there are more than 5 classes)."""
+
+
+class Column(NamedTuple):
+    key: str  # the key in a label-efficiency row (its spread is ``key + "_std"``)
+    label: str  # what a table header or a figure legend shows
+
+
+SSL_LINEAR = Column("ssl_linear_top1", "SSL linear")
+SSL_KNN = Column("ssl_knn_top1", "SSL kNN")
+SUPERVISED = Column("supervised_top1", "supervised")
+RANDOM_INIT_LINEAR = Column("random_init_linear_top1", "random init")
+PIXELS_LINEAR = Column("pixels_linear_top1", "pixels")
+FINETUNE = Column("finetune_top1", "SSL fine-tuned")
+EFFICIENCY_COLUMNS = (SSL_LINEAR, SSL_KNN, SUPERVISED, RANDOM_INIT_LINEAR, PIXELS_LINEAR, FINETUNE)
+"""Every accuracy of a label-efficiency row, in the order tables show them."""
+OPTIONAL_COLUMNS = (FINETUNE,)
+"""Columns a row leaves out (rather than sets to ``None``) when the protocol did not run."""
+
+BASELINES = ("random_init", "pixels")
+"""Frozen-feature baselines the probe can evaluate beside the SSL backbone (``probe.baselines``)."""
+
+
+def linear_column(features: str) -> str:
+    """The label-efficiency key of a linear probe on ``features`` (``ssl``, a baseline name)."""
+    return f"{features}_linear_top1"
+
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+class BaselineMetrics(TypedDict):
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    linear_top1: float
+    knn_top1: float
+
+
+class TrainedRun(TypedDict):
+    """What one supervised or fine-tuning run of a label-efficiency row did (the first seed's recipe)."""
+
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    steps: int
+    epochs: int | float
+    lr: float
+    train_top1: float | None
+    seconds: float
+
+
+class KnnDetail(TypedDict):
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    k: int
+    temperature: float
+    top1_by_k: dict[str, float | None]
+
+
+class EfficiencyRow(TypedDict):
+    """The probes at one labelled fraction: mean and std over ``seeds`` class-stratified subsets."""
+
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    fraction: float
+    num_labels: int
+    seeds: int
+    ssl_linear_top1: float | None
+    ssl_linear_top1_std: float | None
+    ssl_knn_top1: float | None
+    ssl_knn_top1_std: float | None
+    supervised_top1: float | None
+    supervised_top1_std: float | None
+    random_init_linear_top1: float | None
+    random_init_linear_top1_std: float | None
+    pixels_linear_top1: float | None
+    pixels_linear_top1_std: float | None
+    finetune_top1: NotRequired[float | None]
+    finetune_top1_std: NotRequired[float | None]
+    knn: KnnDetail
+    supervised: NotRequired[TrainedRun]
+    finetune: NotRequired[TrainedRun]
+
+
+class ProbeMetrics(TypedDict):
+    """``metrics.json`` of the probe stage; ``detail`` and ``seconds`` are free-form diagnostics."""
+
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    linear_top1: float
+    linear_top5: NotRequired[float]
+    knn_top1: float
+    baselines: dict[str, BaselineMetrics]
+    knn: dict[str, Any]
+    linear: dict[str, Any]
+    label_efficiency: list[EfficiencyRow]
+    supervised_recipe: dict[str, Any] | None
+    confusion_matrix: list[list[int]]
+    per_class_top1: list[float]
+    class_names: list[Any]
+    feature_keys: dict[str, str]
+    num_train: int
+    num_test: int
+    detail: dict[str, Any]
+    seconds: dict[str, float]
+
+
+_ADAPTER: TypeAdapter[ProbeMetrics] | None = None
+
+
+def check_metrics(metrics: dict[str, Any], where: str = "metrics") -> ProbeMetrics:
+    """``metrics`` unchanged if it matches :class:`ProbeMetrics`, else a StageInputError naming the keys."""
+    global _ADAPTER
+    if _ADAPTER is None:
+        _ADAPTER = TypeAdapter(ProbeMetrics)
+    try:
+        _ADAPTER.validate_python(metrics, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()[:8])
+        raise StageInputError(
+            f"{where} does not match the probe metrics schema (core/evaluation/metrics.py): {problems}. "
+            "It was written by another pretextflow version, or edited by hand: re-run the probe stage."
+        ) from None
+    return metrics  # type: ignore[return-value]
+
+
+def efficiency_value(row: dict[str, Any], column: Column) -> float | None:
+    """One accuracy of a label-efficiency row, ``None`` where that protocol did not run."""
+    return row.get(column.key)
