@@ -21,10 +21,6 @@ KNOWN_LONG: dict[str, int] = {
     "core/training/launch.py:launch": 61,
     "flows/sweep.py:sweep_flow": 123,
     "pretextflow/cli.py:sweep": 68,
-    "pretextflow/testing.py:_run_pipeline": 65,
-    "pretextflow/testing.py:check_backbone": 200,
-    "pretextflow/testing.py:check_dataset_format": 103,
-    "pretextflow/testing.py:check_pretext_task": 175,
 }
 
 
