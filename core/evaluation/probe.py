@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -273,21 +274,9 @@ class _Supervised:
         return result
 
 
-def probe(
-    cfg: RunConfig,
-    dataset: Dataset,
-    store: ArtifactStore,
-    freeze_key: str,
-    key: str,
-    registry: Registry,
-    logger: logging.Logger | logging.LoggerAdapter = log,
-) -> dict[str, Any]:
-    """Run every probe; writes ``probe/<key>/metrics.json`` and returns the metrics."""
-    if store.is_complete(STAGE, key):
-        logger.info("probe %s: complete artifact found", key)
-        return store.read_json(STAGE, key, "metrics.json")
-    configure_runtime(cfg.seed, torch.device("cpu"), cfg.train.threads)  # also when run alone, in a new process
-    pc = cfg.probe
+def _labelled(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled train and test images with their labels (unlabelled images, label -1, are
+    left out); a :class:`DataError` when either split has none."""
     tr_mask, te_mask = dataset.train_labels >= 0, dataset.test_labels >= 0
     if not tr_mask.any() or not te_mask.any():
         from pretextflow.core.errors import DataError
@@ -298,95 +287,189 @@ def probe(
         )
     xtr_img, ytr = dataset.train_images[tr_mask], np.asarray(dataset.train_labels[tr_mask])
     xte_img, yte = dataset.test_images[te_mask], np.asarray(dataset.test_labels[te_mask])
-    k = dataset.num_classes
-    splits = {"train": xtr_img, "test": xte_img}
-    timings: dict[str, float] = {}
+    return xtr_img, ytr, xte_img, yte
+
+
+@dataclass
+class _ProbeRun:
+    """The state the steps of one probe stage share: its inputs, the labelled images and the
+    seconds each step took (``timings``, written to the metrics as ``seconds``). One method per
+    step, called in order by :func:`probe`: features, all labels, label efficiency, metrics."""
+
+    cfg: RunConfig
+    dataset: Dataset
+    store: ArtifactStore
+    registry: Registry
+    freeze_key: str
+    logger: logging.Logger | logging.LoggerAdapter
+    xtr_img: np.ndarray
+    ytr: np.ndarray
+    xte_img: np.ndarray
+    yte: np.ndarray
+    k: int  # the number of classes
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg, dataset, store, registry, freeze_key, logger) -> _ProbeRun:
+        return cls(cfg, dataset, store, registry, freeze_key, logger, *_labelled(dataset), dataset.num_classes)
+
+    @property
+    def first_k(self) -> str:
+        return f"k{self.cfg.probe.knn_k[0]}"
 
     # -- features: once per (frozen backbone, dataset version), kept in the store ----------------
-    t = time.perf_counter()
-    from pretextflow.core.evaluation import features as features_module
+    def features(self) -> tuple[dict[str, str], dict[str, dict[str, np.ndarray]]]:
+        """The features' store keys, and the features of the SSL backbone and of the baselines
+        (``{name: {"train": ..., "test": ...}}``)."""
+        cfg, pc, store = self.cfg, self.cfg.probe, self.store
+        splits = {"train": self.xtr_img, "test": self.xte_img}
+        t = time.perf_counter()
+        from pretextflow.core.evaluation import features as features_module
 
-    code = code_digest(features_module)
-    feature_keys = {"ssl": stage_key("features", {"freeze": freeze_key, "data": dataset.fingerprint, "code": code})}
-    feats = {
-        "ssl": cached_features(
-            store,
-            feature_keys["ssl"],
-            lambda: load_frozen_backbone(store, freeze_key, registry),
-            splits,
-            pc.batch_size,
-            logger,
-        )
-    }
-    timings["features_ssl"] = time.perf_counter() - t
-    if "random_init" in pc.baselines:
-        feature_keys["random_init"] = stage_key(
+        code = code_digest(features_module)
+        feature_keys = {
+            "ssl": stage_key("features", {"freeze": self.freeze_key, "data": self.dataset.fingerprint, "code": code})
+        }
+        feats = {
+            "ssl": cached_features(
+                store,
+                feature_keys["ssl"],
+                lambda: load_frozen_backbone(store, self.freeze_key, self.registry),
+                splits,
+                pc.batch_size,
+                self.logger,
+            )
+        }
+        self.timings["features_ssl"] = time.perf_counter() - t
+        if "random_init" in pc.baselines:
+            feature_keys["random_init"] = self._random_init_key(code)
+            feats["random_init"] = cached_features(
+                store,
+                feature_keys["random_init"],
+                lambda: (
+                    build_backbone(cfg, self.dataset.meta, self.registry, seed=cfg.seed).eval().requires_grad_(False)
+                ),
+                splits,
+                pc.batch_size,
+                self.logger,
+            )
+        if "pixels" in pc.baselines:
+            feats["pixels"] = {"train": pixel_features(self.xtr_img), "test": pixel_features(self.xte_img)}
+        self.timings["features"] = time.perf_counter() - t  # all three feature sets
+        return feature_keys, feats
+
+    def _random_init_key(self, code: str) -> str:
+        """The store key of the random-init baseline's features: the architecture at ``cfg.seed``."""
+        cfg, registry = self.cfg, self.registry
+        return stage_key(
             "features",
             {
                 "random_init": cfg.backbone.model_dump(mode="json"),
                 "seed": cfg.seed,
-                "data": dataset.fingerprint,
+                "data": self.dataset.fingerprint,
                 "backbone_version": registry.describe("backbone", cfg.backbone.name).version,
                 "code": code,
                 "backbone_code": code_digest(registry.backbone(cfg.backbone.name).build),
             },
         )
-        feats["random_init"] = cached_features(
-            store,
-            feature_keys["random_init"],
-            lambda: build_backbone(cfg, dataset.meta, registry, seed=cfg.seed).eval().requires_grad_(False),
-            splits,
-            pc.batch_size,
-            logger,
-        )
-    if "pixels" in pc.baselines:
-        feats["pixels"] = {"train": pixel_features(xtr_img), "test": pixel_features(xte_img)}
-    timings["features"] = time.perf_counter() - t  # all three feature sets
 
     # -- all training labels: the main table --------------------------------------------------
-    results = {}
-    for name, f in feats.items():
-        t = time.perf_counter()
-        results[name] = evaluate_features(
-            name, f["train"], ytr, f["test"], yte, k, pc, cfg.seed, logger, keep_predictions=name == "ssl"
-        )
-        timings[name] = time.perf_counter() - t
-    predictions = results["ssl"]["linear"].pop("predictions")
-    cm = confusion_matrix(yte, predictions, k)
+    def all_labels(self, feats: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, Any], np.ndarray]:
+        """Linear probe and kNN of every feature set on all training labels, and the confusion
+        matrix of the SSL linear probe on the test split."""
+        results = {}
+        for name, f in feats.items():
+            t = time.perf_counter()
+            results[name] = evaluate_features(
+                name,
+                f["train"],
+                self.ytr,
+                f["test"],
+                self.yte,
+                self.k,
+                self.cfg.probe,
+                self.cfg.seed,
+                self.logger,
+                keep_predictions=name == "ssl",
+            )
+            self.timings[name] = time.perf_counter() - t
+        predictions = results["ssl"]["linear"].pop("predictions")
+        return results, confusion_matrix(self.yte, predictions, self.k)
 
     # -- label efficiency: the same probes on nested, class-stratified subsets -------------------
-    t = time.perf_counter()
-    first_k = f"k{pc.knn_k[0]}"
-    draws = [label_subsets(ytr, pc.label_fractions, cfg.seed + s) for s in range(pc.label_seeds)]
-    trainer = _Supervised(cfg, dataset, store, registry, freeze_key, xtr_img, ytr, xte_img, yte, logger)
-    efficiency = []
-    for fraction in pc.label_fractions:
-        seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed
-        acc: dict[str, list[float]] = {}
-        runs: dict[str, list[dict]] = {"supervised": [], "finetune": []}
-        for s in seeds:
-            idx = draws[s][fraction]
-            for name, f in feats.items():
-                t_probe = time.perf_counter()
-                if fraction >= 1:
-                    r = results[name]
-                else:
-                    r = {"linear": linear_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc, cfg.seed + s)}
-                    if name == "ssl":
-                        r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc)
-                part = "subsets_ssl" if name == "ssl" else "subsets_baselines"
-                timings[part] = timings.get(part, 0.0) + time.perf_counter() - t_probe
-                acc.setdefault(f"{name}_linear_top1", []).append(r["linear"]["top1"])
+    def label_efficiency(self, feats: dict[str, dict[str, np.ndarray]], results: dict[str, Any]) -> list[dict]:
+        """One row per label fraction: the probes, the supervised baseline and fine-tuning on the
+        fraction's subsets (``probe.label_seeds`` draws of it; one for 100%), as mean and std."""
+        pc = self.cfg.probe
+        t = time.perf_counter()
+        draws = [label_subsets(self.ytr, pc.label_fractions, self.cfg.seed + s) for s in range(pc.label_seeds)]
+        trainer = _Supervised(
+            self.cfg,
+            self.dataset,
+            self.store,
+            self.registry,
+            self.freeze_key,
+            self.xtr_img,
+            self.ytr,
+            self.xte_img,
+            self.yte,
+            self.logger,
+        )
+        efficiency = []
+        for fraction in pc.label_fractions:
+            seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed
+            acc: dict[str, list[float]] = {}
+            runs: dict[str, list[dict]] = {"supervised": [], "finetune": []}
+            for s in seeds:
+                idx = draws[s][fraction]
+                self._probe_subset(feats, results, fraction, s, idx, acc)
+                self._train_subset(trainer, fraction, s, idx, acc, runs)
+            row = self._efficiency_row(fraction, int(len(draws[0][fraction])), len(seeds), acc, runs)
+            efficiency.append(row)
+            self.logger.info(
+                "label efficiency %g (%d labels): SSL linear %.4f, supervised %s",
+                fraction,
+                row["num_labels"],
+                row["ssl_linear_top1"],
+                f"{row['supervised_top1']:.4f}" if row.get("supervised_top1") is not None else "-",
+            )
+        self.timings["label_efficiency"] = time.perf_counter() - t
+        return efficiency
+
+    def _probe_subset(self, feats, results, fraction: float, s: int, idx: np.ndarray, acc) -> None:
+        """The linear probe of every feature set (and the SSL kNN) on one subset; appends the top-1
+        accuracies to ``acc``. All labels reuse the main table's results."""
+        pc, ytr, yte, k = self.cfg.probe, self.ytr, self.yte, self.k
+        for name, f in feats.items():
+            t_probe = time.perf_counter()
+            if fraction >= 1:
+                r = results[name]
+            else:
+                r = {"linear": linear_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc, self.cfg.seed + s)}
                 if name == "ssl":
-                    for kk, v in r["knn"].items():
-                        acc.setdefault(f"ssl_knn_{kk}", []).append(v["top1"])
-            kinds = (["supervised"] if "supervised" in pc.baselines else []) + (["finetune"] if pc.finetune else [])
-            for kind in kinds:
-                t_sup = time.perf_counter()
-                runs[kind].append(trainer.run(kind, fraction, cfg.seed + s, idx))
-                timings[kind] = timings.get(kind, 0.0) + time.perf_counter() - t_sup
-                acc.setdefault(f"{kind}_top1", []).append(runs[kind][-1]["top1"])
-        row: dict[str, Any] = {"fraction": fraction, "num_labels": int(len(draws[0][fraction])), "seeds": len(seeds)}
+                    r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc)
+            part = "subsets_ssl" if name == "ssl" else "subsets_baselines"
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - t_probe
+            acc.setdefault(f"{name}_linear_top1", []).append(r["linear"]["top1"])
+            if name == "ssl":
+                for kk, v in r["knn"].items():
+                    acc.setdefault(f"ssl_knn_{kk}", []).append(v["top1"])
+
+    def _train_subset(self, trainer: _Supervised, fraction: float, s: int, idx: np.ndarray, acc, runs) -> None:
+        """The supervised baseline and fine-tuning (those configured) on one subset; appends each
+        run to ``runs`` and its top-1 accuracy to ``acc``."""
+        pc = self.cfg.probe
+        kinds = (["supervised"] if "supervised" in pc.baselines else []) + (["finetune"] if pc.finetune else [])
+        for kind in kinds:
+            t_sup = time.perf_counter()
+            runs[kind].append(trainer.run(kind, fraction, self.cfg.seed + s, idx))
+            self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - t_sup
+            acc.setdefault(f"{kind}_top1", []).append(runs[kind][-1]["top1"])
+
+    def _efficiency_row(self, fraction: float, num_labels: int, seeds: int, acc, runs) -> dict[str, Any]:
+        """One label fraction's row: mean and std over the subset draws of every comparison."""
+        pc = self.cfg.probe
+        row: dict[str, Any] = {"fraction": fraction, "num_labels": num_labels, "seeds": seeds}
         for name in (
             "ssl_linear_top1",
             "supervised_top1",
@@ -397,7 +480,7 @@ def probe(
             mean, std = _mean_std(acc.get(name, []))
             if mean is not None or name != "finetune_top1":
                 row[name], row[name + "_std"] = mean, std
-        row["ssl_knn_top1"], row["ssl_knn_top1_std"] = _mean_std(acc[f"ssl_knn_{first_k}"])
+        row["ssl_knn_top1"], row["ssl_knn_top1_std"] = _mean_std(acc[f"ssl_knn_{self.first_k}"])
         row["knn"] = {
             "k": pc.knn_k[0],
             "temperature": pc.knn_temperature,
@@ -412,50 +495,69 @@ def probe(
                     "train_top1": _mean_std([r["train_top1"] for r in rs])[0],
                     "seconds": float(sum(r["seconds"] for r in rs)),
                 }
-        efficiency.append(row)
-        logger.info(
-            "label efficiency %g (%d labels): SSL linear %.4f, supervised %s",
-            fraction,
-            row["num_labels"],
-            row["ssl_linear_top1"],
-            f"{row['supervised_top1']:.4f}" if row.get("supervised_top1") is not None else "-",
-        )
-    timings["label_efficiency"] = time.perf_counter() - t
+        return row
 
-    metrics = {
-        "linear_top1": results["ssl"]["linear"]["top1"],
-        "knn_top1": results["ssl"]["knn"][first_k]["top1"],
-        "baselines": {
-            name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"][first_k]["top1"]}
-            for name, r in results.items()
-            if name != "ssl"
-        },
-        "knn": {
-            "k": pc.knn_k[0],
-            "temperature": pc.knn_temperature,
-            "similarity": "cosine",
-            "weighting": "exp(sim/T)",
-            "features": "L2-normalised",
-        },
-        "linear": {
-            "standardised": True,
-            "solver": "L-BFGS",
-            "weight_decay_grid": pc.linear_weight_decays,
-            "chosen_on": f"{pc.val_fraction:.0%} of the training labels",
-        },
-        "label_efficiency": efficiency,
-        "supervised_recipe": pc.supervised.model_dump(mode="json") if "supervised" in pc.baselines else None,
-        "confusion_matrix": cm.tolist(),
-        "per_class_top1": (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist(),
-        "class_names": list(dataset.meta.get("class_names") or range(k)),
-        "feature_keys": feature_keys,
-        "num_train": int(len(ytr)),
-        "num_test": int(len(yte)),
-        "detail": results,
-        "seconds": timings,
-    }
-    if "top5" in results["ssl"]["linear"]:
-        metrics["linear_top5"] = results["ssl"]["linear"]["top5"]
+    # -- the metrics: the stage's one artifact ----------------------------------------------------
+    def metrics(self, feature_keys, results, cm: np.ndarray, efficiency: list[dict]) -> dict[str, Any]:
+        """The stage's ``metrics.json``: the main table, how the probes were run, label efficiency,
+        the per-class view of the SSL linear probe, and the seconds each step took."""
+        pc, first_k = self.cfg.probe, self.first_k
+        metrics = {
+            "linear_top1": results["ssl"]["linear"]["top1"],
+            "knn_top1": results["ssl"]["knn"][first_k]["top1"],
+            "baselines": {
+                name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"][first_k]["top1"]}
+                for name, r in results.items()
+                if name != "ssl"
+            },
+            "knn": {
+                "k": pc.knn_k[0],
+                "temperature": pc.knn_temperature,
+                "similarity": "cosine",
+                "weighting": "exp(sim/T)",
+                "features": "L2-normalised",
+            },
+            "linear": {
+                "standardised": True,
+                "solver": "L-BFGS",
+                "weight_decay_grid": pc.linear_weight_decays,
+                "chosen_on": f"{pc.val_fraction:.0%} of the training labels",
+            },
+            "label_efficiency": efficiency,
+            "supervised_recipe": pc.supervised.model_dump(mode="json") if "supervised" in pc.baselines else None,
+            "confusion_matrix": cm.tolist(),
+            "per_class_top1": (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist(),
+            "class_names": list(self.dataset.meta.get("class_names") or range(self.k)),
+            "feature_keys": feature_keys,
+            "num_train": int(len(self.ytr)),
+            "num_test": int(len(self.yte)),
+            "detail": results,
+            "seconds": self.timings,
+        }
+        if "top5" in results["ssl"]["linear"]:
+            metrics["linear_top5"] = results["ssl"]["linear"]["top5"]
+        return metrics
+
+
+def probe(
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    freeze_key: str,
+    key: str,
+    registry: Registry,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+) -> dict[str, Any]:
+    """Run every probe; writes ``probe/<key>/metrics.json`` and returns the metrics."""
+    if store.is_complete(STAGE, key):
+        logger.info("probe %s: complete artifact found", key)
+        return store.read_json(STAGE, key, "metrics.json")
+    configure_runtime(cfg.seed, torch.device("cpu"), cfg.train.threads)  # also when run alone, in a new process
+    run = _ProbeRun.start(cfg, dataset, store, registry, freeze_key, logger)
+    feature_keys, feats = run.features()
+    results, cm = run.all_labels(feats)
+    efficiency = run.label_efficiency(feats, results)
+    metrics = run.metrics(feature_keys, results, cm, efficiency)
     store.write_json(metrics, STAGE, key, "metrics.json")
     store.mark_complete(STAGE, key, {"freeze_key": freeze_key})
     return metrics
