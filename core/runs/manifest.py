@@ -74,21 +74,10 @@ def build_manifest(
     stage_times: dict[str, dict[str, Any]],
     dvc_remote: str | None = None,
 ) -> dict[str, Any]:
-    config = cfg.model_dump(mode="json")
-    config["pretext"]["params"] = resolved_pretext_params(cfg, registry)
-    # never a secret: references the user wrote (${env:NAME}) stay, so a rerun can resolve them again
-    config["store"]["storage_options"] = credentials.for_record(cfg.store.storage_options)
-    config["store"]["uri"] = redact(credentials.for_record(cfg.store.uri))
-    if config["data"].get("source"):
-        config["data"]["source"] = redact(credentials.for_record(cfg.data.source))
-    plugins = {}
-    for kind, name in (
-        ("pretext", cfg.pretext.name),
-        ("backbone", cfg.backbone.name),
-        ("dataset", dataset.meta["format"]),
-    ):
-        info = registry.describe(kind, name)
-        plugins[kind] = {"name": name, "package": info.package, "version": info.version}
+    """The run's manifest: its config (no secrets), data, code, packages and plugins, the stored
+    artifacts it used, how pretraining went, and the probe's metrics."""
+    config = recorded_config(cfg, registry)
+    plugins = plugin_record(cfg, registry, dataset)
     third_party = sorted({p["package"] for p in plugins.values() if p["package"] != "pretextflow"})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -117,14 +106,45 @@ def build_manifest(
             for stage, key in keys.items()
         },
         "stages": stage_times,
-        "pretrain": {
-            "epochs": len(history.get("epoch_loss", [])),
-            "final_loss": (history.get("epoch_loss") or [None])[-1],
-            "images_per_second": history.get("images_per_second"),
-            "seconds": sum(history.get("epoch_seconds", [])),
-            # train.on_nonfinite: rollback: each time the loss went non-finite and training went back
-            "rollbacks": history.get("rollbacks", []),
-        },
+        "pretrain": pretrain_summary(history),
         "metrics": {k: v for k, v in metrics.items() if k not in ("detail",)},
         "metrics_detail": metrics.get("detail", {}),
+    }
+
+
+def recorded_config(cfg: RunConfig, registry: Registry) -> dict[str, Any]:
+    """The config as the manifest records it: the pretext task's resolved parameters, and never a
+    secret in the store's options or URI or the data source."""
+    config = cfg.model_dump(mode="json")
+    config["pretext"]["params"] = resolved_pretext_params(cfg, registry)
+    # never a secret: references the user wrote (${env:NAME}) stay, so a rerun can resolve them again
+    config["store"]["storage_options"] = credentials.for_record(cfg.store.storage_options)
+    config["store"]["uri"] = redact(credentials.for_record(cfg.store.uri))
+    if config["data"].get("source"):
+        config["data"]["source"] = redact(credentials.for_record(cfg.data.source))
+    return config
+
+
+def plugin_record(cfg: RunConfig, registry: Registry, dataset: Dataset) -> dict[str, dict[str, str]]:
+    """Name, distribution package and version of the pretext task, backbone and dataset format used."""
+    plugins = {}
+    for kind, name in (
+        ("pretext", cfg.pretext.name),
+        ("backbone", cfg.backbone.name),
+        ("dataset", dataset.meta["format"]),
+    ):
+        info = registry.describe(kind, name)
+        plugins[kind] = {"name": name, "package": info.package, "version": info.version}
+    return plugins
+
+
+def pretrain_summary(history: dict) -> dict[str, Any]:
+    """How pretraining went, from its ``history.json``."""
+    return {
+        "epochs": len(history.get("epoch_loss", [])),
+        "final_loss": (history.get("epoch_loss") or [None])[-1],
+        "images_per_second": history.get("images_per_second"),
+        "seconds": sum(history.get("epoch_seconds", [])),
+        # train.on_nonfinite: rollback: each time the loss went non-finite and training went back
+        "rollbacks": history.get("rollbacks", []),
     }
