@@ -118,7 +118,7 @@ class ProbeMetrics(TypedDict):
     feature_keys: dict[str, str]
     num_train: int
     num_test: int
-    detail: dict[str, Any]
+    detail: NotRequired[dict[str, Any]]  # the manifest leaves it out (metrics_detail)
     seconds: dict[str, float]
 
 

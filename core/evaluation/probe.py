@@ -24,6 +24,20 @@ import torch.nn.functional as F
 from pretextflow.core.config import ProbeConfig, RunConfig
 from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.evaluation.features import cached_features, pixel_features
+from pretextflow.core.evaluation.metrics import (
+    FINETUNE,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    LINEAR_TOP5,
+    OPTIONAL_COLUMNS,
+    PIXELS_LINEAR,
+    RANDOM_INIT_LINEAR,
+    SSL_KNN,
+    SSL_LINEAR,
+    SUPERVISED,
+    check_metrics,
+    linear_column,
+)
 from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
@@ -430,8 +444,8 @@ class _ProbeRun:
                 "label efficiency %g (%d labels): SSL linear %.4f, supervised %s",
                 fraction,
                 row["num_labels"],
-                row["ssl_linear_top1"],
-                f"{row['supervised_top1']:.4f}" if row.get("supervised_top1") is not None else "-",
+                row[SSL_LINEAR.key],
+                f"{row[SUPERVISED.key]:.4f}" if row.get(SUPERVISED.key) is not None else "-",
             )
         self.timings["label_efficiency"] = time.perf_counter() - t
         return efficiency
@@ -450,7 +464,7 @@ class _ProbeRun:
                     r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc)
             part = "subsets_ssl" if name == "ssl" else "subsets_baselines"
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - t_probe
-            acc.setdefault(f"{name}_linear_top1", []).append(r["linear"]["top1"])
+            acc.setdefault(linear_column(name), []).append(r["linear"]["top1"])
             if name == "ssl":
                 for kk, v in r["knn"].items():
                     acc.setdefault(f"ssl_knn_{kk}", []).append(v["top1"])
@@ -464,23 +478,17 @@ class _ProbeRun:
             t_sup = time.perf_counter()
             runs[kind].append(trainer.run(kind, fraction, self.cfg.seed + s, idx))
             self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - t_sup
-            acc.setdefault(f"{kind}_top1", []).append(runs[kind][-1]["top1"])
+            acc.setdefault(TRAINED[kind].key, []).append(runs[kind][-1]["top1"])
 
     def _efficiency_row(self, fraction: float, num_labels: int, seeds: int, acc, runs) -> dict[str, Any]:
         """One label fraction's row: mean and std over the subset draws of every comparison."""
         pc = self.cfg.probe
         row: dict[str, Any] = {"fraction": fraction, "num_labels": num_labels, "seeds": seeds}
-        for name in (
-            "ssl_linear_top1",
-            "supervised_top1",
-            "random_init_linear_top1",
-            "pixels_linear_top1",
-            "finetune_top1",
-        ):
-            mean, std = _mean_std(acc.get(name, []))
-            if mean is not None or name != "finetune_top1":
-                row[name], row[name + "_std"] = mean, std
-        row["ssl_knn_top1"], row["ssl_knn_top1_std"] = _mean_std(acc[f"ssl_knn_{self.first_k}"])
+        for column in (SSL_LINEAR, SUPERVISED, RANDOM_INIT_LINEAR, PIXELS_LINEAR, FINETUNE):
+            mean, std = _mean_std(acc.get(column.key, []))
+            if mean is not None or column not in OPTIONAL_COLUMNS:
+                row[column.key], row[column.key + "_std"] = mean, std
+        row[SSL_KNN.key], row[SSL_KNN.key + "_std"] = _mean_std(acc[f"ssl_knn_{self.first_k}"])
         row["knn"] = {
             "k": pc.knn_k[0],
             "temperature": pc.knn_temperature,
@@ -503,10 +511,10 @@ class _ProbeRun:
         the per-class view of the SSL linear probe, and the seconds each step took."""
         pc, first_k = self.cfg.probe, self.first_k
         metrics = {
-            "linear_top1": results["ssl"]["linear"]["top1"],
-            "knn_top1": results["ssl"]["knn"][first_k]["top1"],
+            LINEAR_TOP1: results["ssl"]["linear"]["top1"],
+            KNN_TOP1: results["ssl"]["knn"][first_k]["top1"],
             "baselines": {
-                name: {"linear_top1": r["linear"]["top1"], "knn_top1": r["knn"][first_k]["top1"]}
+                name: {LINEAR_TOP1: r["linear"]["top1"], KNN_TOP1: r["knn"][first_k]["top1"]}
                 for name, r in results.items()
                 if name != "ssl"
             },
@@ -535,8 +543,12 @@ class _ProbeRun:
             "seconds": self.timings,
         }
         if "top5" in results["ssl"]["linear"]:
-            metrics["linear_top5"] = results["ssl"]["linear"]["top5"]
+            metrics[LINEAR_TOP5] = results["ssl"]["linear"]["top5"]
         return metrics
+
+
+TRAINED = {"supervised": SUPERVISED, "finetune": FINETUNE}
+"""The label-efficiency column of each network trained on the labelled subset."""
 
 
 def probe(
@@ -557,7 +569,7 @@ def probe(
     feature_keys, feats = run.features()
     results, cm = run.all_labels(feats)
     efficiency = run.label_efficiency(feats, results)
-    metrics = run.metrics(feature_keys, results, cm, efficiency)
+    metrics = check_metrics(run.metrics(feature_keys, results, cm, efficiency), f"probe/{key}/metrics.json")
     store.write_json(metrics, STAGE, key, "metrics.json")
     store.mark_complete(STAGE, key, {"freeze_key": freeze_key})
     return metrics
