@@ -4,16 +4,17 @@ written through the artifact store (any fsspec URI)."""
 from __future__ import annotations
 
 import base64
-import html
 import io
 from typing import Any
 
 import numpy as np
 
+from pretextflow.core.runs.tables import escape, html_page, html_table, markdown_table
 from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
 
 RUNS = "runs"
+_REPORT_CSS = ".lead{font-size:1.2em}img{max-width:100%;display:block;margin:0.5em 0}"
 
 
 def _pct(fraction: float) -> str:
@@ -329,76 +330,108 @@ def _acc(r: dict[str, Any], key: str) -> str:
     return f"{v:.4f} ± {std:.4f}" if r.get("seeds", 1) > 1 and std is not None else f"{v:.4f}"
 
 
-def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
-    """(title, header, rows, figures shown under the table)."""
-    m = manifest["metrics"]
-    k = m["knn"]["k"]
+Section = tuple[str, list[str], list[list[str]], list[str]]  # title, header, rows, figures under the table
+
+
+def _probe_section(m: dict[str, Any]) -> Section:
     acc = [["SSL backbone (frozen)", f"{m['linear_top1']:.4f}", f"{m['knn_top1']:.4f}"]]
     for name, label in (("random_init", "same backbone, random init"), ("pixels", "raw pixels")):
         if name in m.get("baselines", {}):
             b = m["baselines"][name]
             acc.append([label, f"{b['linear_top1']:.4f}", f"{b['knn_top1']:.4f}"])
-    sections = [
-        (
-            "Probe accuracy, all labels (test top-1)",
-            ["features", "linear", f"kNN k={k}"],
-            acc,
-            ["probe_accuracy.png", "confusion.png"],
-        )
+    return (
+        "Probe accuracy, all labels (test top-1)",
+        ["features", "linear", f"kNN k={m['knn']['k']}"],
+        acc,
+        ["probe_accuracy.png", "confusion.png"],
+    )
+
+
+def _label_efficiency_section(m: dict[str, Any]) -> Section | None:
+    eff = m.get("label_efficiency", [])
+    if not eff:
+        return None
+    finetune = any(r.get("finetune_top1") is not None for r in eff)
+    header = [
+        "labelled",
+        "labels",
+        "SSL linear",
+        f"SSL kNN k={m['knn']['k']}",
+        "supervised from scratch",
+        "random init linear",
+        "pixels linear",
+    ] + (["SSL fine-tuned"] if finetune else [])
+    rows = [
+        [
+            _pct(r["fraction"]),
+            str(r["num_labels"]),
+            _acc(r, "ssl_linear_top1"),
+            _acc(r, "ssl_knn_top1"),
+            _acc(r, "supervised_top1"),
+            _acc(r, "random_init_linear_top1"),
+            _acc(r, "pixels_linear_top1"),
+        ]
+        + ([_acc(r, "finetune_top1")] if finetune else [])
+        for r in eff
+    ]
+    return ("Label efficiency (test top-1)", header, rows, ["label_efficiency.png"])
+
+
+def _previous_run_section(manifest: dict[str, Any]) -> Section | None:
+    prev = manifest.get("previous_run")
+    if not prev:
+        return None
+    note = (
+        "same data version and stage keys: nothing was retrained"
+        if prev.get("same_keys")
+        else f"data version {prev['data_version']} -> {manifest['data_version']}"
+    )
+    rows = [
+        [
+            r["metric"],
+            "-" if r["before"] is None else f"{r['before']:.4f}",
+            "-" if r["after"] is None else f"{r['after']:.4f}",
+            "-" if r["diff"] is None else f"{r['diff'] * 100:+.2f}",
+        ]
+        for r in prev["comparison"]
+    ]
+    return (
+        f"Compared with the previous run {prev['run_id']} ({note})",
+        ["metric", "previous", "this run", "change (points)"],
+        rows,
+        [],
+    )
+
+
+def _label_subsets_setting(eff: list[dict[str, Any]]) -> list[str]:
+    seeds = max(r.get("seeds", 1) for r in eff)
+    return [
+        "label subsets",
+        f"class-stratified, nested ({', '.join(_pct(r['fraction']) for r in eff)}), "
+        f"drawn with the run's seed; {seeds} draw(s) per fraction below 100%"
+        f"{' (mean ± std)' if seeds > 1 else ''}; the same subset for every method",
     ]
 
-    eff = m.get("label_efficiency", [])
-    if eff:
-        finetune = any(r.get("finetune_top1") is not None for r in eff)
-        header = [
-            "labelled",
-            "labels",
-            "SSL linear",
-            f"SSL kNN k={k}",
-            "supervised from scratch",
-            "random init linear",
-            "pixels linear",
-        ] + (["SSL fine-tuned"] if finetune else [])
-        rows = [
-            [
-                _pct(r["fraction"]),
-                str(r["num_labels"]),
-                _acc(r, "ssl_linear_top1"),
-                _acc(r, "ssl_knn_top1"),
-                _acc(r, "supervised_top1"),
-                _acc(r, "random_init_linear_top1"),
-                _acc(r, "pixels_linear_top1"),
-            ]
-            + ([_acc(r, "finetune_top1")] if finetune else [])
-            for r in eff
-        ]
-        sections.append(("Label efficiency (test top-1)", header, rows, ["label_efficiency.png"]))
 
-    prev = manifest.get("previous_run")
-    if prev:
-        note = (
-            "same data version and stage keys: nothing was retrained"
-            if prev.get("same_keys")
-            else f"data version {prev['data_version']} -> {manifest['data_version']}"
-        )
-        rows = [
-            [
-                r["metric"],
-                "-" if r["before"] is None else f"{r['before']:.4f}",
-                "-" if r["after"] is None else f"{r['after']:.4f}",
-                "-" if r["diff"] is None else f"{r['diff'] * 100:+.2f}",
-            ]
-            for r in prev["comparison"]
-        ]
-        sections.append(
-            (
-                f"Compared with the previous run {prev['run_id']} ({note})",
-                ["metric", "previous", "this run", "change (points)"],
-                rows,
-                [],
-            )
-        )
+def _supervised_setting(recipe: dict[str, Any], eff: list[dict[str, Any]]) -> list[str]:
+    budget = "; ".join(
+        f"{_pct(r['fraction'])}: {r['supervised']['steps']} steps ({r['supervised']['epochs']:.0f} "
+        f"epochs), train top-1 {r['supervised']['train_top1']:.3f}"
+        for r in eff
+        if r.get("supervised")
+    )
+    return [
+        "supervised from scratch",
+        f"same architecture + linear head, cross-entropy (label smoothing "
+        f"{recipe['label_smoothing']}), AdamW lr {recipe['lr']} wd {recipe['weight_decay']}, warm-up + "
+        f"cosine, batch {recipe['batch_size']}, random resized crop (scale {recipe['crop_scale_min']}-1) "
+        f"+ flip p={recipe['flip_p']}; budget max({recipe['epochs']} epochs, {recipe['min_steps']} "
+        f"steps) — {budget}",
+    ]
 
+
+def _protocol_section(manifest: dict[str, Any]) -> Section:
+    m, k = manifest["metrics"], manifest["metrics"]["knn"]["k"]
     detail = manifest.get("metrics_detail", {})
     settings = [
         [
@@ -414,34 +447,17 @@ def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[
         ],
         ["labelled images", f"{m['num_train']} train / {m['num_test']} test (scored once, on test)"],
     ]
+    eff = m.get("label_efficiency", [])
     if eff:
-        seeds = max(r.get("seeds", 1) for r in eff)
-        settings.append(
-            [
-                "label subsets",
-                f"class-stratified, nested ({', '.join(_pct(r['fraction']) for r in eff)}), "
-                f"drawn with the run's seed; {seeds} draw(s) per fraction below 100%"
-                f"{' (mean ± std)' if seeds > 1 else ''}; the same subset for every method",
-            ]
-        )
+        settings.append(_label_subsets_setting(eff))
     recipe = m.get("supervised_recipe")
     if recipe:
-        budget = "; ".join(
-            f"{_pct(r['fraction'])}: {r['supervised']['steps']} steps ({r['supervised']['epochs']:.0f} "
-            f"epochs), train top-1 {r['supervised']['train_top1']:.3f}"
-            for r in eff
-            if r.get("supervised")
-        )
-        settings.append(
-            [
-                "supervised from scratch",
-                f"same architecture + linear head, cross-entropy (label smoothing "
-                f"{recipe['label_smoothing']}), AdamW lr {recipe['lr']} wd {recipe['weight_decay']}, warm-up + "
-                f"cosine, batch {recipe['batch_size']}, random resized crop (scale {recipe['crop_scale_min']}-1) "
-                f"+ flip p={recipe['flip_p']}; budget max({recipe['epochs']} epochs, {recipe['min_steps']} "
-                f"steps) — {budget}",
-            ]
-        )
+        settings.append(_supervised_setting(recipe, eff))
+    return ("Protocol", ["probe", "settings"], settings, [])
+
+
+def _manifest_section(manifest: dict[str, Any]) -> Section:
+    code, plugins, pretrain = manifest["code_version"], manifest["plugins"], manifest["pretrain"]
     facts = [
         ["run", manifest["run_id"]],
         ["data version (data.dvc md5)", manifest["data_version"]],
@@ -452,22 +468,19 @@ def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[
         ],
         [
             "code version",
-            f"pretextflow {manifest['code_version']['pretextflow']}, commit "
-            f"{manifest['code_version'].get('commit') or 'n/a'}"
-            f"{' (dirty)' if manifest['code_version'].get('dirty') else ''}",
+            f"pretextflow {code['pretextflow']}, commit {code.get('commit') or 'n/a'}"
+            f"{' (dirty)' if code.get('dirty') else ''}",
         ],
         [
             "pretext / backbone",
-            f"{manifest['plugins']['pretext']['name']} "
-            f"({manifest['plugins']['pretext']['package']} {manifest['plugins']['pretext']['version']}) / "
-            f"{manifest['plugins']['backbone']['name']}",
+            f"{plugins['pretext']['name']} ({plugins['pretext']['package']} {plugins['pretext']['version']}) / "
+            f"{plugins['backbone']['name']}",
         ],
         ["seed / device / threads", f"{manifest['seed']} / {manifest['device']} / {manifest['threads']}"],
         [
             "pretraining",
-            f"{manifest['pretrain']['epochs']} epochs, final loss {manifest['pretrain']['final_loss']:.4f}, "
-            f"{(manifest['pretrain']['images_per_second'] or 0):.0f} images/s"
-            + _rollback_text(manifest["pretrain"].get("rollbacks") or []),
+            f"{pretrain['epochs']} epochs, final loss {pretrain['final_loss']:.4f}, "
+            f"{(pretrain['images_per_second'] or 0):.0f} images/s" + _rollback_text(pretrain.get("rollbacks") or []),
         ],
         ["packages", ", ".join(f"{k} {v}" for k, v in manifest["packages"].items())],
     ]
@@ -475,28 +488,42 @@ def _sections(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[
         facts.append([f"stage {stage}", f"{info.get('seconds', 0):.1f}s{' (cached)' if info.get('cached') else ''}"])
     for stage, art in manifest["artifacts"].items():
         facts.append([f"artifact {stage}", art["uri"]])
-    sections += [
+    return ("Manifest", ["fact", "value"], facts, [])
+
+
+def _sections(manifest: dict[str, Any]) -> list[Section]:
+    """The report's sections, in order: those without data for this run are left out."""
+    m = manifest["metrics"]
+    sections = [
+        _probe_section(m),
+        _label_efficiency_section(m),
+        _previous_run_section(manifest),
         ("Pretraining", ["", ""], [], ["pretrain_loss.png"]),
         ("What the features capture", ["", ""], [], ["retrieval.png", "projection.png"]),
-        ("Protocol", ["probe", "settings"], settings, []),
-        ("Manifest", ["fact", "value"], facts, []),
+        _protocol_section(manifest),
+        _manifest_section(manifest),
     ]
-    return sections
+    return [s for s in sections if s is not None]
+
+
+def _shown(manifest: dict[str, Any], figures: dict[str, bytes]) -> list[Section]:
+    """The sections with a table or a figure to show; each with only the figures there are."""
+    shown = []
+    for title, header, rows, figs in _sections(manifest):
+        figs = [f for f in figs if f in figures]
+        if rows or figs:
+            shown.append((title, header, rows, figs))
+    return shown
 
 
 def render_markdown(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
     out = [f"# pretextflow report: {manifest['name']}", "", headline(manifest), ""]
     if manifest.get("regression"):
         out += [f"**Regression: {manifest['regression']}**", ""]
-    for title, header, rows, figs in _sections(manifest):
-        figs = [f for f in figs if f in figures]
-        if not rows and not figs:
-            continue
+    for title, header, rows, figs in _shown(manifest, figures):
         out += [f"## {title}", ""]
         if rows:
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-            out.append("")
+            out += [*markdown_table(header, rows), ""]
         out += [f"![{name}]({name})" for name in figs] + ([""] if figs else [])
     return "\n".join(out)
 
@@ -514,32 +541,18 @@ def _rollback_text(rollbacks: list[dict[str, Any]]) -> str:
 
 
 def render_html(manifest: dict[str, Any], figures: dict[str, bytes]) -> str:
-    e = html.escape
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow: {e(manifest['name'])}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#223}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;"
-        "text-align:left;font-size:14px}th{background:#eef}.lead{font-size:1.2em}"
-        "img{max-width:100%;display:block;margin:0.5em 0}</style></head><body>",
-        f"<h1>pretextflow report: {e(manifest['name'])}</h1>",
-        f"<p class='lead'>{e(headline(manifest))}</p>",
-    ]
+    e = escape
+    body = [f"<h1>pretextflow report: {e(manifest['name'])}</h1>", f"<p class='lead'>{e(headline(manifest))}</p>"]
     if manifest.get("regression"):
-        parts.append(f"<p style='color:#b00;font-weight:bold'>Regression: {e(manifest['regression'])}</p>")
-    for title, header, rows, figs in _sections(manifest):
-        figs = [f for f in figs if f in figures]
-        if not rows and not figs:
-            continue
-        parts.append(f"<h2>{e(title)}</h2>")
+        body.append(f"<p style='color:#b00;font-weight:bold'>Regression: {e(manifest['regression'])}</p>")
+    for title, header, rows, figs in _shown(manifest, figures):
+        body.append(f"<h2>{e(title)}</h2>")
         if rows:
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
-            parts.append("</table>")
+            body += html_table(header, rows)
         for name in figs:
             b64 = base64.b64encode(figures[name]).decode()
-            parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{b64}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+            body.append(f"<img alt='{e(name)}' src='data:image/png;base64,{b64}'>")
+    return html_page(f"pretextflow: {manifest['name']}", body, width=1000, css=_REPORT_CSS)
 
 
 def write_report(
