@@ -8,11 +8,14 @@ the second finds the first's complete artifacts instead of training the same thi
 A failing point does not stop the others; the flow writes the comparison of those that finished,
 then ends Failed naming the failed points.
 
+What runs when (the points, the ingests, the pretrain-key queues) and the comparison are plain
+Python in ``core.runs.sweep``; this module is the Prefect part: the flow, its tasks and task
+runners, submitting the points and waiting for them.
+
 Absolute imports only: a deployment may load this file as its entry point."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,14 +93,6 @@ def shared_temporary_server(runner: str, dask_address: str | None = None) -> Ite
         os.environ.pop("PREFECT_API_URL", None)
 
 
-def _error_text(exc: BaseException | None) -> str:
-    if exc is None:
-        return "failed (no error recorded)"
-    if isinstance(exc, PretextflowError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
 @task(name="sweep-point", task_run_name="{name}", **TASK_OPTIONS)
 def point_task(
     name: str, point: dict[str, Any], config: dict[str, Any], workspace: str | None, ingest: dict[str, Any]
@@ -132,6 +127,64 @@ def point_task(
     return sw.result_row(point, report["manifest"], report["run_uri"])
 
 
+def _ingest_once(points: list[sw.SweepPoint], workspace: str | None, push: bool) -> tuple[dict[str, Any], str]:
+    """Ingest once per distinct data config, one after the other (DVC's workspace lock): each
+    ingest's result by data key, and the data version after them."""
+    ingested: dict[str, dict[str, Any]] = {}
+    for p in sw.ingest_points(points):
+        out, t = timed(ingest_task, p.config, workspace, push)
+        ingested[sw.data_key(p)] = {**out, "seconds": t}
+    return ingested, sw.stamp_data_version(ingested, workspace)
+
+
+def _pretrain_key(workspace: str | None):
+    def key(p: sw.SweepPoint) -> str:
+        ctx = context(p.config, workspace)
+        return ctx.keys(ctx.dataset())["pretrain"]
+
+    return key
+
+
+def _run_points(queue: sw.PointQueue, workspace: str | None, ingested: dict[str, Any], logger) -> None:
+    """Submit the points to the flow's task runner as the queue releases them; wait for all."""
+
+    def submit(p: sw.SweepPoint):
+        return point_task.submit(p.name, p.as_dict(), p.config, workspace, ingested[sw.data_key(p)])
+
+    running = {submit(p): p for p in queue.start()}
+    while running:
+        done = next(as_completed(list(running)))
+        p = running.pop(done)
+        try:
+            row = done.result()  # raises the point's own error if it failed
+        except Exception as exc:  # noqa: BLE001 - one failing point must not lose the others
+            nxt = queue.failed(p, exc)
+            logger.error("%s failed: %s", p.name, queue.rows[p.name]["error"])
+        else:
+            nxt = queue.finished(p, row)
+        if nxt is not None:
+            running[submit(nxt)] = nxt
+
+
+def _publish(summary: dict[str, Any]) -> None:
+    """The comparison as Prefect artifacts: its Markdown and its table."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from pretextflow.flows.publish import artifact_key
+
+    header, cells = sw.table(summary)
+    create_markdown_artifact(
+        markdown=sw.render_markdown(summary) + f"\nReport folder: `{summary['uri']}`\n",
+        key=artifact_key("sweep", summary["name"] or "sweep"),
+        description=f"pretextflow sweep {summary['sweep_id']}",
+    )
+    create_table_artifact(
+        table=[dict(zip(header, row, strict=False)) for row in cells],
+        key=artifact_key("sweep-table", summary["name"] or "sweep"),
+        description=f"every point of sweep {summary['sweep_id']}, best linear top-1 first",
+    )
+
+
 @flow(name="pretextflow-sweep", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def sweep_flow(
     config: dict[str, Any],
@@ -146,115 +199,38 @@ def sweep_flow(
     """``config``: the validated base config (``--set`` applied); ``grid``: ``KEY=v1,v2`` specs.
     ``threads``: train.threads of every point that does not set it. ``runner``, ``workers`` and
     ``dask_address`` describe the task runner (pick it with ``sweep_flow.with_options``)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    from pretextflow.core.data.versioning import data_version
-    from pretextflow.core.store import ArtifactStore
-    from pretextflow.core.workspace import Workspace
-    from pretextflow.flows.publish import artifact_key
-
     logger = get_run_logger()
-    axes, points = sw.plan_sweep(config, grid)  # every point validated before anything runs
+    plan = sw.SweepPlan.build(config, grid, threads)  # every point validated before anything runs
     if runner == "thread" and (workers or 1) > 1:
         logger.warning(
             "--runner thread: concurrent points share torch's process-wide RNG while they build "
             "their models, so a point's numbers can differ from the same config run alone; "
             "--runner process or dask reproduces them exactly"
         )
-    sw.with_threads(points, threads)
-    sweep_id = sw.new_sweep_id(str(config.get("name") or "sweep"), points)
     logger.info(
         "sweep %s: %d points (%s), train.threads %s",
-        sweep_id,
-        len(points),
-        ", ".join(p.name for p in points),
+        plan.sweep_id,
+        len(plan.points),
+        ", ".join(p.name for p in plan.points),
         threads or "as configured",
     )
-
-    # 1. ingest, once per distinct data config, one after the other (DVC's workspace lock)
-    ingested: dict[str, dict[str, Any]] = {}
-    for p in points:
-        data_key = json.dumps(p.config["data"], sort_keys=True)
-        if data_key not in ingested:
-            out, t = timed(ingest_task, p.config, workspace, push)
-            ingested[data_key] = {**out, "seconds": t}
-    # data.dvc tracks all of data/: after several ingests, the last version holds every dataset
-    version = data_version(Workspace.at(workspace))
-    for info in ingested.values():
-        info["data_version"] = version
-
-    # 2. stage keys: points with the same pretrain key run in sequence (same artifacts)
-    rows: dict[str, dict[str, Any]] = {}
-    queues: dict[str, list[sw.SweepPoint]] = {}
-    for p in points:
-        try:
-            ctx = context(p.config, workspace)
-            key = ctx.keys(ctx.dataset())["pretrain"]
-        except Exception as exc:  # noqa: BLE001 - that point fails, the others run
-            rows[p.name] = sw.failed_row(p, _error_text(exc))
-            continue
-        queues.setdefault(key, []).append(p)
-
-    # 3. fan out; wait for all
-    def submit(p: sw.SweepPoint):
-        data_key = json.dumps(p.config["data"], sort_keys=True)
-        return point_task.submit(p.name, p.as_dict(), p.config, workspace, ingested[data_key])
-
+    ingested, version = _ingest_once(plan.points, workspace, push)
+    queue = sw.PointQueue(plan.points, _pretrain_key(workspace))  # same pretrain key: one after the other
     with shared_temporary_server(runner, dask_address):
-        running = {}
-        for key, queue in queues.items():
-            first = queue.pop(0)
-            running[submit(first)] = (key, first)
-        while running:
-            done = next(as_completed(list(running)))
-            key, p = running.pop(done)
-            try:
-                rows[p.name] = done.result()  # raises the point's own error if it failed
-            except Exception as exc:  # noqa: BLE001 - one failing point must not lose the others
-                rows[p.name] = sw.failed_row(p, _error_text(exc))
-                logger.error("%s failed: %s", p.name, rows[p.name]["error"])
-            if queues[key]:
-                nxt = queues[key].pop(0)
-                running[submit(nxt)] = (key, nxt)
-
-    # 4. the comparison, in the base config's artifact store
-    summary = sw.build_summary(
-        sweep_id=sweep_id,
-        base=config,
-        axes=axes,
-        points=points,
-        rows=[rows[p.name] for p in points],
-        workers=workers,
+        _run_points(queue, workspace, ingested, logger)
+    summary = sw.compare(  # in the base config's artifact store
+        plan,
+        queue.results(),
         runner=runner + (f" at {dask_address}" if dask_address else ""),
-        data_versions=[version],
+        workers=workers,
+        data_version=version,
+        workspace=workspace,
     )
-    store = ArtifactStore(
-        Workspace.at(workspace).store_uri(config["store"]["uri"]), config["store"].get("storage_options")
-    )
-    uri = sw.write_comparison(store, summary)
-    logger.info("sweep report: %s/sweep.html", uri)
-    header, cells = sw.table(summary)
-    create_markdown_artifact(
-        markdown=sw.render_markdown(summary) + f"\nReport folder: `{uri}`\n",
-        key=artifact_key("sweep", summary["name"] or "sweep"),
-        description=f"pretextflow sweep {sweep_id}",
-    )
-    create_table_artifact(
-        table=[dict(zip(header, row, strict=False)) for row in cells],
-        key=artifact_key("sweep-table", summary["name"] or "sweep"),
-        description=f"every point of sweep {sweep_id}, best linear top-1 first",
-    )
-    if summary["failed"]:
-        raise sw.SweepFailed(
-            "\n".join(
-                [
-                    f"{len(summary['failed'])} of {len(points)} sweep points failed:",
-                    *(f"  {f['point']}: {f['error']}" for f in summary["failed"]),
-                    f"The comparison of the others: {uri}/sweep.html",
-                ]
-            ),
-            summary,
-        )
+    logger.info("sweep report: %s/sweep.html", summary["uri"])
+    _publish(summary)
+    failure = sw.SweepFailed.of(summary)
+    if failure is not None:
+        raise failure
     return summary
 
 

@@ -1,6 +1,8 @@
 """Sweeps: ``--grid KEY=v1,v2`` specs expanded into validated point configs, and the comparison of
 the points' runs (``sweep.json``, ``sweep.md``, ``sweep.html`` under ``sweeps/<sweep id>/`` in the
-artifact store). No Prefect here: ``pretextflow.flows.sweep`` runs the points.
+artifact store). Also which points run when: one ingest per distinct data config, points that
+share a pretrain key one after the other (``PointQueue``). No Prefect here:
+``pretextflow.flows.sweep`` submits the points to a task runner and waits for them.
 
 Every point config is validated before any work starts; a bad key or value is a ConfigError that
 names the grid key. The comparison reports every point's test accuracies side by side, best
@@ -11,16 +13,17 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import html
 import itertools
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pretextflow.core.config import RunConfig, load_config, parse_override
 from pretextflow.core.errors import ConfigError, PretextflowError
+from pretextflow.core.runs.tables import SORT_SCRIPT, SORTABLE_CSS, escape, html_page, html_table, link, markdown_table
 
 # Grid keys a user types most often; anything else is a dotted config path (train.lr, probe.knn_k).
 SHORTHANDS = {"pretext": "pretext.name", "backbone": "backbone.name"}
@@ -44,6 +47,18 @@ class SweepFailed(PretextflowError):
 
     def __str__(self) -> str:
         return self.message
+
+    @classmethod
+    def of(cls, summary: dict[str, Any]) -> SweepFailed | None:
+        """The error of a written comparison with failed points; None when every point finished."""
+        if not summary["failed"]:
+            return None
+        lines = [
+            f"{len(summary['failed'])} of {len(summary['points'])} sweep points failed:",
+            *(f"  {f['point']}: {f['error']}" for f in summary["failed"]),
+            f"The comparison of the others: {summary['uri']}/sweep.html",
+        ]
+        return cls("\n".join(lines), summary)
 
 
 @dataclass(frozen=True)
@@ -289,6 +304,97 @@ def new_sweep_id(name: str, points: list[SweepPoint]) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{digest}"
 
 
+@dataclass
+class SweepPlan:
+    """A sweep before it runs: the base config, its grid axes, the validated points, the sweep id."""
+
+    config: dict[str, Any]
+    axes: list[GridAxis]
+    points: list[SweepPoint]
+    sweep_id: str
+
+    @classmethod
+    def build(cls, config: dict[str, Any], grid: list[str] | None, threads: int | None = None, registry=None):
+        """Every point validated (a ConfigError before anything runs); ``threads``: see with_threads."""
+        axes, points = plan_sweep(config, grid, registry)
+        with_threads(points, threads)
+        return cls(config, axes, points, new_sweep_id(str(config.get("name") or "sweep"), points))
+
+
+# -- scheduling the points ---------------------------------------------------------------------
+def data_key(point: SweepPoint) -> str:
+    """Points with the same data config share one ingest."""
+    return json.dumps(point.config["data"], sort_keys=True)
+
+
+def ingest_points(points: list[SweepPoint]) -> list[SweepPoint]:
+    """The first point of each distinct data config, in grid order: ingest once for each."""
+    first: dict[str, SweepPoint] = {}
+    for p in points:
+        first.setdefault(data_key(p), p)
+    return list(first.values())
+
+
+def stamp_data_version(ingested: dict[str, dict[str, Any]], workspace: str | None) -> str:
+    """The workspace's data version after the ingests, recorded in each ingest's result. data.dvc
+    tracks all of data/: after several ingests, the last version holds every dataset."""
+    from pretextflow.core.data.versioning import data_version
+    from pretextflow.core.workspace import Workspace
+
+    version = data_version(Workspace.at(workspace))
+    for info in ingested.values():
+        info["data_version"] = version
+    return version
+
+
+def error_text(exc: BaseException | None) -> str:
+    """A failed point's error as its row shows it: our errors by their message, others with their type."""
+    if exc is None:
+        return "failed (no error recorded)"
+    if isinstance(exc, PretextflowError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PointQueue:
+    """Which points run when, and the row of each. Points that share a pretrain key run one after
+    the other, so the second finds the first's complete artifacts instead of training the same
+    thing concurrently; points with different keys run at once. A point whose key cannot be
+    computed fails here; a point that fails does not hold back the others."""
+
+    def __init__(self, points: list[SweepPoint], pretrain_key: Callable[[SweepPoint], str]):
+        self.points = list(points)
+        self.rows: dict[str, dict[str, Any]] = {}  # point name -> its row of the comparison
+        self._waiting: dict[str, list[SweepPoint]] = {}  # pretrain key -> its points not started yet
+        self._key: dict[str, str] = {}  # point name -> its pretrain key
+        for p in self.points:
+            try:
+                key = pretrain_key(p)
+            except Exception as exc:  # noqa: BLE001 - that point fails, the others run
+                self.rows[p.name] = failed_row(p, error_text(exc))
+                continue
+            self._key[p.name] = key
+            self._waiting.setdefault(key, []).append(p)
+
+    def start(self) -> list[SweepPoint]:
+        """The points to run first: the first of each pretrain key."""
+        return [queue.pop(0) for queue in self._waiting.values()]
+
+    def finished(self, point: SweepPoint, row: dict[str, Any]) -> SweepPoint | None:
+        """Record a point's row; returns the next point of its pretrain key, to run now (None: none left)."""
+        self.rows[point.name] = row
+        queue = self._waiting[self._key[point.name]]
+        return queue.pop(0) if queue else None
+
+    def failed(self, point: SweepPoint, exc: BaseException | None) -> SweepPoint | None:
+        """Record a point's failure; returns the next point of its pretrain key, as ``finished``."""
+        return self.finished(point, failed_row(point, error_text(exc)))
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every point's row, in grid order (once every started point has finished or failed)."""
+        return [self.rows[p.name] for p in self.points]
+
+
 # -- the comparison ----------------------------------------------------------------------------
 def _r(value: Any, digits: int = 4) -> Any:
     return None if value is None else round(float(value), digits)
@@ -459,9 +565,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"Sweep `{summary['sweep_id']}`.",
         "",
         *[line + "\n" for line in _intro(summary)],
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells],
+        *markdown_table(header, cells),
         "",
         "Run folders (report.html, manifest.json):",
         "",
@@ -472,44 +576,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-_SORT_JS = """<script>
-document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
-  const body = th.closest('table').tBodies[0], asc = th.dataset.asc !== '1';
-  th.dataset.asc = asc ? '1' : '0';
-  const key = tr => { const t = tr.cells[col].textContent, n = parseFloat(t); return isNaN(n) ? t : n; };
-  [...body.rows].sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1); })
-    .forEach(tr => body.appendChild(tr));
-}));
-</script>"""
-
-
 def render_html(summary: dict[str, Any]) -> str:
-    e = html.escape
+    e = escape
     header, cells = table(summary)
-    run_uris = [r["run_uri"] for r in summary["rows"]]
-    body = []
-    for row, uri in zip(cells, run_uris, strict=False):
-        tds = [f"<td>{e(c)}</td>" for c in row]
-        if uri:
-            tds[-1] = f"<td><a href='{e(uri)}/report.html'>{e(row[-1])}</a></td>"
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return "\n".join(
-        [
-            f"<!doctype html><html><head><meta charset='utf-8'><title>pretextflow sweep: {e(str(summary['name']))}</title>",
-            "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#223}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:4px 8px;text-align:left;"
-            "font-size:14px}th{background:#eef;cursor:pointer}th:hover{background:#dde}</style></head><body>",
-            f"<h1>pretextflow sweep: {e(str(summary['name']))}</h1>",
-            f"<p>Sweep <code>{e(summary['sweep_id'])}</code>.</p>",
-            *[f"<p>{e(line)}</p>" for line in _intro(summary)],
-            "<table><thead><tr>" + "".join(f"<th title='click to sort'>{e(h)}</th>" for h in header) + "</tr></thead>",
-            "<tbody>",
-            *body,
-            "</tbody></table>",
-            _SORT_JS,
-            "</body></html>",
-        ]
-    )
+    for row, r in zip(cells, summary["rows"], strict=False):
+        if r["run_uri"]:  # the run id links to the point's report
+            row[-1] = link(row[-1], f"{r['run_uri']}/report.html")
+    name = str(summary["name"])
+    body = [
+        f"<h1>pretextflow sweep: {e(name)}</h1>",
+        f"<p>Sweep <code>{e(summary['sweep_id'])}</code>.</p>",
+        *[f"<p>{e(line)}</p>" for line in _intro(summary)],
+        *html_table(header, cells, sortable=True),
+        SORT_SCRIPT,
+    ]
+    return html_page(f"pretextflow sweep: {name}", body, width=1200, css=SORTABLE_CSS)
 
 
 def write_comparison(store, summary: dict[str, Any]) -> str:
@@ -520,3 +601,27 @@ def write_comparison(store, summary: dict[str, Any]) -> str:
     store.write_json(summary, SWEEPS, sid, "sweep.json")  # last: its presence means the report is complete
     summary["uri"] = store.uri_of(SWEEPS, sid)
     return summary["uri"]
+
+
+def compare(
+    plan: SweepPlan, rows: list[dict[str, Any]], *, runner: str, workers: int | None, data_version: str, workspace
+) -> dict[str, Any]:
+    """The comparison of the points' rows, written to the base config's artifact store; returns the
+    summary (its ``uri``: the report folder)."""
+    from pretextflow.core.store import ArtifactStore
+    from pretextflow.core.workspace import Workspace
+
+    summary = build_summary(
+        sweep_id=plan.sweep_id,
+        base=plan.config,
+        axes=plan.axes,
+        points=plan.points,
+        rows=rows,
+        workers=workers,
+        runner=runner,
+        data_versions=[data_version],
+    )
+    store_config = plan.config["store"]
+    store = ArtifactStore(Workspace.at(workspace).store_uri(store_config["uri"]), store_config.get("storage_options"))
+    write_comparison(store, summary)
+    return summary
