@@ -323,29 +323,52 @@ def sweep(
     if runner == "dask":
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the cluster's start-up chatter
     with user_errors():
-        cfg = _config(config, set_)
-        from pretextflow.core.runs.sweep import SweepFailed, plan_sweep, table
-        from pretextflow.flows.sweep import point_threads, sweep_flow, task_runner
+        summary, failed = _run_sweep(_config(config, set_), grid, runner, workers, dask_address, workspace, push)
+    _print_sweep(summary)
+    if failed is not None:
+        typer.secho(f"error: {failed}", fg="red", err=True)
+        raise typer.Exit(failed.exit_code)
 
-        _, points = plan_sweep(cfg, grid)  # every point validated before Prefect starts
-        chosen = task_runner(runner, workers, dask_address)
-        threads = point_threads(runner, workers, dask_address)
-        typer.echo(
-            f"sweep: {len(points)} points, --runner {runner}"
-            f"{' at ' + dask_address if dask_address else f' x {workers}'}, train.threads "
-            f"{threads or 'as configured'} unless set"
+
+def _run_sweep(
+    cfg: dict,
+    grid: list[str],
+    runner: str,
+    workers: int,
+    dask_address: str | None,
+    workspace: Path | None,
+    push: bool,
+) -> tuple[dict, Exception | None]:
+    """The sweep flow on the chosen task runner: its summary, and its SweepFailed (None if every
+    point finished). Every point is validated before Prefect starts."""
+    from pretextflow.core.runs.sweep import SweepFailed, plan_sweep
+    from pretextflow.flows.sweep import point_threads, sweep_flow, task_runner
+
+    _, points = plan_sweep(cfg, grid)  # every point validated before Prefect starts
+    chosen = task_runner(runner, workers, dask_address)
+    threads = point_threads(runner, workers, dask_address)
+    typer.echo(
+        f"sweep: {len(points)} points, --runner {runner}"
+        f"{' at ' + dask_address if dask_address else f' x {workers}'}, train.threads "
+        f"{threads or 'as configured'} unless set"
+    )
+    try:
+        summary = sweep_flow.with_options(task_runner=chosen)(
+            cfg, grid, _workspace(workspace), push, threads, runner, None if dask_address else workers, dask_address
         )
-        failed = None
-        try:
-            summary = sweep_flow.with_options(task_runner=chosen)(
-                cfg, grid, _workspace(workspace), push, threads, runner, None if dask_address else workers, dask_address
-            )
-        except SweepFailed as exc:
-            if exc.summary is None:
-                raise
-            summary, failed = exc.summary, exc
+    except SweepFailed as exc:
+        if exc.summary is None:
+            raise
+        return exc.summary, exc
+    return summary, None
+
+
+def _print_sweep(summary: dict) -> None:
+    """The comparison table (best linear top-1 first) and where the report is."""
     from rich.console import Console
     from rich.table import Table
+
+    from pretextflow.core.runs.sweep import table
 
     header, cells = table(summary)
     out = Table(title=f"sweep {summary['sweep_id']}: best linear top-1 first (test set; nothing selected)")
@@ -356,9 +379,6 @@ def sweep(
     console = Console()
     (console if console.is_terminal else Console(width=240)).print(out)  # piped: no terminal width to fit
     typer.echo(f"sweep report: {summary['uri']}/sweep.html (sweep.md, sweep.json)")
-    if failed is not None:
-        typer.secho(f"error: {failed}", fg="red", err=True)
-        raise typer.Exit(failed.exit_code)
 
 
 # -- past runs, reruns, schedules --------------------------------------------------------------
