@@ -26,14 +26,14 @@ HEADLINE = (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1)
 
 class Column(NamedTuple):
     key: str  # the key in a label-efficiency row (its spread is ``key + "_std"``)
-    label: str  # what a table header or a figure legend shows
+    label: str  # the header of its column in the report's label-efficiency table
 
 
 SSL_LINEAR = Column("ssl_linear_top1", "SSL linear")
 SSL_KNN = Column("ssl_knn_top1", "SSL kNN")
-SUPERVISED = Column("supervised_top1", "supervised")
-RANDOM_INIT_LINEAR = Column("random_init_linear_top1", "random init")
-PIXELS_LINEAR = Column("pixels_linear_top1", "pixels")
+SUPERVISED = Column("supervised_top1", "supervised from scratch")
+RANDOM_INIT_LINEAR = Column("random_init_linear_top1", "random init linear")
+PIXELS_LINEAR = Column("pixels_linear_top1", "pixels linear")
 FINETUNE = Column("finetune_top1", "SSL fine-tuned")
 EFFICIENCY_COLUMNS = (SSL_LINEAR, SSL_KNN, SUPERVISED, RANDOM_INIT_LINEAR, PIXELS_LINEAR, FINETUNE)
 """Every accuracy of a label-efficiency row, in the order tables show them."""

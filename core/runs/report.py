@@ -9,6 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from pretextflow.core.evaluation.metrics import (
+    FINETUNE,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    PIXELS_LINEAR,
+    RANDOM_INIT_LINEAR,
+    SSL_KNN,
+    SSL_LINEAR,
+    SUPERVISED,
+)
 from pretextflow.core.runs.tables import escape, html_page, html_table, markdown_table
 from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
@@ -24,15 +34,15 @@ def _pct(fraction: float) -> str:
 def label_efficiency_sentence(m: dict[str, Any]) -> str | None:
     """The answer to "how few labels do they need?": the smallest labelled fraction, SSL probe vs
     supervised from scratch on the same labels."""
-    rows = [r for r in m.get("label_efficiency", []) if r.get("supervised_top1") is not None]
+    rows = [r for r in m.get("label_efficiency", []) if r.get(SUPERVISED.key) is not None]
     if not rows:
         return None
     r = rows[0]
-    d = (r["ssl_linear_top1"] - r["supervised_top1"]) * 100
+    d = (r[SSL_LINEAR.key] - r[SUPERVISED.key]) * 100
     return (
         f"With {_pct(r['fraction'])} of the labels ({r['num_labels']} images), SSL features reach "
-        f"{r['ssl_linear_top1']:.1%} linear-probe top-1, {abs(d):.1f} points {'above' if d >= 0 else 'below'} "
-        f"supervised training from scratch on the same labels ({r['supervised_top1']:.1%})."
+        f"{r[SSL_LINEAR.key]:.1%} linear-probe top-1, {abs(d):.1f} points {'above' if d >= 0 else 'below'} "
+        f"supervised training from scratch on the same labels ({r[SUPERVISED.key]:.1%})."
     )
 
 
@@ -42,27 +52,27 @@ def headline(manifest: dict[str, Any]) -> str:
     method, backbone = manifest["config"]["pretext"]["name"], manifest["config"]["backbone"]["name"]
     text = (
         f"With all {m['num_train']} labels, features learned without labels ({method} on {backbone}) reach "
-        f"{m['linear_top1']:.1%} linear-probe top-1 on the {ds} test split"
+        f"{m[LINEAR_TOP1]:.1%} linear-probe top-1 on the {ds} test split"
     )
     base = m.get("baselines", {})
     parts = []
     if "random_init" in base:
-        d = (m["linear_top1"] - base["random_init"]["linear_top1"]) * 100
+        d = (m[LINEAR_TOP1] - base["random_init"][LINEAR_TOP1]) * 100
         parts.append(
             f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} the same backbone at random "
-            f"initialisation ({base['random_init']['linear_top1']:.1%})"
+            f"initialisation ({base['random_init'][LINEAR_TOP1]:.1%})"
         )
     if "pixels" in base:
-        d = (m["linear_top1"] - base["pixels"]["linear_top1"]) * 100
+        d = (m[LINEAR_TOP1] - base["pixels"][LINEAR_TOP1]) * 100
         parts.append(
-            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} raw pixels ({base['pixels']['linear_top1']:.1%})"
+            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} raw pixels ({base['pixels'][LINEAR_TOP1]:.1%})"
         )
-    full = [r for r in m.get("label_efficiency", []) if r["fraction"] >= 1 and r.get("supervised_top1") is not None]
+    full = [r for r in m.get("label_efficiency", []) if r["fraction"] >= 1 and r.get(SUPERVISED.key) is not None]
     if full:
-        d = (m["linear_top1"] - full[0]["supervised_top1"]) * 100
+        d = (m[LINEAR_TOP1] - full[0][SUPERVISED.key]) * 100
         parts.append(
             f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} supervised training from scratch "
-            f"({full[0]['supervised_top1']:.1%})"
+            f"({full[0][SUPERVISED.key]:.1%})"
         )
     text += (", " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "") + "."
     first = label_efficiency_sentence(m)
@@ -104,11 +114,11 @@ def probe_figure(metrics: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("SSL (frozen)", metrics["linear_top1"], metrics["knn_top1"])]
+    rows = [("SSL (frozen)", metrics[LINEAR_TOP1], metrics[KNN_TOP1])]
     for name, label in (("random_init", "random init"), ("pixels", "raw pixels")):
         if name in metrics.get("baselines", {}):
             b = metrics["baselines"][name]
-            rows.append((label, b["linear_top1"], b["knn_top1"]))
+            rows.append((label, b[LINEAR_TOP1], b[KNN_TOP1]))
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(6, 3.2))
     lin = ax.bar(x - 0.2, [r[1] * 100 for r in rows], 0.4, label="linear probe", color="#247")
@@ -141,12 +151,12 @@ def label_efficiency_figure(metrics: dict[str, Any]) -> bytes:
     x = [r["fraction"] * 100 for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     series = [
-        ("ssl_linear_top1", "SSL linear probe", "#247", "o-"),
-        ("ssl_knn_top1", f"SSL kNN (k={metrics['knn']['k']})", "#58a", "o--"),
-        ("finetune_top1", "SSL fine-tuned", "#2a6", "D-"),
-        ("supervised_top1", "supervised from scratch", "#c52", "s-"),
-        ("random_init_linear_top1", "random init, linear", "#999", "^:"),
-        ("pixels_linear_top1", "raw pixels, linear", "#b8a", "v:"),
+        (SSL_LINEAR.key, "SSL linear probe", "#247", "o-"),
+        (SSL_KNN.key, f"SSL kNN (k={metrics['knn']['k']})", "#58a", "o--"),
+        (FINETUNE.key, "SSL fine-tuned", "#2a6", "D-"),
+        (SUPERVISED.key, "supervised from scratch", "#c52", "s-"),
+        (RANDOM_INIT_LINEAR.key, "random init, linear", "#999", "^:"),
+        (PIXELS_LINEAR.key, "raw pixels, linear", "#b8a", "v:"),
     ]
     for key, label, color, style in series:
         ys = [r.get(key) for r in rows]
@@ -334,11 +344,11 @@ Section = tuple[str, list[str], list[list[str]], list[str]]  # title, header, ro
 
 
 def _probe_section(m: dict[str, Any]) -> Section:
-    acc = [["SSL backbone (frozen)", f"{m['linear_top1']:.4f}", f"{m['knn_top1']:.4f}"]]
+    acc = [["SSL backbone (frozen)", f"{m[LINEAR_TOP1]:.4f}", f"{m[KNN_TOP1]:.4f}"]]
     for name, label in (("random_init", "same backbone, random init"), ("pixels", "raw pixels")):
         if name in m.get("baselines", {}):
             b = m["baselines"][name]
-            acc.append([label, f"{b['linear_top1']:.4f}", f"{b['knn_top1']:.4f}"])
+            acc.append([label, f"{b[LINEAR_TOP1]:.4f}", f"{b[KNN_TOP1]:.4f}"])
     return (
         "Probe accuracy, all labels (test top-1)",
         ["features", "linear", f"kNN k={m['knn']['k']}"],
@@ -351,27 +361,27 @@ def _label_efficiency_section(m: dict[str, Any]) -> Section | None:
     eff = m.get("label_efficiency", [])
     if not eff:
         return None
-    finetune = any(r.get("finetune_top1") is not None for r in eff)
+    finetune = any(r.get(FINETUNE.key) is not None for r in eff)
     header = [
         "labelled",
         "labels",
-        "SSL linear",
-        f"SSL kNN k={m['knn']['k']}",
-        "supervised from scratch",
-        "random init linear",
-        "pixels linear",
-    ] + (["SSL fine-tuned"] if finetune else [])
+        SSL_LINEAR.label,
+        f"{SSL_KNN.label} k={m['knn']['k']}",
+        SUPERVISED.label,
+        RANDOM_INIT_LINEAR.label,
+        PIXELS_LINEAR.label,
+    ] + ([FINETUNE.label] if finetune else [])
     rows = [
         [
             _pct(r["fraction"]),
             str(r["num_labels"]),
-            _acc(r, "ssl_linear_top1"),
-            _acc(r, "ssl_knn_top1"),
-            _acc(r, "supervised_top1"),
-            _acc(r, "random_init_linear_top1"),
-            _acc(r, "pixels_linear_top1"),
+            _acc(r, SSL_LINEAR.key),
+            _acc(r, SSL_KNN.key),
+            _acc(r, SUPERVISED.key),
+            _acc(r, RANDOM_INIT_LINEAR.key),
+            _acc(r, PIXELS_LINEAR.key),
         ]
-        + ([_acc(r, "finetune_top1")] if finetune else [])
+        + ([_acc(r, FINETUNE.key)] if finetune else [])
         for r in eff
     ]
     return ("Label efficiency (test top-1)", header, rows, ["label_efficiency.png"])

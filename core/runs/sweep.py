@@ -23,6 +23,15 @@ from typing import Any
 
 from pretextflow.core.config import RunConfig, load_config, parse_override
 from pretextflow.core.errors import ConfigError, PretextflowError
+from pretextflow.core.evaluation.metrics import (
+    KNN_TOP1,
+    LINEAR_TOP1,
+    LINEAR_TOP5,
+    RANDOM_INIT_LINEAR,
+    SSL_KNN,
+    SSL_LINEAR,
+    SUPERVISED,
+)
 from pretextflow.core.runs.tables import SORT_SCRIPT, SORTABLE_CSS, escape, html_page, html_table, link, markdown_table
 
 # Grid keys a user types most often; anything else is a dotted config path (train.lr, probe.knn_k).
@@ -409,9 +418,9 @@ def result_row(point: SweepPoint | dict[str, Any], manifest: dict[str, Any], run
         {
             "fraction": r["fraction"],
             "labels": r.get("num_labels"),
-            "ssl_linear_top1": _r(r.get("ssl_linear_top1")),
-            "ssl_knn_top1": _r(r.get("ssl_knn_top1")),
-            "supervised_top1": _r(r.get("supervised_top1")),
+            SSL_LINEAR.key: _r(r.get(SSL_LINEAR.key)),
+            SSL_KNN.key: _r(r.get(SSL_KNN.key)),
+            SUPERVISED.key: _r(r.get(SUPERVISED.key)),
         }
         for r in m.get("label_efficiency", [])
         if r["fraction"] < 1
@@ -422,10 +431,10 @@ def result_row(point: SweepPoint | dict[str, Any], manifest: dict[str, Any], run
         "values": p["values"],
         "run_id": manifest["run_id"],
         "run_uri": run_uri,
-        "linear_top1": _r(m.get("linear_top1")),
-        "linear_top5": _r(m.get("linear_top5")),
-        "knn_top1": _r(m.get("knn_top1")),
-        "random_init_linear_top1": _r(m.get("baselines", {}).get("random_init", {}).get("linear_top1")),
+        LINEAR_TOP1: _r(m.get(LINEAR_TOP1)),
+        LINEAR_TOP5: _r(m.get(LINEAR_TOP5)),
+        KNN_TOP1: _r(m.get(KNN_TOP1)),
+        RANDOM_INIT_LINEAR.key: _r(m.get("baselines", {}).get("random_init", {}).get(LINEAR_TOP1)),
         "label_efficiency": efficiency,
         "pretrain_seconds": _r(manifest.get("pretrain", {}).get("seconds"), 1),
         "cached": {s: bool(stages.get(s, {}).get("cached")) for s in ("pretrain", "freeze", "probe")},
@@ -443,10 +452,10 @@ def failed_row(point: SweepPoint | dict[str, Any], error: str) -> dict[str, Any]
         "values": p["values"],
         "run_id": None,
         "run_uri": None,
-        "linear_top1": None,
-        "linear_top5": None,
-        "knn_top1": None,
-        "random_init_linear_top1": None,
+        LINEAR_TOP1: None,
+        LINEAR_TOP5: None,
+        KNN_TOP1: None,
+        RANDOM_INIT_LINEAR.key: None,
         "label_efficiency": [],
         "pretrain_seconds": None,
         "cached": {},
@@ -458,7 +467,7 @@ def failed_row(point: SweepPoint | dict[str, Any], error: str) -> dict[str, Any]
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best linear top-1 first; failed points last, in grid order."""
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (-(r["linear_top1"] or 0.0), r["point"]))
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (-(r[LINEAR_TOP1] or 0.0), r["point"]))
     return ok + [r for r in rows if r["status"] != "ok"]
 
 
@@ -523,10 +532,10 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             [
                 str(i),
                 *[format_value(r["values"].get(k)) for k in labels],
-                fmt(r["linear_top1"]),
-                fmt(r["knn_top1"]),
-                *[fmt(eff.get(f, {}).get("ssl_linear_top1")) for f in fractions],
-                *[fmt(eff.get(f, {}).get("supervised_top1")) for f in fractions],
+                fmt(r[LINEAR_TOP1]),
+                fmt(r[KNN_TOP1]),
+                *[fmt(eff.get(f, {}).get(SSL_LINEAR.key)) for f in fractions],
+                *[fmt(eff.get(f, {}).get(SUPERVISED.key)) for f in fractions],
                 "-" if r["pretrain_seconds"] is None else f"{r['pretrain_seconds']:.1f}",
                 cached,
                 run,
