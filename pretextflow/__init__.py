@@ -2,11 +2,23 @@
 
 The import package maps the repository's top-level folders: ``pretextflow.core`` (``core/``),
 ``pretextflow.plugins`` (``plugins/``) and ``pretextflow.flows`` (``flows/``).
+
+
+``pretextflow.load_backbone(where)`` returns the frozen backbone of a run folder, a manifest or an
+export folder as an ``nn.Module`` (images in, features out); see the README, "Use your backbone".
 """
 
-from importlib import metadata as _metadata
+from pretextflow.core.version import __version__
 
-try:
-    __version__ = _metadata.version("pretextflow")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+
+def load_backbone(where, storage_options=None):
+    """The frozen backbone of ``where`` — a run folder (``artifacts/runs/<id>``), its ``manifest.json``,
+    or a folder written by ``pretextflow export`` (any fsspec URI) — as an eval-mode ``nn.Module``
+    mapping images ``(N, C, H, W)`` (uint8, or float in [0, 1]) to features ``(N, D)``, with the
+    normalisation inside and ``requires_grad`` off. ``.info`` describes it (backbone, method, data)."""
+    from pretextflow.core.export.loading import load_backbone as _load
+
+    return _load(where, storage_options)
+
+
+__all__ = ["__version__", "load_backbone"]

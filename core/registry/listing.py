@@ -64,7 +64,7 @@ def _dist_fingerprint(dist: metadata.Distribution, h: hashlib._Hash) -> None:
 
 
 def fingerprint() -> str:
-    from pretextflow import __version__
+    from pretextflow.core.version import __version__
 
     h = hashlib.sha256(f"pretextflow {__version__}\n".encode())
     for package in ("pretextflow.core", "pretextflow.plugins"):

@@ -151,7 +151,7 @@ def _env_names(var: str) -> set[str] | None:
 
 def build_registry(extra_plugins: list[tuple[str, object]] | None = None, load_entry_points: bool = True) -> Registry:
     """Register built-ins, then entry points (and ``extra_plugins``, for tests), then collect."""
-    from pretextflow import __version__
+    from pretextflow.core.version import __version__
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

@@ -6,7 +6,6 @@ import re
 import time
 import uuid
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from pretextflow.core.config import RunConfig
@@ -54,9 +53,9 @@ def package_versions(extra: list[str] | None = None) -> dict[str, str]:
 
 
 def code_version() -> dict[str, Any]:
-    import pretextflow
+    from pretextflow.core.version import SOURCE_DIR, __version__
 
-    return {"pretextflow": pretextflow.__version__, **git_commit(Path(pretextflow.__file__).resolve().parent)}
+    return {"pretextflow": __version__, **git_commit(SOURCE_DIR)}
 
 
 def build_manifest(
