@@ -53,17 +53,29 @@ def freeze(
 
 def load_frozen_backbone(store: ArtifactStore, key: str, registry: Registry) -> Backbone:
     """Rebuild the backbone from its spec and load the frozen weights; eval mode, no gradients."""
-    from pretextflow.core.config import BackboneConfig, DataConfig
-
     if not store.is_complete(STAGE, key):
         raise StageInputError(
             f"probe needs the frozen backbone freeze/{key} in {store.uri}, which does not "
             f"exist. Run `pretextflow freeze CONFIG` first (or `pretextflow run CONFIG`)."
         )
-    groups, spec = ckpt.decode(store.read_bytes(STAGE, key, "backbone.safetensors"))
+    backbone, _ = rebuild_backbone(store.read_bytes(STAGE, key, "backbone.safetensors"), registry)
+    return backbone
+
+
+def rebuild_backbone(data: bytes, registry: Registry) -> tuple[Backbone, dict]:
+    """The backbone of a ``backbone.safetensors`` (weights + the spec in its metadata), built with the
+    installed backbone plugin, strict keys; eval mode, no gradients. Returns it with its spec."""
+    from pretextflow.core.config import BackboneConfig, DataConfig
+
+    groups, spec = ckpt.decode(data)
+    if "backbone" not in groups or "backbone" not in spec:
+        raise StageInputError(
+            "this safetensors file is not a pretextflow backbone (no backbone weights or spec in it): "
+            "pass the backbone.safetensors of a freeze stage or of a safetensors export."
+        )
     cfg = RunConfig(data=DataConfig(name="frozen"), backbone=BackboneConfig(**spec["backbone"]))  # data unused
     backbone = build_backbone(
         cfg, {"image_shape": spec["image_shape"], "mean": spec["mean"], "std": spec["std"]}, registry
     )
     backbone.load_state_dict(groups["backbone"], strict=True)
-    return backbone.eval().requires_grad_(False)
+    return backbone.eval().requires_grad_(False), spec
