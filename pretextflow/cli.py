@@ -471,6 +471,46 @@ def rerun(
 
 
 @app.command()
+def export(
+    run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>) or its manifest.json, any fsspec URI"),
+    fmt: str = typer.Option(..., "--format", "-f", help="timm | torchscript | onnx | safetensors"),
+    out: str = typer.Option(..., "--out", "-o", help="folder to write (must not exist, or be empty)"),
+) -> None:
+    """Export a run's frozen backbone, checked against PyTorch on one batch, with a model card
+    (README.md). `pretextflow.load_backbone(OUT)` loads any of them; a timm export also loads with
+    `timm.create_model("local-dir:OUT", pretrained=True)`."""
+    from pretextflow.core.export.formats import export_backbone
+
+    with user_errors():
+        marker = export_backbone(run, fmt, out)
+    info = marker["info"]
+    typer.echo(
+        f"exported {info['backbone']['name']} ({info['num_features']} features, input "
+        f"{'x'.join(map(str, info['image_shape']))}) as {fmt} to {out}: {', '.join(marker['files'])}, README.md; "
+        f"max |difference| from PyTorch {marker['max_abs_error']:.1e}"
+    )
+
+
+@app.command()
+def embed(
+    run: str = typer.Argument(..., help="a run folder, its manifest.json, or an export folder"),
+    source: str = typer.Argument(..., help="a folder of images, a .zip/.tar[.gz] of one, or a .csv with a path column"),
+    out: str = typer.Option(..., "--out", "-o", help="FILE.npy (+ FILE.index.csv) or FILE.parquet, any fsspec URI"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="images per batch (bounds the memory)"),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one) | cpu | cuda"),
+) -> None:
+    """Embed every image of SOURCE with the run's frozen backbone, in sorted path order: one row
+    per image (path, sha256, vector), streamed in batches."""
+    from pretextflow.core.export.embed import embed as do_embed
+    from pretextflow.core.export.loading import load_backbone
+
+    with user_errors():
+        result = do_embed(load_backbone(run), source, out, batch_size=batch_size, device=device)
+    where = f"{result.out}" + (f" (+ {result.index})" if result.index else "")
+    typer.echo(f"embedded {result.count} images -> {result.dim} features each on {result.device}: {where}")
+
+
+@app.command()
 def serve(
     config: Path = typer.Argument(..., help="experiment YAML"),
     set_: list[str] | None = SetOpt,
