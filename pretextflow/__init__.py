@@ -4,7 +4,8 @@ The import package maps the repository's top-level folders: ``pretextflow.core``
 ``pretextflow.plugins`` (``plugins/``) and ``pretextflow.flows`` (``flows/``).
 
 
-``pretextflow.load_backbone(where)`` returns the frozen backbone of a run folder, a manifest or an
+``pretextflow.run(config)`` runs the pipeline from Python and ``pretextflow.runs(workspace)`` lists
+past runs; ``pretextflow.load_backbone(where)`` returns the frozen backbone of a run folder, a manifest or an
 export folder as an ``nn.Module`` (images in, features out); see the README, "Use your backbone".
 """
 
@@ -21,4 +22,20 @@ def load_backbone(where, storage_options=None):
     return _load(where, storage_options)
 
 
-__all__ = ["__version__", "load_backbone"]
+def run(config, overrides=None, workspace=".", push=True):
+    """Run the whole pipeline for ``config`` (a YAML path, a dict or a ``RunConfig``) in ``workspace``
+    and return a :class:`pretextflow.run_api.Run` (``run_id``, ``uri``, ``manifest``, ``metrics``,
+    ``report_html``, ``backbone()``). The same Prefect flow as ``pretextflow run``."""
+    from pretextflow.run_api import run as _run
+
+    return _run(config, overrides, workspace, push)
+
+
+def runs(workspace=".", store=None):
+    """The complete runs of ``workspace``'s artifact store (or of ``store``), oldest first, as ``Run``s."""
+    from pretextflow.run_api import runs as _runs
+
+    return _runs(workspace, store)
+
+
+__all__ = ["__version__", "load_backbone", "run", "runs"]

@@ -219,3 +219,27 @@ def test_cli_export_and_embed(timm_run, image_folder, tmp_path):
     assert "embedded 12 images -> 512 features each on cpu" in res.output
     res = runner.invoke(app, ["export", timm_run, "--format", "keras", "--out", str(tmp_path / "k")])
     assert res.exit_code == 2 and "unknown export format 'keras'" in res.output
+
+
+def test_python_api_runs_the_pipeline_in_process(tmp_path):
+    """pretextflow.run from a dict with overrides, then runs() and run.backbone()."""
+    import yaml
+
+    from pretextflow.core.data.versioning import init_workspace
+
+    ws = init_workspace(tmp_path / "ws")
+    config = yaml.safe_load((REPO / "configs" / "digits_smoke.yaml").read_text())
+    run = pretextflow.run(
+        config,
+        ["train.epochs=1", "probe.label_fractions=[1.0]", "probe.baselines=[]"],
+        workspace=ws.root,
+        push=False,
+    )
+    assert run.metrics["linear_top1"] > 0.5 and run.data_version
+    assert open(run.report_html.removeprefix("file://")).read().startswith("<!doctype html>")
+    listed = pretextflow.runs(ws.root)
+    assert [r.run_id for r in listed] == [run.run_id]
+    assert listed[0].metrics["linear_top1"] == run.metrics["linear_top1"]
+    assert run.backbone()(_images(2)).shape == (2, run.backbone().num_features)
+    with pytest.raises(Exception, match="train.epochs"):
+        pretextflow.run(config, ["train.epochs=-1"], workspace=ws.root)
