@@ -63,6 +63,20 @@ class BackboneConfig(Strict):
     name: str = "convnet-s"
     small_image_stem: bool = True
     kwargs: dict[str, Any] = {}
+    weights: str | None = Field(
+        None,
+        description="initial weights: a safetensors file on any fsspec URI (a timm model.safetensors, a "
+        "pretextflow backbone.safetensors) or hf-hub:ORG/NAME; None = random initialisation",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _resolve_credentials(cls, v: str | None) -> str | None:
+        return _resolve_uri(v)
+
+    @field_serializer("weights")
+    def _credentials_by_reference(self, v: str | None) -> str | None:
+        return credentials.protect_uri(v)
 
 
 class PretextConfig(Strict):

@@ -19,6 +19,7 @@ from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import ArtifactStore
+from pretextflow.core.training.weights import weights_sha256
 from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow")
@@ -87,6 +88,7 @@ class StageContext:
                 "seed": cfg.seed,
                 "train": train,
                 "backbone": cfg.backbone.model_dump(mode="json"),
+                "weights": weights_sha256(cfg.backbone.weights),  # the content, not only the URI
                 "pretext": {"name": cfg.pretext.name, "params": resolved_pretext_params(cfg, self.registry)},
                 "plugins": self.plugin_versions(),
                 "code": self.code_version("pretrain"),
@@ -106,6 +108,7 @@ class StageContext:
                 "seed": cfg.seed,
                 "probe": cfg.probe.model_dump(mode="json"),
                 "backbone": cfg.backbone.model_dump(mode="json"),  # the random-init baseline depends on it
+                "weights": weights_sha256(cfg.backbone.weights),
                 "plugins": self.plugin_versions()["backbone"],
                 "code": self.code_version("probe"),
             },

@@ -100,12 +100,19 @@ class EfficiencyRow(TypedDict):
     finetune: NotRequired[TrainedRun]
 
 
+class InitialWeights(TypedDict):
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    uri: str  # credentials redacted, references kept
+    sha256: str
+
+
 class ProbeMetrics(TypedDict):
     """``metrics.json`` of the probe stage; ``detail`` and ``seconds`` are free-form diagnostics."""
 
     __pydantic_config__ = _FORBID  # type: ignore[misc]
     linear_top1: float
     linear_top5: NotRequired[float]
+    initial_weights: NotRequired[InitialWeights]  # backbone.weights: the random-init baseline starts there
     knn_top1: float
     baselines: dict[str, BaselineMetrics]
     knn: dict[str, Any]

@@ -40,9 +40,12 @@ from pretextflow.core.evaluation.metrics import (
 )
 from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.registry import Registry
+from pretextflow.core.security import credentials
+from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.training.freeze import load_frozen_backbone
 from pretextflow.core.training.model import build_backbone, configure_runtime
+from pretextflow.core.training.weights import weights_sha256
 
 STAGE = "probe"
 log = logging.getLogger("pretextflow.probe")
@@ -379,6 +382,7 @@ class _ProbeRun:
             "features",
             {
                 "random_init": cfg.backbone.model_dump(mode="json"),
+                "weights": weights_sha256(cfg.backbone.weights),
                 "seed": cfg.seed,
                 "data": self.dataset.fingerprint,
                 "backbone_version": registry.describe("backbone", cfg.backbone.name).version,
@@ -542,6 +546,11 @@ class _ProbeRun:
             "detail": results,
             "seconds": self.timings,
         }
+        if self.cfg.backbone.weights:  # the "random init" baseline is these weights, untrained by SSL
+            metrics["initial_weights"] = {
+                "uri": redact(credentials.for_record(self.cfg.backbone.weights)),
+                "sha256": weights_sha256(self.cfg.backbone.weights),
+            }
         if "top5" in results["ssl"]["linear"]:
             metrics[LINEAR_TOP5] = results["ssl"]["linear"]["top5"]
         return metrics

@@ -121,6 +121,8 @@ def recorded_config(cfg: RunConfig, registry: Registry) -> dict[str, Any]:
     config["store"]["uri"] = redact(credentials.for_record(cfg.store.uri))
     if config["data"].get("source"):
         config["data"]["source"] = redact(credentials.for_record(cfg.data.source))
+    if config["backbone"].get("weights"):
+        config["backbone"]["weights"] = redact(credentials.for_record(cfg.backbone.weights))
     return config
 
 

@@ -27,6 +27,11 @@ RUNS = "runs"
 _REPORT_CSS = ".lead{font-size:1.2em}img{max-width:100%;display:block;margin:0.5em 0}"
 
 
+def init_label(metrics: dict[str, Any]) -> str:
+    """What the ``random_init`` baseline is: the backbone before SSL, i.e. ``backbone.weights`` when set."""
+    return "initial weights" if metrics.get("initial_weights") else "random init"
+
+
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
@@ -59,8 +64,9 @@ def headline(manifest: dict[str, Any]) -> str:
     if "random_init" in base:
         d = (m[LINEAR_TOP1] - base["random_init"][LINEAR_TOP1]) * 100
         parts.append(
-            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} the same backbone at random "
-            f"initialisation ({base['random_init'][LINEAR_TOP1]:.1%})"
+            f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} the same backbone at "
+            f"{'its initial weights' if m.get('initial_weights') else 'random initialisation'} "
+            f"({base['random_init'][LINEAR_TOP1]:.1%})"
         )
     if "pixels" in base:
         d = (m[LINEAR_TOP1] - base["pixels"][LINEAR_TOP1]) * 100
@@ -115,7 +121,7 @@ def probe_figure(metrics: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = [("SSL (frozen)", metrics[LINEAR_TOP1], metrics[KNN_TOP1])]
-    for name, label in (("random_init", "random init"), ("pixels", "raw pixels")):
+    for name, label in (("random_init", init_label(metrics)), ("pixels", "raw pixels")):
         if name in metrics.get("baselines", {}):
             b = metrics["baselines"][name]
             rows.append((label, b[LINEAR_TOP1], b[KNN_TOP1]))
@@ -155,7 +161,7 @@ def label_efficiency_figure(metrics: dict[str, Any]) -> bytes:
         (SSL_KNN.key, f"SSL kNN (k={metrics['knn']['k']})", "#58a", "o--"),
         (FINETUNE.key, "SSL fine-tuned", "#2a6", "D-"),
         (SUPERVISED.key, "supervised from scratch", "#c52", "s-"),
-        (RANDOM_INIT_LINEAR.key, "random init, linear", "#999", "^:"),
+        (RANDOM_INIT_LINEAR.key, f"{init_label(metrics)}, linear", "#999", "^:"),
         (PIXELS_LINEAR.key, "raw pixels, linear", "#b8a", "v:"),
     ]
     for key, label, color, style in series:
@@ -345,7 +351,7 @@ Section = tuple[str, list[str], list[list[str]], list[str]]  # title, header, ro
 
 def _probe_section(m: dict[str, Any]) -> Section:
     acc = [["SSL backbone (frozen)", f"{m[LINEAR_TOP1]:.4f}", f"{m[KNN_TOP1]:.4f}"]]
-    for name, label in (("random_init", "same backbone, random init"), ("pixels", "raw pixels")):
+    for name, label in (("random_init", f"same backbone, {init_label(m)}"), ("pixels", "raw pixels")):
         if name in m.get("baselines", {}):
             b = m["baselines"][name]
             acc.append([label, f"{b[LINEAR_TOP1]:.4f}", f"{b[KNN_TOP1]:.4f}"])
@@ -368,7 +374,7 @@ def _label_efficiency_section(m: dict[str, Any]) -> Section | None:
         SSL_LINEAR.label,
         f"{SSL_KNN.label} k={m['knn']['k']}",
         SUPERVISED.label,
-        RANDOM_INIT_LINEAR.label,
+        RANDOM_INIT_LINEAR.label.replace("random init", init_label(m)),
         PIXELS_LINEAR.label,
     ] + ([FINETUNE.label] if finetune else [])
     rows = [

@@ -73,7 +73,9 @@ def rebuild_backbone(data: bytes, registry: Registry) -> tuple[Backbone, dict]:
             "this safetensors file is not a pretextflow backbone (no backbone weights or spec in it): "
             "pass the backbone.safetensors of a freeze stage or of a safetensors export."
         )
-    cfg = RunConfig(data=DataConfig(name="frozen"), backbone=BackboneConfig(**spec["backbone"]))  # data unused
+    # the frozen weights replace any initial ones, so those are not read again (nor needed any more)
+    bb = BackboneConfig(**{**spec["backbone"], "weights": None})
+    cfg = RunConfig(data=DataConfig(name="frozen"), backbone=bb)  # data unused
     backbone = build_backbone(
         cfg, {"image_shape": spec["image_shape"], "mean": spec["mean"], "std": spec["std"]}, registry
     )

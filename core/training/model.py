@@ -9,6 +9,7 @@ from pretextflow.core.config import RunConfig, validate_plugin_params
 from pretextflow.core.errors import ConfigError, PluginError, PretextflowError
 from pretextflow.core.registry.contracts import Backbone, BackboneParams, PretextTask
 from pretextflow.core.registry.registry import Registry
+from pretextflow.core.training.weights import load_initial_weights
 
 
 # -- device and precision policies (pure functions: unit-testable without a GPU) ------------
@@ -44,8 +45,9 @@ def configure_runtime(seed: int, device: torch.device, threads: int | None) -> N
 
 # -- building the model ------------------------------------------------------------------------
 def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed: int | None = None) -> Backbone:
-    """The backbone plugin's network wrapped with the dataset's normalisation. Seeded so that the
-    random-init baseline is exactly pretraining's starting point."""
+    """The backbone plugin's network wrapped with the dataset's normalisation, with
+    ``backbone.weights`` loaded when set. Seeded so that the random-init (initial-weights) baseline
+    is exactly pretraining's starting point."""
     spec = registry.backbone(cfg.backbone.name)
     params = BackboneParams(
         in_chans=int(dataset_meta["image_shape"][0]),
@@ -63,6 +65,8 @@ def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed:
         raise PluginError(
             f"backbone {cfg.backbone.name!r} could not be built with backbone.kwargs={cfg.backbone.kwargs}: {exc}"
         ) from exc
+    if cfg.backbone.weights:
+        load_initial_weights(net, cfg.backbone.weights)  # pretraining starts here, and the baseline is these
     return Backbone(
         net,
         num_features,
