@@ -165,6 +165,11 @@ class ProbeConfig(Strict):
     supervised: SupervisedConfig = SupervisedConfig()
     finetune: bool = Field(False, description="also fine-tune the SSL backbone on each labelled subset")
     finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tuning lr = supervised.lr x this")
+    data: DataConfig | None = Field(
+        None,
+        description="probe on this labelled dataset instead of the pretraining one (a transfer probe): "
+        "name, and source + format to ingest it; resized to the backbone's input size",
+    )
 
     @field_validator("knn_k")
     @classmethod

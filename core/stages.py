@@ -56,6 +56,16 @@ class StageContext:
         ensure_consistent(self.ws)  # an ingest that died half-way is rolled back before anyone reads
         return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
 
+    def probe_dataset(self, ds: Dataset) -> Dataset:
+        """What the probe stage evaluates on: ``probe.data`` brought to the pretraining data's image
+        shape (the backbone's input), or the pretraining dataset itself."""
+        if self.cfg.probe.data is None:
+            return ds
+        from pretextflow.core.data.adapt import adapt_dataset
+
+        probe_ds = load_dataset(str(self.ws.data_dir), self.cfg.probe.data.name)
+        return adapt_dataset(probe_ds, ds.meta["image_shape"])
+
     def plugin_versions(self) -> dict[str, dict[str, str]]:
         out = {}
         for kind, name in (("pretext", self.cfg.pretext.name), ("backbone", self.cfg.backbone.name)):
@@ -117,7 +127,7 @@ class StageContext:
     def keys(self, ds: Dataset) -> dict[str, str]:
         pk = self.pretrain_key(ds)
         fk = self.freeze_key(pk)
-        return {"pretrain": pk, "freeze": fk, "probe": self.probe_key(ds, fk)}
+        return {"pretrain": pk, "freeze": fk, "probe": self.probe_key(self.probe_dataset(ds), fk)}
 
 
 def store_preflight(ctx: StageContext, stage: str, key: str | None = None, logger=log) -> None:
@@ -160,16 +170,26 @@ def _timed_stage(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, A
 @_timed_stage
 def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool = False) -> dict[str, Any]:
     """Ingest the config's source if it names one; otherwise describe the dataset already there
-    (after ``dvc pull`` when ``refresh``: a scheduled run takes the version data.dvc names)."""
+    (after ``dvc pull`` when ``refresh``: a scheduled run takes the version data.dvc names). A
+    transfer probe's ``probe.data.source`` is ingested after it, into the same data version."""
+    out = _ingest_or_describe(ctx, ctx.cfg.data, push, logger, refresh)
+    pd = ctx.cfg.probe.data
+    if pd is not None and pd.source:
+        probe_out = _ingest_or_describe(ctx, pd, push, logger, refresh=False)
+        changed = bool(out.get("changed")) or bool(probe_out.get("changed"))
+        out = {**out, "data_version": probe_out["data_version"], "changed": changed, "probe_data": probe_out}
+    return out
+
+
+def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool) -> dict[str, Any]:
     from pretextflow.core.data.ingest import ingest, recover_interrupted_ingest, summary
     from pretextflow.core.data.versioning import data_version, dvc, workspace_lock
 
-    d = ctx.cfg.data
     if d.source:
         if not d.format:
             from pretextflow.core.errors import ConfigError
 
-            raise ConfigError("data.format is required when data.source is set (e.g. idx, imagefolder).")
+            raise ConfigError(f"a format is required when {d.name!r} has a source (e.g. idx, imagefolder).")
         return ingest(
             ctx.ws,
             d.source,
@@ -192,7 +212,8 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
         version = data_version(ctx.ws)
         logger.info("refresh: dvc pull; data version %s", version)
         return summary(ctx.dataset(), version, changed=version != before)
-    return summary(ctx.dataset(), data_version(ctx.ws))
+    ds = ctx.dataset() if d is ctx.cfg.data else load_dataset(str(ctx.ws.data_dir), d.name)
+    return summary(ds, data_version(ctx.ws))
 
 
 @_timed_stage
@@ -229,7 +250,9 @@ def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
     keys = ctx.keys(ds)
     store_preflight(ctx, "probe", keys["probe"], logger)
     cached = ctx.store.is_complete("probe", keys["probe"])
-    metrics = probe(ctx.cfg, ds, ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger)
+    metrics = probe(
+        ctx.cfg, ctx.probe_dataset(ds), ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger
+    )
     return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached, "metrics": metrics}
 
 
@@ -239,7 +262,7 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
     from pretextflow.core.data.versioning import data_version, default_remote_url, read_data_dvc
     from pretextflow.core.errors import StageInputError
     from pretextflow.core.runs.history import RegressionError, check_regression, compare_metrics, previous_run
-    from pretextflow.core.runs.manifest import build_manifest, new_run_id
+    from pretextflow.core.runs.manifest import build_manifest, dataset_record, new_run_id
     from pretextflow.core.runs.report import write_report
 
     ds = ctx.dataset()
@@ -277,8 +300,11 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
             "same_keys": previous["artifacts"].get("probe", {}).get("key") == keys["probe"],
             "comparison": compare_metrics(previous["metrics"], metrics),
         }
+    probe_ds = ctx.probe_dataset(ds)
+    if probe_ds is not ds or ctx.cfg.probe.data is not None:
+        manifest["probe_dataset"] = dataset_record(probe_ds)  # a transfer probe: both datasets recorded
     manifest["regression"] = check_regression(manifest, previous, ctx.cfg.report.regression_threshold)
-    run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=ds)
+    run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=probe_ds)
     logger.info("report: %s", run_uri)
     if manifest["regression"]:
         raise RegressionError(manifest["regression"] + f" Report: {run_uri}")

@@ -87,13 +87,7 @@ def build_manifest(
         "data_version": data_version,
         "data_dvc": data_dvc,
         "dvc_remote": dvc_remote,  # credentials redacted; what `pretextflow rerun` pulls the data from
-        "dataset": {
-            "name": dataset.name,
-            "fingerprint": dataset.fingerprint,
-            "counts": dataset.meta["counts"],
-            "image_shape": dataset.meta["image_shape"],
-            "format": dataset.meta["format"],
-        },
+        "dataset": dataset_record(dataset),
         "config": config,
         "code_version": code_version(),
         "packages": package_versions(third_party),
@@ -109,6 +103,20 @@ def build_manifest(
         "metrics": {k: v for k, v in metrics.items() if k not in ("detail",)},
         "metrics_detail": metrics.get("detail", {}),
     }
+
+
+def dataset_record(dataset: Dataset) -> dict[str, Any]:
+    """A dataset as the manifest names it (the pretraining one, and a transfer probe's)."""
+    record = {
+        "name": dataset.name,
+        "fingerprint": dataset.fingerprint,
+        "counts": dataset.meta["counts"],
+        "image_shape": dataset.meta["image_shape"],
+        "format": dataset.meta["format"],
+    }
+    if "adapted_from" in dataset.meta:  # resized to the backbone's input for probing
+        record["source_image_shape"] = dataset.meta["adapted_from"]["image_shape"]
+    return record
 
 
 def recorded_config(cfg: RunConfig, registry: Registry) -> dict[str, Any]:

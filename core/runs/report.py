@@ -55,8 +55,11 @@ def headline(manifest: dict[str, Any]) -> str:
     m = manifest["metrics"]
     ds = manifest["dataset"]["name"]
     method, backbone = manifest["config"]["pretext"]["name"], manifest["config"]["backbone"]["name"]
+    where = f"{method} on {backbone}"
+    if "probe_dataset" in manifest:  # a transfer probe: pretrained on one dataset, judged on another
+        where, ds = f"{where}, pretrained on {ds}", manifest["probe_dataset"]["name"]
     text = (
-        f"With all {m['num_train']} labels, features learned without labels ({method} on {backbone}) reach "
+        f"With all {m['num_train']} labels, features learned without labels ({where}) reach "
         f"{m[LINEAR_TOP1]:.1%} linear-probe top-1 on the {ds} test split"
     )
     base = m.get("baselines", {})
