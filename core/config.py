@@ -165,6 +165,9 @@ class ProbeConfig(Strict):
     supervised: SupervisedConfig = SupervisedConfig()
     finetune: bool = Field(False, description="also fine-tune the SSL backbone on each labelled subset")
     finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tuning lr = supervised.lr x this")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="features, probes and supervised runs: auto = the GPU when there is one"
+    )
     data: DataConfig | None = Field(
         None,
         description="probe on this labelled dataset instead of the pretraining one (a transfer probe): "

@@ -116,7 +116,7 @@ class StageContext:
                 "freeze": freeze_key,
                 "data": ds.fingerprint,
                 "seed": cfg.seed,
-                "probe": cfg.probe.model_dump(mode="json"),
+                "probe": cfg.probe.model_dump(mode="json", exclude={"device"}),  # like train.device
                 "backbone": cfg.backbone.model_dump(mode="json"),  # the random-init baseline depends on it
                 "weights": weights_sha256(cfg.backbone.weights),
                 "plugins": self.plugin_versions()["backbone"],

@@ -35,3 +35,21 @@ def test_stratified_split_holds_out_each_class():
     fit, held = stratified_split(y, 0.1, seed=0)
     assert sorted(np.bincount(y[held]).tolist()) == [1, 2, 3]
     assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == 60
+
+
+def test_probe_device_cuda_without_a_gpu_is_a_clear_error(digits_config, digits_workspace):
+    import pytest
+    import torch
+
+    from pretextflow.core.errors import ConfigError
+    from pretextflow.core.evaluation.probe import probe
+    from pretextflow.core.stages import StageContext
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ctx = StageContext.create(digits_config("data.source=null", "probe.device=cuda"), str(digits_workspace.root))
+    ds = ctx.dataset()
+    keys = ctx.keys(ds)
+    assert keys == StageContext.create(digits_config("data.source=null"), str(digits_workspace.root)).keys(ds)
+    with pytest.raises(ConfigError, match="probe.device is 'cuda' but no CUDA device"):
+        probe(ctx.cfg, ds, ctx.store, keys["freeze"], "never-computed", ctx.registry)

@@ -52,7 +52,7 @@ def _from_npy(data: bytes) -> np.ndarray:
 
 
 def cached_features(
-    store, key: str, backbone_fn, splits: dict[str, np.ndarray], batch_size: int, logger=None
+    store, key: str, backbone_fn, splits: dict[str, np.ndarray], batch_size: int, logger=None, device="cpu"
 ) -> dict[str, np.ndarray]:
     """Features of every split, computed once per ``key`` (frozen backbone x dataset version) and
     kept in the store under ``features/<key>/<split>.npy``; later probes and the report reuse them.
@@ -63,7 +63,8 @@ def cached_features(
         return {name: _from_npy(store.read_bytes("features", key, f"{name}.npy")) for name in splits}
     backbone = backbone_fn()
     before = {n: t.clone() for n, t in backbone.state_dict().items()}
-    out = {name: extract_features(backbone, images, batch_size) for name, images in splits.items()}
+    out = {name: extract_features(backbone, images, batch_size, device) for name, images in splits.items()}
+    backbone.to("cpu")
     if any(not torch.equal(before[n], t) for n, t in backbone.state_dict().items()):
         raise RuntimeError("the frozen backbone changed during feature extraction")  # a bug, not a user error
     for name, feats in out.items():

@@ -44,7 +44,7 @@ from pretextflow.core.security import credentials
 from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.training.freeze import load_frozen_backbone
-from pretextflow.core.training.model import build_backbone, configure_runtime
+from pretextflow.core.training.model import build_backbone, configure_runtime, select_device
 from pretextflow.core.training.weights import weights_sha256
 
 STAGE = "probe"
@@ -84,8 +84,10 @@ def fit_logistic(
     max_iter: int,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-regularised multinomial logistic regression; ``init`` warm-starts from a nearby solution."""
-    w0, b0 = init if init is not None else (torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes))
+    """L2-regularised multinomial logistic regression on ``x``'s device; ``init`` warm-starts from a
+    nearby solution."""
+    zeros = (torch.zeros(x.shape[1], num_classes, device=x.device), torch.zeros(num_classes, device=x.device))
+    w0, b0 = init if init is not None else zeros
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [w, b],
@@ -121,11 +123,12 @@ def linear_probe(
     cfg: ProbeConfig,
     seed: int,
     keep_predictions: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    xtr = torch.from_numpy((train_x - mean) / std).float()
-    xte = torch.from_numpy((test_x - mean) / std).float()
-    ytr, yte = torch.from_numpy(train_y).long(), torch.from_numpy(test_y).long()
+    xtr = torch.from_numpy((train_x - mean) / std).float().to(device)
+    xte = torch.from_numpy((test_x - mean) / std).float().to(device)
+    ytr, yte = torch.from_numpy(train_y).long().to(device), torch.from_numpy(test_y).long().to(device)
     fit_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
     val_acc, solutions, init = {}, {}, None
     # strongest regularisation first: each solution warm-starts the next, weaker one
@@ -143,7 +146,7 @@ def linear_probe(
     if num_classes > 5:
         result["top5"] = topk_accuracy(logits, yte, 5)
     if keep_predictions:
-        result["predictions"] = logits.argmax(1).numpy()
+        result["predictions"] = logits.argmax(1).cpu().numpy()
     return result
 
 
@@ -155,13 +158,14 @@ def knn_classify(
     temperature: float,
     num_classes: int,
     chunk: int = 1024,
+    device: torch.device | str = "cpu",
 ) -> dict[int, np.ndarray]:
     """Predictions for every k in ``ks`` from one similarity pass (top-k is sorted, so smaller k
     reuse the largest k's neighbours)."""
     ks = [ks] if isinstance(ks, int) else list(ks)
-    tr = F.normalize(torch.from_numpy(np.ascontiguousarray(train_x)).float(), dim=1)
-    te = F.normalize(torch.from_numpy(np.ascontiguousarray(test_x)).float(), dim=1)
-    ytr = torch.from_numpy(np.array(train_y)).long()
+    tr = F.normalize(torch.from_numpy(np.ascontiguousarray(train_x)).float().to(device), dim=1)
+    te = F.normalize(torch.from_numpy(np.ascontiguousarray(test_x)).float().to(device), dim=1)
+    ytr = torch.from_numpy(np.array(train_y)).long().to(device)
     kmax = min(max(ks), len(tr))
     preds: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, len(te), chunk):
@@ -169,13 +173,14 @@ def knn_classify(
         weights, labels = (top_sim / temperature).exp(), ytr[top_idx]
         for k in ks:
             kk = min(k, kmax)
-            votes = torch.zeros(len(top_sim), num_classes).scatter_add_(1, labels[:, :kk], weights[:, :kk])
+            votes = torch.zeros(len(top_sim), num_classes, device=tr.device)
+            votes.scatter_add_(1, labels[:, :kk], weights[:, :kk])
             preds[k].append(votes.argmax(1))
-    return {k: torch.cat(v).numpy() for k, v in preds.items()}
+    return {k: torch.cat(v).cpu().numpy() for k, v in preds.items()}
 
 
-def knn_probe(train_x, train_y, test_x, test_y, num_classes: int, cfg: ProbeConfig) -> dict[str, Any]:
-    preds = knn_classify(train_x, train_y, test_x, cfg.knn_k, cfg.knn_temperature, num_classes)
+def knn_probe(train_x, train_y, test_x, test_y, num_classes: int, cfg: ProbeConfig, device="cpu") -> dict[str, Any]:
+    preds = knn_classify(train_x, train_y, test_x, cfg.knn_k, cfg.knn_temperature, num_classes, device=device)
     return {
         f"k{k}": {
             "top1": float((preds[k] == test_y).mean()),
@@ -197,10 +202,11 @@ def evaluate_features(
     seed: int,
     logger,
     keep_predictions: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     t = time.perf_counter()
-    linear = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg, seed, keep_predictions)
-    knn = knn_probe(train_x, train_y, test_x, test_y, num_classes, cfg)
+    linear = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg, seed, keep_predictions, device)
+    knn = knn_probe(train_x, train_y, test_x, test_y, num_classes, cfg, device)
     first_k = f"k{cfg.knn_k[0]}"
     logger.info(
         "probe %s: linear top-1 %.4f (wd %g), kNN(%s) top-1 %.4f [%.1fs]",
@@ -243,6 +249,7 @@ class _Supervised:
     ):
         self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
+        self.device = torch.device("cpu")  # set by the probe run: probe.device
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
         from pretextflow.core.evaluation import supervised
 
@@ -284,6 +291,7 @@ class _Supervised:
             lr_scale=cfg.probe.finetune_lr_scale if finetune else 1.0,
             logger=self.logger,
             tag=f"{kind} {fraction:g}",
+            device=self.device,
         )
         result["key"] = key
         self.store.write_json(result, "supervised", key, "metrics.json")
@@ -324,11 +332,12 @@ class _ProbeRun:
     xte_img: np.ndarray
     yte: np.ndarray
     k: int  # the number of classes
+    device: torch.device = torch.device("cpu")  # probe.device: features, probes and supervised runs
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, cfg, dataset, store, registry, freeze_key, logger) -> _ProbeRun:
-        return cls(cfg, dataset, store, registry, freeze_key, logger, *_labelled(dataset), dataset.num_classes)
+    def start(cls, cfg, dataset, store, registry, freeze_key, logger, device) -> _ProbeRun:
+        return cls(cfg, dataset, store, registry, freeze_key, logger, *_labelled(dataset), dataset.num_classes, device)
 
     @property
     def first_k(self) -> str:
@@ -355,6 +364,7 @@ class _ProbeRun:
                 splits,
                 pc.batch_size,
                 self.logger,
+                self.device,
             )
         }
         self.timings["features_ssl"] = time.perf_counter() - t
@@ -369,6 +379,7 @@ class _ProbeRun:
                 splits,
                 pc.batch_size,
                 self.logger,
+                self.device,
             )
         if "pixels" in pc.baselines:
             feats["pixels"] = {"train": pixel_features(self.xtr_img), "test": pixel_features(self.xte_img)}
@@ -409,6 +420,7 @@ class _ProbeRun:
                 self.cfg.seed,
                 self.logger,
                 keep_predictions=name == "ssl",
+                device=self.device,
             )
             self.timings[name] = time.perf_counter() - t
         predictions = results["ssl"]["linear"].pop("predictions")
@@ -433,6 +445,7 @@ class _ProbeRun:
             self.yte,
             self.logger,
         )
+        trainer.device = self.device
         efficiency = []
         for fraction in pc.label_fractions:
             seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed
@@ -463,9 +476,13 @@ class _ProbeRun:
             if fraction >= 1:
                 r = results[name]
             else:
-                r = {"linear": linear_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc, self.cfg.seed + s)}
+                r = {
+                    "linear": linear_probe(
+                        f["train"][idx], ytr[idx], f["test"], yte, k, pc, self.cfg.seed + s, device=self.device
+                    )
+                }
                 if name == "ssl":
-                    r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc)
+                    r["knn"] = knn_probe(f["train"][idx], ytr[idx], f["test"], yte, k, pc, self.device)
             part = "subsets_ssl" if name == "ssl" else "subsets_baselines"
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - t_probe
             acc.setdefault(linear_column(name), []).append(r["linear"]["top1"])
@@ -573,8 +590,10 @@ def probe(
     if store.is_complete(STAGE, key):
         logger.info("probe %s: complete artifact found", key)
         return store.read_json(STAGE, key, "metrics.json")
-    configure_runtime(cfg.seed, torch.device("cpu"), cfg.train.threads)  # also when run alone, in a new process
-    run = _ProbeRun.start(cfg, dataset, store, registry, freeze_key, logger)
+    device = select_device(cfg.probe.device, "probe.device")
+    configure_runtime(cfg.seed, device, cfg.train.threads)  # also when run alone, in a new process
+    logger.info("probe %s: features, probes and supervised runs on %s", key, device)
+    run = _ProbeRun.start(cfg, dataset, store, registry, freeze_key, logger, device)
     feature_keys, feats = run.features()
     results, cm = run.all_labels(feats)
     efficiency = run.label_efficiency(feats, results)

@@ -95,9 +95,10 @@ def _fit(
 
 
 def _top1(backbone: torch.nn.Module, head: torch.nn.Linear, images: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of backbone + head on (images, labels)."""
-    feats = torch.from_numpy(extract_features(backbone, images, 1024))
-    return float((head(feats).argmax(1).numpy() == np.asarray(labels)).mean())
+    """Top-1 accuracy of backbone + head on (images, labels), on the head's device."""
+    device = head.weight.device
+    feats = torch.from_numpy(extract_features(backbone, images, 1024, device)).to(device)
+    return float((head(feats).argmax(1).cpu().numpy() == np.asarray(labels)).mean())
 
 
 def train_supervised(
@@ -113,17 +114,18 @@ def train_supervised(
     lr_scale: float = 1.0,
     logger: logging.Logger | logging.LoggerAdapter = log,
     tag: str = "supervised",
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
     Deterministic for a seed on the CPU (model init, data order and augmentation are seeded)."""
     sc = cfg.probe.supervised
     t0 = time.perf_counter()
     backbone, head = _build_model(cfg, meta, registry, seed, init_weights)
-    model = torch.nn.Sequential(backbone, head).train()
+    model = torch.nn.Sequential(backbone, head).to(device).train()
     lr = sc.lr * lr_scale
     opt = _optimizer(model, sc, lr)
-    x = torch.from_numpy(np.array(images))
-    y = torch.from_numpy(np.array(labels)).long()
+    x = torch.from_numpy(np.array(images)).to(device)
+    y = torch.from_numpy(np.array(labels)).long().to(device)
     n = len(x)
     batch, per_epoch, total = schedule(n, sc)
     losses = _fit(model, opt, x, y, sc, seed, lr, (batch, per_epoch, total))

@@ -13,9 +13,9 @@ from pretextflow.core.training.weights import load_initial_weights
 
 
 # -- device and precision policies (pure functions: unit-testable without a GPU) ------------
-def select_device(preference: str) -> torch.device:
+def select_device(preference: str, setting: str = "train.device") -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available. Use device: auto or cpu.")
+        raise ConfigError(f"{setting} is 'cuda' but no CUDA device is available. Use {setting}: auto or cpu.")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
