@@ -23,10 +23,7 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir "$tmp/pretextflow"
-cp -R "$here"/pretextflow/. "$tmp/pretextflow/"
-for pkg in core plugins flows; do cp -R "$here/$pkg" "$tmp/pretextflow/$pkg"; done
-find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
+sh "$here/scripts/package_layout.sh" "$tmp"
 if ! "$PY" -c "import pydantic" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --find-links "$here/bench/.gpu-wheels" --target "$tmp/site" pydantic
 fi

@@ -6,9 +6,6 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir "$tmp/pretextflow"
-cp -R "$here"/pretextflow/. "$tmp/pretextflow/"
-for pkg in core plugins flows; do cp -R "$here/$pkg" "$tmp/pretextflow/$pkg"; done
-find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
+sh "$here/scripts/package_layout.sh" "$tmp"
 cd "$tmp"
 PYTHONPATH="$tmp" "${LINT_IMPORTS:-$here/.venv/bin/lint-imports}" "$here/pyproject.toml" --no-cache "$@"
