@@ -64,29 +64,34 @@ def import_closure(module: str, path: str) -> frozenset[str]:
     """Source files of ``module`` and of every module of its own top-level package, or of
     ``pretextflow``, that it imports (module-level and function-level imports alike, and the
     ``__init__.py`` of each package on the way), transitively. Read from the source with ``ast``:
-    nothing is imported."""
+    nothing is imported.
+
+    A package passed through on the way to a submodule (``pretextflow`` for ``pretextflow.core.x``)
+    runs only its module-level code, so only its module-level imports are followed: the public
+    API's lazy functions in ``pretextflow/__init__.py`` do not pull the whole project into every
+    stage. Imported directly, a module's function-level imports count too."""
     roots = {module.partition(".")[0], "pretextflow"}
     files: dict[str, str | None] = {}  # module name -> its file, for this call only
-    seen: dict[str, str] = {}
-    todo = [(module, path)]
+    seen: dict[str, tuple[str, bool]] = {}  # module name -> (file, whether all its imports were followed)
+    todo = [(module, path, True)]
     while todo:
-        name, file = todo.pop()
-        if name in seen:
+        name, file, full = todo.pop()
+        if name in seen and (seen[name][1] or not full):
             continue
-        seen[name] = file
-        for dep in _imported_names(name, file):
+        seen[name] = (file, full)
+        for dep in _imported_names(name, file, full):
             if dep.partition(".")[0] not in roots:
                 continue
-            for candidate in _with_parents(dep):
-                found = _module_file(candidate, files)
-                if found and candidate not in seen:
-                    todo.append((candidate, found))
-    return frozenset(seen.values())
+            found = [(c, f) for c in _with_parents(dep) if (f := _module_file(c, files))]
+            for i, (candidate, candidate_file) in enumerate(found):
+                todo.append((candidate, candidate_file, i == len(found) - 1))  # the last: imported itself
+    return frozenset(file for file, _ in seen.values())
 
 
-def _imported_names(module: str, path: str) -> set[str]:
-    """Every dotted name an ``import`` or ``from ... import`` in the file may refer to."""
-    return _names_in(module, path, read_source(path))
+def _imported_names(module: str, path: str, full: bool = True) -> set[str]:
+    """Every dotted name an ``import`` or ``from ... import`` in the file may refer to (with
+    ``full`` false, only those that run when the module is imported: not inside functions)."""
+    return _names_in(module, path, read_source(path), full)
 
 
 # Nothing about which files a closure holds is cached across calls: it is recomputed from the
@@ -94,11 +99,11 @@ def _imported_names(module: str, path: str) -> set[str]:
 # another thread) can leave a stale answer that makes two processes disagree on a key. Only the
 # parse of a file's exact bytes is cached.
 @functools.lru_cache(maxsize=4096)
-def _names_in(module: str, path: str, source: bytes) -> frozenset[str]:
+def _names_in(module: str, path: str, source: bytes, full: bool = True) -> frozenset[str]:
     tree = ast.parse(source, filename=path)
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree) if full else _module_level(tree):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -109,6 +114,17 @@ def _names_in(module: str, path: str, source: bytes) -> frozenset[str]:
             out.add(base)
             out.update(f"{base}.{alias.name}" for alias in node.names)  # names that are submodules
     return frozenset(out)
+
+
+def _module_level(tree: ast.AST):
+    """The nodes that run on import: everything but the bodies of functions and lambdas."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.append(child)
 
 
 def _with_parents(name: str) -> list[str]:
