@@ -12,14 +12,15 @@ export folder as an ``nn.Module`` (images in, features out); see the README, "Us
 from pretextflow.core.version import __version__
 
 
-def load_backbone(where, storage_options=None):
+def load_backbone(where, storage_options=None, trust_torchscript=False):
     """The frozen backbone of ``where`` — a run folder (``artifacts/runs/<id>``), its ``manifest.json``,
     or a folder written by ``pretextflow export`` (any fsspec URI) — as an eval-mode ``nn.Module``
     mapping images ``(N, C, H, W)`` (uint8, or float in [0, 1]) to features ``(N, D)``, with the
-    normalisation inside and ``requires_grad`` off. ``.info`` describes it (backbone, method, data)."""
+    normalisation inside and ``requires_grad`` off. ``.info`` describes it (backbone, method, data).
+    A TorchScript export runs code when loaded: it loads only with ``trust_torchscript=True``."""
     from pretextflow.core.export.loading import load_backbone as _load
 
-    return _load(where, storage_options)
+    return _load(where, storage_options, trust_torchscript=trust_torchscript)
 
 
 def run(config, overrides=None, workspace=".", push=True):

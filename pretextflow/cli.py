@@ -498,6 +498,9 @@ def embed(
     out: str = typer.Option(..., "--out", "-o", help="FILE.npy (+ FILE.index.csv) or FILE.parquet, any fsspec URI"),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="images per batch (bounds the memory)"),
     device: str = typer.Option("auto", help="auto (the GPU when there is one) | cpu | cuda"),
+    trust_torchscript: bool = typer.Option(
+        False, "--trust-torchscript", help="RUN is a TorchScript export you trust (loading one runs its code)"
+    ),
 ) -> None:
     """Embed every image of SOURCE with the run's frozen backbone, in sorted path order: one row
     per image (path, sha256, vector), streamed in batches."""
@@ -505,7 +508,8 @@ def embed(
     from pretextflow.core.export.loading import load_backbone
 
     with user_errors():
-        result = do_embed(load_backbone(run), source, out, batch_size=batch_size, device=device)
+        backbone = load_backbone(run, trust_torchscript=trust_torchscript)
+        result = do_embed(backbone, source, out, batch_size=batch_size, device=device)
     where = f"{result.out}" + (f" (+ {result.index})" if result.index else "")
     typer.echo(f"embedded {result.count} images -> {result.dim} features each on {result.device}: {where}")
 

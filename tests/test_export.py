@@ -82,7 +82,7 @@ def test_every_export_loads_back_with_the_same_features(timm_run, exports, fmt):
     folder, marker = exports[fmt]
     x = _images(7, seed=1)  # not the batch size any export was traced or checked with
     want = pretextflow.load_backbone(timm_run)(x)
-    got = pretextflow.load_backbone(folder)(x)
+    got = pretextflow.load_backbone(folder, trust_torchscript=fmt == "torchscript")(x)
     assert got.shape == want.shape
     assert float((got - want).abs().max()) <= 1e-4
     assert marker["max_abs_error"] <= 1e-4
@@ -120,7 +120,9 @@ def test_timm_export_refuses_what_timm_cannot_build(convnet_run, digits_workspac
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing half-written
     # the other formats take pretextflow's own network
     export_backbone(convnet_run, "torchscript", str(tmp_path / "c"))
-    assert pretextflow.load_backbone(str(tmp_path / "c"))(_images()).shape[0] == 5
+    with pytest.raises(StageInputError, match="runs the code inside it.*trust_torchscript=True"):
+        pretextflow.load_backbone(str(tmp_path / "c"))
+    assert pretextflow.load_backbone(str(tmp_path / "c"), trust_torchscript=True)(_images()).shape[0] == 5
 
 
 def test_export_never_overwrites(timm_run, exports):
@@ -215,6 +217,9 @@ def test_cli_export_and_embed(timm_run, image_folder, tmp_path):
     assert res.exit_code == 0, res.output
     assert "exported timm/resnet10t (512 features, input 1x8x8) as torchscript" in res.output
     res = runner.invoke(app, ["embed", str(tmp_path / "ts"), str(root), "--out", str(tmp_path / "e.npy")])
+    assert res.exit_code == 2 and "--trust-torchscript" in res.output
+    args = ["embed", str(tmp_path / "ts"), str(root), "--out", str(tmp_path / "e.npy"), "--trust-torchscript"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "embedded 12 images -> 512 features each on cpu" in res.output
     res = runner.invoke(app, ["export", timm_run, "--format", "keras", "--out", str(tmp_path / "k")])
@@ -243,3 +248,16 @@ def test_python_api_runs_the_pipeline_in_process(tmp_path):
     assert run.backbone()(_images(2)).shape == (2, run.backbone().num_features)
     with pytest.raises(Exception, match="train.epochs"):
         pretextflow.run(config, ["train.epochs=-1"], workspace=ws.root)
+
+
+def test_export_and_load_through_any_fsspec_uri(timm_run):
+    """The export is uploaded through fsspec and load_backbone reads it back from the same URI."""
+    import fsspec
+
+    x = _images(3)
+    want = pretextflow.load_backbone(timm_run)(x)
+    for fmt in ("safetensors", "timm", "onnx"):
+        uri = f"memory://pretextflow-test-exports/{fmt}"
+        export_backbone(timm_run, fmt, uri)
+        assert fsspec.filesystem("memory").exists(f"/pretextflow-test-exports/{fmt}/README.md")
+        assert float((pretextflow.load_backbone(uri)(x) - want).abs().max()) <= 1e-4

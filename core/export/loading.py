@@ -25,11 +25,15 @@ MARKER = "pretextflow-export.json"
 
 
 def load_backbone(
-    where: str, storage_options: dict[str, Any] | None = None, registry: Registry | None = None
+    where: str,
+    storage_options: dict[str, Any] | None = None,
+    registry: Registry | None = None,
+    trust_torchscript: bool = False,
 ) -> FeatureExtractor:
     """The frozen backbone of ``where``: a run folder (``artifacts/runs/<id>``), its ``manifest.json``,
     or a folder written by ``pretextflow export`` (timm, torchscript, onnx or safetensors). Eval mode,
-    ``requires_grad`` off, on the CPU (``.to("cuda")`` moves it, except ONNX)."""
+    ``requires_grad`` off, on the CPU (``.to("cuda")`` moves it, except ONNX). Loading a TorchScript
+    file runs the code in it, so a torchscript export loads only with ``trust_torchscript=True``."""
     where = str(where)
     options = resolve_options(storage_options or {})
     try:
@@ -38,7 +42,7 @@ def load_backbone(
         raise StageInputError(f"{redact(where)}: {exc}") from None
     path = path.rstrip("/")
     if not path.endswith(".json") and fs.exists(posixpath.join(path, MARKER)):
-        return load_export(fs, path, registry)
+        return load_export(fs, path, registry, trust_torchscript)
     manifest_path = path if path.endswith(".json") else posixpath.join(path, "manifest.json")
     if not fs.exists(manifest_path):
         raise StageInputError(
@@ -125,7 +129,7 @@ def describe(spec: dict, manifest: dict | None, num_features: int) -> dict[str, 
 
 
 # -- export folders ---------------------------------------------------------------------------
-def load_export(fs, path: str, registry: Registry | None = None) -> FeatureExtractor:
+def load_export(fs, path: str, registry: Registry | None = None, trust_torchscript: bool = False) -> FeatureExtractor:
     try:
         marker = json.loads(fs.cat_file(posixpath.join(path, MARKER)))
         fmt, info = marker["format"], marker["info"]
@@ -135,6 +139,12 @@ def load_export(fs, path: str, registry: Registry | None = None) -> FeatureExtra
     model = _LOADERS.get(fmt)
     if model is None:
         raise StageInputError(f"{path}: unknown export format {fmt!r} (this pretextflow reads {', '.join(_LOADERS)})")
+    if fmt == "torchscript" and not trust_torchscript:
+        raise StageInputError(
+            f"{redact(path)} is a TorchScript export: loading one runs the code inside it. Load it only if "
+            f"you trust who wrote it (load_backbone(..., trust_torchscript=True), or --trust-torchscript), "
+            f"or export the run as safetensors, onnx or timm, which hold weights only."
+        )
     net, num_features = model(fs, path, info, registry)
     return FeatureExtractor(net, in_chans=c, image_size=size, num_features=num_features, info=info)
 
