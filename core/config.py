@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from pretextflow.core.errors import ConfigError
 from pretextflow.core.security import credentials
@@ -32,6 +42,11 @@ def _resolve_uri(uri: str | None) -> str | None:
     return uri
 
 
+CredentialURI = Annotated[str, AfterValidator(_resolve_uri), PlainSerializer(credentials.protect_uri)]
+"""A URI that may hold credentials (data.source, backbone.weights, store.uri): resolved when validated,
+serialised as references only (Prefect stores flow parameters)."""
+
+
 class DataConfig(Strict):
     name: str = Field(description="dataset name in the workspace's data/ folder")
 
@@ -45,38 +60,20 @@ class DataConfig(Strict):
             )
         return v
 
-    source: str | None = Field(None, description="fsspec URI to ingest from; None = use the ingested dataset")
+    source: CredentialURI | None = Field(None, description="fsspec URI to ingest from; None = use the ingested dataset")
     format: str | None = Field(None, description="dataset-format plugin for `source`")
     options: dict[str, Any] = Field({}, description="options of the dataset format")
-
-    @field_validator("source")
-    @classmethod
-    def _resolve_credentials(cls, v: str | None) -> str | None:
-        return _resolve_uri(v)
-
-    @field_serializer("source")
-    def _credentials_by_reference(self, v: str | None) -> str | None:
-        return credentials.protect_uri(v)
 
 
 class BackboneConfig(Strict):
     name: str = "convnet-s"
     small_image_stem: bool = True
     kwargs: dict[str, Any] = {}
-    weights: str | None = Field(
+    weights: CredentialURI | None = Field(
         None,
         description="initial weights: a safetensors file on any fsspec URI (a timm model.safetensors, a "
         "pretextflow backbone.safetensors) or hf-hub:ORG/NAME; None = random initialisation",
     )
-
-    @field_validator("weights")
-    @classmethod
-    def _resolve_credentials(cls, v: str | None) -> str | None:
-        return _resolve_uri(v)
-
-    @field_serializer("weights")
-    def _credentials_by_reference(self, v: str | None) -> str | None:
-        return credentials.protect_uri(v)
 
 
 class PretextConfig(Strict):
@@ -200,7 +197,9 @@ class ReportConfig(Strict):
 
 
 class StoreConfig(Strict):
-    uri: str = Field("artifacts", description="artifact store: fsspec URI, or a path relative to the workspace")
+    uri: CredentialURI = Field(
+        "artifacts", description="artifact store: fsspec URI, or a path relative to the workspace"
+    )
     storage_options: dict[str, Any] = Field(
         {}, validate_default=True, description="fsspec options (credentials come from the environment)"
     )
@@ -217,15 +216,6 @@ class StoreConfig(Strict):
     @field_serializer("storage_options")
     def _options_by_reference(self, v: dict[str, Any]) -> dict[str, Any]:
         return credentials.protect_options(v)  # Prefect stores flow parameters: references only
-
-    @field_validator("uri")
-    @classmethod
-    def _resolve_credentials(cls, v: str) -> str:
-        return _resolve_uri(v)
-
-    @field_serializer("uri")
-    def _credentials_by_reference(self, v: str) -> str:
-        return credentials.protect_uri(v)
 
     min_free_mb: float = Field(
         100,
