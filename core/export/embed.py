@@ -23,8 +23,10 @@ from fsspec.implementations.local import LocalFileSystem
 from pretextflow.core.data.sources import is_archive, local_source
 from pretextflow.core.errors import DataError, StageInputError
 from pretextflow.core.export.extractor import FeatureExtractor
+from pretextflow.core.export.onnx_runtime import OnnxModule
 from pretextflow.core.security.credentials import resolve, resolve_options
 from pretextflow.core.security.redaction import redact
+from pretextflow.core.training.model import select_device
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 OUTPUTS = (".npy", ".parquet")
@@ -75,12 +77,9 @@ def embed(
 
 
 def _device(backbone: FeatureExtractor, preference: str) -> torch.device:
-    onnx = type(backbone.model).__name__ == "OnnxModule"
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise StageInputError("--device cuda but no CUDA device is available: use --device auto or cpu")
-    if preference == "cpu" or onnx or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+    """``preference`` as train.device and probe.device read it; an ONNX export runs on the CPU."""
+    device = select_device(preference, "--device")
+    return torch.device("cpu") if isinstance(backbone.model, OnnxModule) else device
 
 
 # -- what to embed -----------------------------------------------------------------------------

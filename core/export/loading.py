@@ -13,6 +13,7 @@ from typing import Any
 import fsspec
 
 from pretextflow.core.errors import StageInputError
+from pretextflow.core.evaluation.metrics import HEADLINE
 from pretextflow.core.export.extractor import FeatureExtractor, Normalize
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.runs.history import load_manifest
@@ -34,23 +35,17 @@ def load_backbone(
     or a folder written by ``pretextflow export`` (timm, torchscript, onnx or safetensors). Eval mode,
     ``requires_grad`` off, on the CPU (``.to("cuda")`` moves it, except ONNX). Loading a TorchScript
     file runs the code in it, so a torchscript export loads only with ``trust_torchscript=True``."""
-    where = str(where)
-    options = resolve_options(storage_options or {})
-    try:
-        fs, path = fsspec.core.url_to_fs(resolve(where), **options)
-    except ValueError as exc:
-        raise StageInputError(f"{redact(where)}: {exc}") from None
-    path = path.rstrip("/")
+    fs, path, options = _locate(where, storage_options)
     if not path.endswith(".json") and fs.exists(posixpath.join(path, MARKER)):
         return load_export(fs, path, registry, trust_torchscript)
-    manifest_path = path if path.endswith(".json") else posixpath.join(path, "manifest.json")
+    manifest_path = _manifest_path(path)
     if not fs.exists(manifest_path):
         raise StageInputError(
-            f"{redact(where)} is not a run folder, a manifest.json or an export folder (no manifest.json, "
+            f"{redact(str(where))} is not a run folder, a manifest.json or an export folder (no manifest.json, "
             f"no {MARKER}). Pass artifacts/runs/<run id> (`pretextflow runs` lists them) or a folder "
             f"written by `pretextflow export`."
         )
-    return _from_run(where, fs, manifest_path, options, registry)
+    return _from_run(fs, manifest_path, options, registry)
 
 
 def backbone_of_run(
@@ -58,23 +53,39 @@ def backbone_of_run(
 ) -> tuple[Any, dict, bytes, dict]:
     """The run's frozen ``Backbone`` (float input), its spec, the backbone.safetensors bytes and the
     manifest: what an export is made from."""
-    options = resolve_options(storage_options or {})
-    fs, path = fsspec.core.url_to_fs(resolve(str(where)), **options)
-    path = path.rstrip("/")
-    manifest_path = path if path.endswith(".json") else posixpath.join(path, "manifest.json")
+    fs, path, options = _locate(where, storage_options)
+    manifest_path = _manifest_path(path)
     if not fs.exists(manifest_path):
         raise StageInputError(
             f"{redact(str(where))}: no manifest.json. Export needs a run: pass artifacts/runs/<run id> "
             f"(`pretextflow runs` lists them) or its manifest.json."
         )
+    return _run_backbone(fs, manifest_path, options, registry)
+
+
+def _locate(where: str, storage_options: dict[str, Any] | None) -> tuple[Any, str, dict[str, Any]]:
+    """``(filesystem, path without a trailing slash, resolved storage options)`` of ``where``."""
+    options = resolve_options(storage_options or {})
+    try:
+        fs, path = fsspec.core.url_to_fs(resolve(str(where)), **options)
+    except ValueError as exc:
+        raise StageInputError(f"{redact(str(where))}: {exc}") from None
+    return fs, path.rstrip("/"), options
+
+
+def _manifest_path(path: str) -> str:
+    return path if path.endswith(".json") else posixpath.join(path, "manifest.json")
+
+
+def _run_backbone(fs, manifest_path: str, options: dict, registry: Registry | None) -> tuple[Any, dict, bytes, dict]:
     manifest = load_manifest(fs.unstrip_protocol(manifest_path), options)
     data = _frozen_bytes(fs, manifest_path, manifest, options)
     backbone, spec = rebuild_backbone(data, registry or get_registry())
     return backbone, spec, data, manifest
 
 
-def _from_run(where: str, fs, manifest_path: str, options: dict, registry: Registry | None) -> FeatureExtractor:
-    backbone, spec, _, manifest = backbone_of_run(where, options, registry)
+def _from_run(fs, manifest_path: str, options: dict, registry: Registry | None) -> FeatureExtractor:
+    backbone, spec, _, manifest = _run_backbone(fs, manifest_path, options, registry)
     return FeatureExtractor(
         backbone,
         in_chans=spec["image_shape"][0],
@@ -123,7 +134,7 @@ def describe(spec: dict, manifest: dict | None, num_features: int) -> dict[str, 
         "run_id": m.get("run_id"),
         "data_version": m.get("data_version"),
         "dataset": m.get("dataset", {}).get("name"),
-        "metrics": {k: metrics[k] for k in ("linear_top1", "linear_top5", "knn_top1") if k in metrics},
+        "metrics": {k: metrics[k] for k in HEADLINE if k in metrics},
         "pretextflow": m.get("code_version", {}).get("pretextflow"),
     }
 
