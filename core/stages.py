@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pretextflow.core.config import RunConfig
@@ -43,6 +43,7 @@ class StageContext:
     cfg: RunConfig
     registry: Registry
     store: ArtifactStore
+    _probe_datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)  # probe.data, resized once
 
     @classmethod
     def create(cls, cfg: RunConfig, workspace: str | None = None, registry: Registry | None = None) -> StageContext:
@@ -61,10 +62,13 @@ class StageContext:
         shape (the backbone's input), or the pretraining dataset itself."""
         if self.cfg.probe.data is None:
             return ds
-        from pretextflow.core.data.adapt import adapt_dataset
+        probe_ds = load_dataset(str(self.ws.data_dir), self.cfg.probe.data.name)  # memory-mapped: cheap
+        memo = f"{probe_ds.fingerprint}->{ds.meta['image_shape']}"
+        if memo not in self._probe_datasets:  # resizing is not: keys, the probe and the report all ask
+            from pretextflow.core.data.adapt import adapt_dataset
 
-        probe_ds = load_dataset(str(self.ws.data_dir), self.cfg.probe.data.name)
-        return adapt_dataset(probe_ds, ds.meta["image_shape"])
+            self._probe_datasets[memo] = adapt_dataset(probe_ds, ds.meta["image_shape"])
+        return self._probe_datasets[memo]
 
     def plugin_versions(self) -> dict[str, dict[str, str]]:
         out = {}
@@ -301,7 +305,7 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
             "comparison": compare_metrics(previous["metrics"], metrics),
         }
     probe_ds = ctx.probe_dataset(ds)
-    if probe_ds is not ds or ctx.cfg.probe.data is not None:
+    if ctx.cfg.probe.data is not None:
         manifest["probe_dataset"] = dataset_record(probe_ds)  # a transfer probe: both datasets recorded
     manifest["regression"] = check_regression(manifest, previous, ctx.cfg.report.regression_threshold)
     run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=probe_ds)
