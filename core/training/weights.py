@@ -24,7 +24,7 @@ HEAD_PREFIXES = ("fc.", "head.", "classifier.", "head_dist.", "last_linear.")
 # where a network's own names sit inside files pretextflow writes (freeze/export, pretrain checkpoints)
 PREFIXES = ("", "net.", "backbone/net.", "model/backbone.net.", "backbone.net.", "module.", "model.")
 
-_CACHE: dict[tuple[str, Any], tuple[bytes, str]] = {}
+_CACHE: dict[str, tuple[Any, bytes, str]] = {}  # uri -> (size and mtime, bytes, sha256): the latest only
 
 
 def read_weights(uri: str) -> tuple[bytes, str]:
@@ -37,10 +37,10 @@ def read_weights(uri: str) -> tuple[bytes, str]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"backbone.weights {redact(uri)}: cannot be read ({exc}). Check the path.") from None
     stamp = (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"))
-    if (uri, stamp) not in _CACHE:
+    if uri not in _CACHE or _CACHE[uri][0] != stamp:  # a changed file replaces its old bytes
         data = fs.cat_file(path)
-        _CACHE[(uri, stamp)] = (data, hashlib.sha256(data).hexdigest())
-    return _CACHE[(uri, stamp)]
+        _CACHE[uri] = (stamp, data, hashlib.sha256(data).hexdigest())
+    return _CACHE[uri][1:]
 
 
 def weights_sha256(uri: str | None) -> str | None:
