@@ -45,16 +45,13 @@ def _args(argv):
 def _workspace(root: Path, name: str, fmt: str, source: str) -> Path:
     """A workspace folder whose data/<name> holds the canonical dataset (no git, no DVC)."""
     from pretextflow.core.config import validate_plugin_params
-    from pretextflow.core.data.dataset import encode_dataset, validate_arrays
+    from pretextflow.core.data.decode import read_all
+    from pretextflow.core.data.layout import write_arrays
     from pretextflow.core.registry.registry import get_registry
 
     fmt_cls = get_registry().dataset_format(fmt)
-    arrays = fmt_cls().read(source, validate_plugin_params(fmt_cls.Options, {}, "options"), {})
-    validate_arrays(arrays, source)
-    target = root / "data" / name
-    target.mkdir(parents=True)
-    for fname, data in encode_dataset(name, fmt, arrays).items():
-        (target / fname).write_bytes(data)
+    arrays = read_all(fmt_cls(), source, validate_plugin_params(fmt_cls.Options, {}, "options"), {})
+    write_arrays(root / "data", name, fmt, arrays)
     return root
 
 

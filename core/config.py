@@ -47,6 +47,19 @@ CredentialURI = Annotated[str, AfterValidator(_resolve_uri), PlainSerializer(cre
 serialised as references only (Prefect stores flow parameters)."""
 
 
+class IngestConfig(Strict):
+    """How a source is ingested (never what the dataset holds: the result is the same for any value)."""
+
+    shard_mb: float = Field(
+        256.0, gt=0, description="largest shard file, MiB (images per shard = shard_mb / image size)"
+    )
+    workers: int | None = Field(
+        None, ge=1, description="decode processes (local) or LocalCluster workers; None = the cores"
+    )
+    runner: Literal["local", "dask"] = Field("local", description="decode on this machine, or on a Dask cluster")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (tcp://HOST:8786)")
+
+
 class DataConfig(Strict):
     name: str = Field(description="dataset name in the workspace's data/ folder")
 
@@ -63,11 +76,16 @@ class DataConfig(Strict):
     source: CredentialURI | None = Field(None, description="fsspec URI to ingest from; None = use the ingested dataset")
     format: str | None = Field(None, description="dataset-format plugin for `source`")
     options: dict[str, Any] = Field({}, description="options of the dataset format")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="shard size and decode workers")
 
 
 class BackboneConfig(Strict):
     name: str = "convnet-s"
-    small_image_stem: bool = True
+    small_image_stem: bool | Literal["auto"] = Field(
+        "auto",
+        description="a stride-1 stem without max-pool for small images; auto = only below 64 px "
+        "(at 224 px a small stem would cost ~16x the activations)",
+    )
     kwargs: dict[str, Any] = {}
     weights: CredentialURI | None = Field(
         None,

@@ -186,7 +186,7 @@ def run_ingest(ctx: StageContext, push: bool = True, logger=log, refresh: bool =
 
 
 def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool) -> dict[str, Any]:
-    from pretextflow.core.data.ingest import ingest, recover_interrupted_ingest, summary
+    from pretextflow.core.data.ingest import IngestSettings, ingest, recover_interrupted_ingest, summary
     from pretextflow.core.data.versioning import data_version, dvc, workspace_lock
 
     if d.source:
@@ -204,6 +204,7 @@ def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool)
             push=push,
             registry=ctx.registry,
             logger=logger,
+            settings=IngestSettings(**d.ingest.model_dump()),
         )
     if refresh:
         from pretextflow.core.data.ingest import ensure_consistent

@@ -13,15 +13,19 @@ from pretextflow.core.data.sources import gunzip_bounded, join_uri, read_source_
 from pretextflow.core.errors import DataError, PluginError
 from pretextflow.core.registry.contracts import (
     FAMILIES,
+    ArrayDatasetFormat,
     Backbone,
     BackboneParams,
     BackboneSpec,
     DatasetArrays,
     DatasetFormat,
+    DecodedImage,
     Family,
     Params,
     PretextTask,
     Requirements,
+    SourceCatalog,
+    SourceEntry,
     StepOutput,
     TokenAPI,
 )
@@ -33,7 +37,7 @@ from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
 from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
 
 #: The version of this API; bumped (major) only when a name in ``__all__`` changes incompatibly.
-API_VERSION = "1.2"
+API_VERSION = "2.0"
 
 __all__ = [
     "API_VERSION",
@@ -69,6 +73,10 @@ __all__ = [
     "TokenAPI",
     # dataset formats
     "DatasetFormat",
+    "SourceCatalog",
+    "SourceEntry",
+    "DecodedImage",
+    "ArrayDatasetFormat",
     "DatasetArrays",
     # reading a dataset format's files through fsspec (local, s3://, http(s)://, memory://...)
     "read_source_bytes",

@@ -217,9 +217,14 @@ def ingest(
     ),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="format option key=value"),
     push: bool = typer.Option(True, "--push/--no-push", help="dvc push after dvc add"),
+    shard_mb: float = typer.Option(256.0, "--shard-mb", help="largest shard file, MiB"),
+    workers: int | None = typer.Option(None, "--workers", help="decode processes (default: the cores)"),
+    runner: str = typer.Option("local", "--runner", help="local, or dask (a cluster, see --dask-address)"),
+    dask_address: str | None = typer.Option(None, "--dask-address", help="tcp://HOST:8786; none = LocalCluster"),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
-    """Ingest a dataset into the workspace's data/ and version it with DVC."""
+    """Ingest a dataset into the workspace's data/ and version it with DVC. Re-ingesting reads and
+    decodes only the images that were added or changed, and rewrites only the shards they touch."""
     from pretextflow.core.config import apply_overrides
     from pretextflow.core.data.dataset import default_name
 
@@ -228,7 +233,13 @@ def ingest(
         name = name or default_name(source)
         config = {
             "name": f"ingest-{name}",
-            "data": {"name": name, "source": source, "format": fmt, "options": apply_overrides({}, option or [])},
+            "data": {
+                "name": name,
+                "source": source,
+                "format": fmt,
+                "options": apply_overrides({}, option or []),
+                "ingest": {"shard_mb": shard_mb, "workers": workers, "runner": runner, "dask_address": dask_address},
+            },
         }
         from pretextflow.core.config import load_config
         from pretextflow.core.registry.preflight import check_plugins
@@ -237,6 +248,22 @@ def ingest(
         cfg = load_config(raw=config)
         check_plugins(cfg)  # the format and its options, before a flow starts
         result = ingest_flow(cfg.model_dump(mode="json"), _workspace(workspace), push)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def migrate(
+    name: str = typer.Argument(..., help="dataset in the workspace's data/"),
+    shard_mb: float = typer.Option(256.0, "--shard-mb", help="largest shard file, MiB"),
+    push: bool = typer.Option(True, "--push/--no-push", help="dvc push after dvc add"),
+    workspace: Path | None = WorkspaceOpt,
+) -> None:
+    """Rewrite a schema-1 dataset (one .npy per split) as schema 2 (shards), and version it."""
+    from pretextflow.core.data.migrate import migrate_dataset
+    from pretextflow.core.workspace import Workspace
+
+    with user_errors():
+        result = migrate_dataset(Workspace.at(_workspace(workspace)), name, shard_mb, push=push)
     typer.echo(json.dumps(result, indent=2))
 
 

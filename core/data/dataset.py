@@ -1,13 +1,19 @@
 """The canonical dataset: one folder per dataset under the workspace's ``data/``.
 
-  data/<name>/train_images.npy   uint8 (N, C, H, W), memory-mappable
-  data/<name>/train_labels.npy   int64 (N,), -1 = unlabeled
-  data/<name>/test_images.npy, test_labels.npy
-  data/<name>/meta.json          shape, classes, counts, per-channel mean/std, source checksums, md5s
+Schema 2 (written by every ingest):
 
-Writing is deterministic (no timestamps, sorted keys, fixed ``.npy`` headers): the same source
-gives byte-identical files, hence the same DVC md5. Few large files keep DVC fast.
+  data/<name>/meta.json                       classes, image shape, counts, per-channel mean/std and
+                                              every shard: its split, count, md5s, label counts
+  data/<name>/shards/<split>-<seq>.images.npy  uint8 (n, C, H, W), memory-mappable
+  data/<name>/shards/<split>-<seq>.labels.npy  int64 (n,), -1 = unlabeled
+  data/<name>/shards/<split>-<seq>.index.csv   key,label,sha256 per image (core.data.shards)
+
+Schema 1 (one ``<split>_images.npy`` / ``<split>_labels.npy`` per split) still loads;
+``pretextflow migrate NAME`` rewrites it as schema 2. Writing is deterministic (no timestamps,
+sorted keys, fixed ``.npy`` headers): the same source gives byte-identical files, hence the same
+DVC md5, and a shard no image of which changed is never rewritten.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +21,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -22,18 +29,22 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from pretextflow.core.config import DATASET_NAME_RE
-from pretextflow.core.registry.contracts import DatasetArrays
+from pretextflow.core.data.shards import ShardedArray, shard_paths
 from pretextflow.core.errors import DataError
+from pretextflow.core.registry.contracts import DatasetArrays
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SPLITS = ("train", "test")
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 NAME_RE = DATASET_NAME_RE  # one rule for names in configs and on the command line
 
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise DataError(f"dataset name {name!r} is invalid: use 1-64 lowercase letters, digits, '.', '_' "
-                        f"or '-', starting with a letter or digit (e.g. fashion-mnist).")
+        raise DataError(
+            f"dataset name {name!r} is invalid: use 1-64 lowercase letters, digits, '.', '_' "
+            f"or '-', starting with a letter or digit (e.g. fashion-mnist)."
+        )
     return name
 
 
@@ -52,14 +63,20 @@ def validate_arrays(arrays: DatasetArrays, source: str) -> None:
         if imgs.dtype != np.uint8 or imgs.ndim != 4:
             raise DataError(f"{source}: {split} images must be uint8 (N, C, H, W), got {imgs.dtype} {imgs.shape}")
         if len(imgs) != len(labs):
-            raise DataError(f"{source}: {split} has {len(imgs)} images but {len(labs)} labels. Give every image "
-                            f"exactly one label (the files may come from different datasets, or one is truncated).")
+            raise DataError(
+                f"{source}: {split} has {len(imgs)} images but {len(labs)} labels. Give every image "
+                f"exactly one label (the files may come from different datasets, or one is truncated)."
+            )
     if len(arrays.train_images) == 0:
-        raise DataError(f"{source}: the training split is empty; there is nothing to learn from. Check that the "
-                        f"source holds training images.")
+        raise DataError(
+            f"{source}: the training split is empty; there is nothing to learn from. Check that the "
+            f"source holds training images."
+        )
     if arrays.test_images.size and arrays.train_images.shape[1:] != arrays.test_images.shape[1:]:
-        raise DataError(f"{source}: train images are {arrays.train_images.shape[1:]} but test images are "
-                        f"{arrays.test_images.shape[1:]}; they must match.")
+        raise DataError(
+            f"{source}: train images are {arrays.train_images.shape[1:]} but test images are "
+            f"{arrays.test_images.shape[1:]}; they must match."
+        )
     c, h, w = arrays.train_images.shape[1:]
     if c not in (1, 3) or h != w:
         raise DataError(f"{source}: images must be square with 1 or 3 channels, got {(c, h, w)}.")
@@ -68,46 +85,63 @@ def validate_arrays(arrays: DatasetArrays, source: str) -> None:
         labs = getattr(arrays, f"{split}_labels")
         bad = labs[(labs < -1) | (labs >= max(k, 0))] if k else labs[labs != -1]
         if bad.size:
-            raise DataError(f"{source}: {split} labels out of range: {int(bad[0])} (classes: {k}; -1 = unlabeled). "
-                            f"Fix the labels to 0..{max(k - 1, 0)}, or name every class (option class_names).")
+            raise DataError(
+                f"{source}: {split} labels out of range: {int(bad[0])} (classes: {k}; -1 = unlabeled). "
+                f"Fix the labels to 0..{max(k - 1, 0)}, or name every class (option class_names)."
+            )
     labelled = np.unique(arrays.train_labels[arrays.train_labels >= 0])
     if k and len(labelled) == 1:
-        raise DataError(f"{source}: every labelled training image is class {arrays.class_names[labelled[0]]!r}; "
-                        f"probing needs at least two classes. Add images of another class (or, for an image "
-                        f"folder, put the images directly in the source folder: unlabeled).")
+        raise DataError(
+            f"{source}: every labelled training image is class {arrays.class_names[labelled[0]]!r}; "
+            f"probing needs at least two classes. Add images of another class (or, for an image "
+            f"folder, put the images directly in the source folder: unlabeled)."
+        )
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
+def channel_stats(shards: list[dict[str, Any]], channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training pixels, in [0, 1], from the shards' exact integer
+    sums (so an incremental ingest gives exactly what a fresh one gives)."""
+    total = np.zeros(channels, dtype=object)
+    total_sq = np.zeros(channels, dtype=object)
+    pixels = 0
+    for rec in shards:
+        if rec["split"] == "train":
+            total += np.asarray(rec["pixel_sum"], dtype=object)
+            total_sq += np.asarray(rec["pixel_sumsq"], dtype=object)
+            pixels += rec["pixels_per_channel"]
+    if not pixels:
+        return [0.0] * channels, [1e-6] * channels
+    mean = [float(t) / pixels for t in total]
+    var = [max(float(q) / pixels - m * m, 0.0) for q, m in zip(total_sq, mean, strict=True)]
+    return ([round(m / 255.0, 6) for m in mean], [round(max(v**0.5 / 255.0, 1e-6), 6) for v in var])
 
 
-def encode_dataset(name: str, fmt: str, arrays: DatasetArrays) -> dict[str, bytes]:
-    """File name -> bytes of the canonical layout (deterministic)."""
-    files = {f"{k}.npy": _npy_bytes(getattr(arrays, k)) for k in ARRAYS}
-    imgs = arrays.train_images
-    # per-channel statistics, in float64 over all training pixels; rounded so they print stably
-    flat = imgs.transpose(1, 0, 2, 3).reshape(imgs.shape[1], -1)
-    mean = [round(float(x) / 255.0, 6) for x in flat.mean(axis=1, dtype=np.float64)]
-    std = [round(max(float(x) / 255.0, 1e-6), 6) for x in flat.std(axis=1, dtype=np.float64)]
-    meta = {
+def build_meta(
+    name: str, fmt: str, class_names: list[str], image_shape: list[int], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """meta.json of a schema-2 dataset from its shards' records (deterministic)."""
+    counts = {f"{s}{suffix}": 0 for s in SPLITS for suffix in ("", "_labelled")}
+    for rec in shards:
+        counts[rec["split"]] += rec["count"]
+        counts[f"{rec['split']}_labelled"] += sum(n for k, n in rec["label_counts"].items() if k != "-1")
+    mean, std = channel_stats(shards, int(image_shape[0]))
+    return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "format": fmt,
-        "image_shape": list(imgs.shape[1:]),
-        "num_classes": len(arrays.class_names),
-        "class_names": list(arrays.class_names),
-        "counts": {"train": int(len(imgs)), "test": int(len(arrays.test_images)),
-                   "train_labelled": int((arrays.train_labels >= 0).sum()),
-                   "test_labelled": int((arrays.test_labels >= 0).sum())},
+        "encoding": "raw",
+        "image_shape": [int(x) for x in image_shape],
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "counts": counts,
         "mean": mean,
         "std": std,
-        "source_files": dict(sorted(arrays.source_files.items())),
-        "md5": {f: hashlib.md5(b).hexdigest() for f, b in sorted(files.items())},
+        "shards": shards,
     }
-    files["meta.json"] = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-    return files
+
+
+def meta_bytes(meta: dict[str, Any]) -> bytes:
+    return (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
 
 
 @dataclass
@@ -145,40 +179,78 @@ class Dataset:
         return int(self.meta["num_classes"])
 
 
+def _fail(name: str, what: str) -> DataError:
+    return DataError(f"dataset {name!r}: {what}. Re-ingest it, or `dvc checkout data` to restore the tracked version.")
+
+
 def load_dataset(data_uri: str, name: str, storage_options: dict[str, Any] | None = None) -> Dataset:
     fs, root = fsspec.core.url_to_fs(data_uri.rstrip("/") + "/" + name, **(storage_options or {}))
     meta_path = f"{root}/meta.json"
     if not fs.exists(meta_path):
-        raise DataError(f"dataset {name!r} is not in {data_uri}. Ingest it first: "
-                        f"`pretextflow ingest SOURCE --format FORMAT --name {name}`.")
+        raise DataError(
+            f"dataset {name!r} is not in {data_uri}. Ingest it first: "
+            f"`pretextflow ingest SOURCE --format FORMAT --name {name}`."
+        )
     try:
         meta = json.loads(fs.cat_file(meta_path))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"dataset {name!r}: meta.json is not valid JSON ({exc}). Re-ingest it, or "
-                        f"`dvc checkout data` to restore the tracked version.") from None
+        raise _fail(name, f"meta.json is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("schema_version", 0), int):
-        raise DataError(f"dataset {name!r}: meta.json is not a pretextflow dataset description. Re-ingest it, or "
-                        f"`dvc checkout data` to restore the tracked version.")
+        raise _fail(name, "meta.json is not a pretextflow dataset description")
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
-        raise DataError(f"dataset {name!r} was written by a newer pretextflow (schema "
-                        f"{meta['schema_version']} > {SCHEMA_VERSION}). Upgrade pretextflow.")
-    local = isinstance(fs, LocalFileSystem)
-    arrays = {}
-    for key in ARRAYS:
-        path = f"{root}/{key}.npy"
-        if not fs.exists(path):
-            raise DataError(f"dataset {name!r} is incomplete: {key}.npy is missing. Re-ingest it, or "
-                            f"`dvc checkout data` to restore the tracked version.")
-        try:  # never unpickle: an object array in the store is refused, not executed
-            if local:
-                arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-            else:
-                arrays[key] = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
-        except (ValueError, EOFError, OSError) as exc:
-            raise DataError(f"dataset {name!r}: {key}.npy is not a plain numeric array ({exc}). Re-ingest it, or "
-                            f"`dvc checkout data` to restore the tracked version.") from None
-        want = (np.uint8, 4) if key.endswith("images") else (np.int64, 1)
-        if arrays[key].dtype != want[0] or arrays[key].ndim != want[1]:
-            raise DataError(f"dataset {name!r}: {key}.npy is {arrays[key].dtype} with {arrays[key].ndim} dimensions, "
-                            f"expected {np.dtype(want[0])} with {want[1]}. Re-ingest it, or `dvc checkout data`.")
+        raise DataError(
+            f"dataset {name!r} was written by a newer pretextflow (schema "
+            f"{meta['schema_version']} > {SCHEMA_VERSION}). Upgrade pretextflow."
+        )
+    read = _read_v2 if meta.get("schema_version") == 2 else _read_v1
+    arrays = read(fs, root, name, meta)
     return Dataset(name=name, meta=meta, **arrays, location=(data_uri, dict(storage_options or {})))
+
+
+def _load_npy(fs, path: str, name: str, what: str, want: tuple[type, int]) -> np.ndarray:
+    if not fs.exists(path):
+        raise _fail(name, f"{what} is missing")
+    try:  # never unpickle: an object array in the store is refused, not executed
+        if isinstance(fs, LocalFileSystem):
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            arr = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise _fail(name, f"{what} is not a plain numeric array or is truncated ({exc})") from None
+    if arr.dtype != want[0] or arr.ndim != want[1]:
+        raise _fail(
+            name, f"{what} is {arr.dtype} with {arr.ndim} dimensions, expected {np.dtype(want[0])} with {want[1]}"
+        )
+    return arr
+
+
+def _read_v1(fs, root: str, name: str, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
+        key: _load_npy(
+            fs, f"{root}/{key}.npy", name, f"{key}.npy", (np.uint8, 4) if key.endswith("images") else (np.int64, 1)
+        )
+        for key in ARRAYS
+    }
+
+
+def _read_v2(fs, root: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    shape = tuple(int(x) for x in meta["image_shape"])
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    labels: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for rec in meta.get("shards", []):
+        paths = {k: str(v) for k, v in shard_paths(Path(root), rec["name"]).items()}
+        images = _load_npy(fs, paths["images"], name, f"shard {rec['name']} (images)", (np.uint8, 4))
+        labs = _load_npy(fs, paths["labels"], name, f"shard {rec['name']} (labels)", (np.int64, 1))
+        if images.shape[1:] != shape or len(images) != rec["count"] or len(labs) != rec["count"]:
+            raise _fail(
+                name,
+                f"shard {rec['name']} holds {len(images)} images of {images.shape[1:]} and "
+                f"{len(labs)} labels; meta.json says {rec['count']} of {shape}",
+            )
+        parts[rec["split"]].append(images)
+        labels[rec["split"]].append(labs)
+    out: dict[str, Any] = {}
+    for s in SPLITS:
+        out[f"{s}_images"] = parts[s][0] if len(parts[s]) == 1 else ShardedArray(parts[s], shape)
+        out[f"{s}_labels"] = np.concatenate(labels[s]) if labels[s] else np.zeros(0, np.int64)
+    return out

@@ -13,6 +13,7 @@ ingest, refresh or stage that reads the data, before it does anything else. So `
 never keeps naming a version that is not in the remote, and neither does a manifest made from it.
 The remote itself is never rolled back: it is content-addressed and may be shared, so a push that
 died half-way can leave unreferenced objects there (``dvc gc --cloud`` removes them), never fewer."""
+
 from __future__ import annotations
 
 import base64
@@ -22,16 +23,22 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from pretextflow.core.config import validate_plugin_params
-from pretextflow.core.data.dataset import Dataset, check_name, encode_dataset, load_dataset, validate_arrays
+from pretextflow.core.data.build import Build, prepare_version
+from pretextflow.core.data.dataset import Dataset, check_name, load_dataset
+from pretextflow.core.data.incremental import CACHE_DIR, stamps_path, version_digest, write_change, write_stamps
+from pretextflow.core.data.layout import DEFAULT_SHARD_MB
+from pretextflow.core.data.sources import local_source
+from pretextflow.core.data.versioning import track_and_push, workspace_lock
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.registry import Registry, get_registry
-from pretextflow.core.store import PERMANENT_ERRNOS
-from pretextflow.core.data.sources import local_source
 from pretextflow.core.security.redaction import redact
-from pretextflow.core.data.versioning import track_and_push, workspace_lock
+from pretextflow.core.store import PERMANENT_ERRNOS
 from pretextflow.core.workspace import Workspace
 
 log = logging.getLogger("pretextflow.ingest")
@@ -41,31 +48,93 @@ JOURNAL = "ingest-journal.json"
 MIN_FREE_SLACK = 16 * 2**20  # beyond the dataset's own size, for DVC's metadata and the journal
 
 
-def ingest(ws: Workspace, source: str, fmt: str, name: str, options: dict[str, Any] | None = None,
-           storage_options: dict[str, Any] | None = None, push: bool = True, registry: Registry | None = None,
-           logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+@dataclass
+class IngestSettings:
+    """How to ingest (not what): shard size, decode workers, the runner."""
+
+    shard_mb: float = DEFAULT_SHARD_MB
+    workers: int | None = None  # None = every core
+    runner: str = "local"  # or "dask"
+    dask_address: str | None = None  # None with runner dask = a LocalCluster of `workers` processes
+
+
+def ingest(
+    ws: Workspace,
+    source: str,
+    fmt: str,
+    name: str,
+    options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    push: bool = True,
+    registry: Registry | None = None,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    settings: IngestSettings | None = None,
+) -> dict[str, Any]:
+    """Ingest ``source`` as dataset ``name``: read only what changed since the previous version,
+    write only the shards that changed, version and push (see the module docstring)."""
     ws.require_initialised()
-    registry = registry or get_registry()
+    registry, settings = registry or get_registry(), settings or IngestSettings()
     check_name(name)
     fmt_cls = registry.dataset_format(fmt)
     opts = validate_plugin_params(fmt_cls.Options, options or {}, "options")
+    if settings.shard_mb <= 0:
+        raise DataError(f"--shard-mb must be positive, got {settings.shard_mb}.")
     logger.info("ingest %s: reading %s as %s", name, redact(source), fmt)
-    with local_source(source, storage_options or {}) as (src, src_options):  # archives: extracted safely
-        arrays = fmt_cls().read(src, opts, src_options)
-    validate_arrays(arrays, redact(source))
-    files = encode_dataset(name, fmt, arrays)
+    ensure_consistent(ws, logger)  # an ingest that died is rolled back before its data is read as the previous
+    pool = _new_pool(ws)
+    try:
+        with local_source(source, storage_options or {}) as (src, src_options):  # archives: extracted safely
+            build = prepare_version(ws, name, fmt, fmt_cls, opts, src, src_options, settings, pool, logger)
+        version, changed = _commit_version(ws, name, build, push, logger)
+    finally:
+        shutil.rmtree(pool, ignore_errors=True)
+    if changed:
+        digest = version_digest((ws.data_dir / name / "meta.json").read_bytes())
+        write_change(ws.root, name, digest, asdict(build.changes))
+        write_stamps(
+            stamps_path(ws.root, name),
+            version_digest((ws.data_dir / name / "meta.json").read_bytes()),
+            build.entries,
+            build.shas,
+        )
+    dataset = load_dataset(str(ws.data_dir), name)
+    logger.info(
+        "ingest %s: %s; %s; data version %s (%d train / %d test images, %d shards, %s)",
+        name,
+        "written" if changed else "unchanged",
+        build.changes.describe(),
+        version,
+        dataset.meta["counts"]["train"],
+        dataset.meta["counts"]["test"],
+        len(dataset.meta["shards"]),
+        "pushed" if push else "not pushed",
+    )
+    out = summary(dataset, version, changed)
+    out.update(changes={**asdict(build.changes), "description": build.changes.describe()}, timing=build.timing)
+    return out
 
+
+def _commit_version(
+    ws: Workspace, name: str, build: Build, push: bool, logger: logging.Logger | logging.LoggerAdapter
+) -> tuple[str, bool]:
+    """Under the workspace lock: stage the new version, swap it in, ``dvc add`` + push, commit."""
     target = ws.data_dir / name
     with workspace_lock(ws, f"ingest {name}"):
         recover_interrupted_ingest(ws, logger)
-        changed = not all((target / f).is_file() and (target / f).read_bytes() == b for f, b in files.items())
+        meta_now = (target / "meta.json").read_bytes() if (target / "meta.json").is_file() else None
+        if meta_now != build.prev_meta_bytes:
+            raise DataError(
+                f"data/{name} changed while this ingest was reading the source (another ingest?). "
+                f"Ingest again; nothing was changed."
+            )
+        changed = not build.unchanged
         txn = _Transaction(ws, name, changed)
         try:
             if changed:
-                check_workspace_room(ws, sum(len(b) for b in files.values()))
+                check_workspace_room(ws, build.bytes_to_write)
             txn.begin()
             if changed:
-                txn.stage(files)
+                txn.stage(build.write)
                 txn.swap()
             version = track_and_push(ws, push=push)
             txn.commit()
@@ -75,11 +144,31 @@ def ingest(ws: Workspace, source: str, fmt: str, name: str, options: dict[str, A
             except Exception:  # the journal stays: the next ingest (or reader) rolls back again
                 logger.exception("ingest %s: rolling back failed; the next run will retry it", name)
             raise
-    dataset = load_dataset(str(ws.data_dir), name)
-    logger.info("ingest %s: %s; data version %s (%d train / %d test images, %s)", name,
-                "written" if changed else "unchanged", version, dataset.meta["counts"]["train"],
-                dataset.meta["counts"]["test"], "pushed" if push else "not pushed")
-    return summary(dataset, version, changed)
+    return version, changed
+
+
+def _new_pool(ws: Workspace) -> Path:
+    """A private folder for this ingest's decoded chunks (outside the lock-guarded staging area,
+    since decoding happens before the lock is taken); pools of dead ingests are removed."""
+    base = ws.root / CACHE_DIR
+    base.mkdir(exist_ok=True)
+    for old in base.glob("pool-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    pool = base / f"pool-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    pool.mkdir()
+    return pool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_workspace_room(ws: Workspace, nbytes: int) -> None:
@@ -96,17 +185,26 @@ def check_workspace_room(ws: Workspace, nbytes: int) -> None:
     need = 2 * nbytes + MIN_FREE_SLACK
     free = shutil.disk_usage(ws.root).free
     if free < need:
-        raise DataError(f"ingest cannot start: {free / 2**20:.0f} MiB free in the workspace {ws.root}, the new "
-                        f"dataset needs about {need / 2**20:.0f} MiB (a staged copy plus DVC's cache copy). "
-                        f"Free space there (or `dvc gc` old versions), then ingest again; nothing was changed.")
+        raise DataError(
+            f"ingest cannot start: {free / 2**20:.0f} MiB free in the workspace {ws.root}, the new "
+            f"dataset needs about {need / 2**20:.0f} MiB (a staged copy plus DVC's cache copy). "
+            f"Free space there (or `dvc gc` old versions), then ingest again; nothing was changed."
+        )
 
 
 def _write_error(ws: Workspace, exc: OSError) -> DataError:
-    why = ("no space left" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "it is not writable"
-           if isinstance(exc, PermissionError) or exc.errno in PERMANENT_ERRNOS else "a filesystem error")
-    return DataError(f"cannot write the new dataset into the workspace {ws.root}: {why} ({exc}). "
-                     f"Free space or fix the folder's permissions, then ingest again; data/ and data.dvc "
-                     f"are as they were.")
+    why = (
+        "no space left"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "it is not writable"
+        if isinstance(exc, PermissionError) or exc.errno in PERMANENT_ERRNOS
+        else "a filesystem error"
+    )
+    return DataError(
+        f"cannot write the new dataset into the workspace {ws.root}: {why} ({exc}). "
+        f"Free space or fix the folder's permissions, then ingest again; data/ and data.dvc "
+        f"are as they were."
+    )
 
 
 class _Transaction:
@@ -119,10 +217,14 @@ class _Transaction:
         tag = f"{name}-{uuid.uuid4().hex[:8]}"
         target = ws.data_dir / name
         self.journal = {
-            "pid": os.getpid(), "name": name, "changed": changed,
+            "pid": os.getpid(),
+            "name": name,
+            "changed": changed,
             "target": str(target.relative_to(ws.root)),
-            "staging": f"{TMP_DIR}/{tag}", "old": f"{TMP_DIR}/{tag}-old",
-            "had_previous": target.exists(), "data_dir_existed": ws.data_dir.exists(),
+            "staging": f"{TMP_DIR}/{tag}",
+            "old": f"{TMP_DIR}/{tag}-old",
+            "had_previous": target.exists(),
+            "data_dir_existed": ws.data_dir.exists(),
             "data_dvc": base64.b64encode(ws.data_dvc.read_bytes()).decode() if ws.data_dvc.exists() else None,
         }
         self.started = False
@@ -131,12 +233,12 @@ class _Transaction:
         _write_journal(self.ws, self.journal)
         self.started = True
 
-    def stage(self, files: dict[str, bytes]) -> None:
+    def stage(self, write: Callable[[Path], None]) -> None:
+        """Write the new version into the (new) staging folder with ``write(folder)``."""
         staging = self.ws.root / self.journal["staging"]
         try:
             staging.mkdir(parents=True)
-            for fname, data in sorted(files.items()):
-                (staging / fname).write_bytes(data)
+            write(staging)
         except OSError as exc:
             raise _write_error(self.ws, exc) from exc
 
@@ -221,8 +323,12 @@ def recover_interrupted_ingest(ws: Workspace, logger: logging.Logger | logging.L
         _clear_tmp(ws)  # staging left by a process that died before writing its journal
         return False
     j = json.loads(path.read_text())
-    logger.warning("ingest %s (pid %s) was interrupted before it finished; restoring data/%s and data.dvc "
-                   "as they were before it", j["name"], j["pid"], j["name"])
+    logger.warning(
+        "ingest %s (pid %s) was interrupted before it finished; restoring data/%s and data.dvc as they were before it",
+        j["name"],
+        j["pid"],
+        j["name"],
+    )
     _undo(ws, j)
     return True
 
@@ -236,6 +342,12 @@ def ensure_consistent(ws: Workspace, logger: logging.Logger | logging.LoggerAdap
 
 
 def summary(dataset: Dataset, version: str, changed: bool | None = None) -> dict[str, Any]:
-    return {"name": dataset.name, "data_version": version, "fingerprint": dataset.fingerprint,
-            "changed": changed, "counts": dataset.meta["counts"], "image_shape": dataset.meta["image_shape"],
-            "format": dataset.meta["format"]}
+    return {
+        "name": dataset.name,
+        "data_version": version,
+        "fingerprint": dataset.fingerprint,
+        "changed": changed,
+        "counts": dataset.meta["counts"],
+        "image_shape": dataset.meta["image_shape"],
+        "format": dataset.meta["format"],
+    }

@@ -102,7 +102,7 @@ def init_workspace(root: str | Path, remote: str | None = None) -> Workspace:
         dvc(ws, "remote", "add", "--force", "--default", "storage", remote or DEFAULT_REMOTE_DIR)
     ignore = ws.root / ".gitignore"
     lines = ignore.read_text().splitlines() if ignore.exists() else []
-    for entry in ("/artifacts", f"/{DEFAULT_REMOTE_DIR}", "/.pretextflow.lock*", "/.pretextflow-tmp"):
+    for entry in ("/artifacts", f"/{DEFAULT_REMOTE_DIR}", "/.pretextflow.lock*", "/.pretextflow-tmp", "/.pretextflow-cache"):
         if entry not in lines:
             lines.append(entry)
     ignore.write_text("\n".join(lines) + "\n")

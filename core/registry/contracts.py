@@ -6,7 +6,8 @@ exactly the same classes. Keep this module small and stable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from pretextflow.core.errors import DataError
 
 if TYPE_CHECKING:
     from pretextflow.core.toolkit.augment import Augmenter
@@ -159,7 +162,7 @@ class PretextTask(nn.Module):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DatasetArrays:
-    """What a dataset format returns: uint8 images ``(N, C, H, W)``, int64 labels (-1 = none)."""
+    """What an :class:`ArrayDatasetFormat` returns: uint8 images ``(N, C, H, W)``, int64 labels (-1 = none)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -169,16 +172,113 @@ class DatasetArrays:
     source_files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 of payload
 
 
+@dataclass(frozen=True)
+class SourceEntry:
+    """One image a dataset format found in a source, listed without reading it.
+
+    ``key`` names the image uniquely and stably (the relative path of a file; ``train/000123`` for
+    one image of an array file): ingest compares keys with the previous version to find what was
+    added, removed, changed or renamed. ``stamp`` changes whenever the image may have changed
+    (size and mtime, an ETag, the containing file's checksum); an unchanged stamp means "not read
+    again", ``""`` means "always read". ``location`` is where :meth:`DatasetFormat.read` finds it."""
+
+    key: str
+    split: str  # "train" or "test"
+    label: int = -1  # index into SourceCatalog.class_names; -1 = unlabeled
+    stamp: str = ""
+    location: str = ""
+
+
+@dataclass
+class SourceCatalog:
+    """What :meth:`DatasetFormat.scan` returns: the class names and every image's entry."""
+
+    class_names: list[str]
+    entries: list[SourceEntry]
+    # options read() gets in place of the user's (e.g. ``channels`` resolved from the first image,
+    # so every worker decodes alike); {} = the user's options as given
+    read_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One image as :meth:`DatasetFormat.read` yields it: uint8 ``(C, H, W)`` and the sha256 of its
+    source bytes (or of its pixels), which confirms whether a re-read image really changed."""
+
+    image: np.ndarray
+    sha256: str
+
+
 class DatasetFormat:
-    """Reads one on-disk format through fsspec and returns :class:`DatasetArrays`."""
+    """Reads one on-disk format through fsspec, as a stream: :meth:`scan` lists the images
+    (cheap: nothing decoded), :meth:`read` decodes a chunk of them. Ingest calls ``read`` on
+    chunks, in worker processes when ``parallel`` (so no format ever holds the whole dataset), and
+    only for the entries that are new or whose stamp changed."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    parallel: ClassVar[bool] = True  # read() may run in other processes, on any chunk of entries
+    # options that change how the source is read, never what (concurrency, timeouts): changing
+    # them keeps the previous version's images; changing any other option re-reads everything
+    io_options: ClassVar[frozenset[str]] = frozenset()
 
     class Options(Params):
         pass
 
+    def scan(
+        self, source: str, options: DatasetFormat.Options, storage_options: dict[str, Any]
+    ) -> SourceCatalog:  # pragma: no cover
+        raise NotImplementedError
+
     def read(
+        self,
+        source: str,
+        entries: Sequence[SourceEntry],
+        options: DatasetFormat.Options,
+        storage_options: dict[str, Any],
+    ) -> Iterator[DecodedImage]:  # pragma: no cover
+        """One :class:`DecodedImage` per entry, in the entries' order."""
+        raise NotImplementedError
+
+
+class ArrayDatasetFormat(DatasetFormat):
+    """A format whose source is a few array files (idx, scikit-learn's digits): implement
+    :meth:`arrays`; ``scan`` and ``read`` are derived (keys ``train/000000``, stamps = the pixels'
+    sha256, so an unchanged image is never rewritten). Read in the ingesting process."""
+
+    parallel: ClassVar[bool] = False
+
+    def arrays(
         self, source: str, options: DatasetFormat.Options, storage_options: dict[str, Any]
     ) -> DatasetArrays:  # pragma: no cover
         raise NotImplementedError
+
+    def scan(self, source: str, options: DatasetFormat.Options, storage_options: dict[str, Any]) -> SourceCatalog:
+        arrays = self.arrays(source, options, storage_options)
+        self._arrays = arrays
+        entries = []
+        for split in ("train", "test"):
+            images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
+            if len(images) != len(labels):
+                raise DataError(
+                    f"{source}: {split} has {len(images)} images but {len(labels)} labels. Give every image "
+                    f"exactly one label (the files may come from different datasets, or one is truncated)."
+                )
+            for i in range(len(images)):
+                digest = hashlib.sha256(np.ascontiguousarray(images[i]).tobytes()).hexdigest()
+                entries.append(SourceEntry(f"{split}/{i:07d}", split, int(labels[i]), digest, f"{split}:{i}"))
+        return SourceCatalog(list(arrays.class_names), entries)
+
+    def read(
+        self,
+        source: str,
+        entries: Sequence[SourceEntry],
+        options: DatasetFormat.Options,
+        storage_options: dict[str, Any],
+    ) -> Iterator[DecodedImage]:
+        arrays = getattr(self, "_arrays", None) or self.arrays(source, options, storage_options)
+        self._arrays = arrays
+        for e in entries:
+            split, i = e.location.split(":")
+            image = np.ascontiguousarray(getattr(arrays, f"{split}_images")[int(i)])
+            yield DecodedImage(image, e.stamp or hashlib.sha256(image.tobytes()).hexdigest())

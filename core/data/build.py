@@ -1,0 +1,158 @@
+"""Building a dataset's next version from its source, before anything in ``data/`` changes: scan
+the source, read again only what changed (``core.data.incremental``), decode it in parallel
+(``core.data.parallel``) into a private pool, plan the shards (``core.data.layout``). The
+:class:`Build` it returns knows whether anything changed and writes the version into a staging
+folder; ``core.data.ingest`` swaps that in under the workspace lock."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pretextflow.core.data.dataset import build_meta, meta_bytes
+from pretextflow.core.data.decode import check_catalog
+from pretextflow.core.data.incremental import previous_version, read_stamps, split_known, stamps_path, version_digest
+from pretextflow.core.data.layout import Changes, Pixels, Previous, ShardPlan, capacity, plan_shards, write_plan
+from pretextflow.core.data.parallel import CHUNK, ReadPlan, decode_chunks
+from pretextflow.core.errors import DataError
+from pretextflow.core.registry.contracts import DatasetFormat, SourceCatalog, SourceEntry
+from pretextflow.core.security.redaction import redact
+
+if TYPE_CHECKING:
+    from pretextflow.core.data.ingest import IngestSettings
+    from pretextflow.core.workspace import Workspace
+
+
+@dataclass
+class Build:
+    """A new version, planned and decoded, not yet written."""
+
+    name: str
+    fmt: str
+    catalog: SourceCatalog
+    entries: list[SourceEntry]
+    shas: dict[str, str]
+    plans: list[ShardPlan]
+    prev: Previous | None
+    prev_meta_bytes: bytes | None
+    image_shape: tuple[int, ...]
+    options: dict[str, Any]
+    changes: Changes
+    kept: list[bool]
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def unchanged(self) -> bool:
+        """Every shard is the previous version's and so is the meta.json."""
+        if self.prev is None or not all(self.kept) or len(self.plans) != len(self.prev.meta["shards"]):
+            return False
+        return meta_bytes(self._meta([p.previous for p in self.plans])) == self.prev_meta_bytes
+
+    @property
+    def bytes_to_write(self) -> int:
+        return sum(len(p.rows) for p, k in zip(self.plans, self.kept, strict=True) if not k) * int(
+            np.prod(self.image_shape)
+        )
+
+    def _meta(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """meta.json: what the version holds, never how it came about (so the same images under
+        the same layout are the same version, however they were ingested)."""
+        meta = build_meta(self.name, self.fmt, list(self.catalog.class_names), list(self.image_shape), records)
+        return {**meta, "options": self.options}
+
+    def write(self, staging: Path) -> None:
+        """Write the whole version into ``staging`` (unchanged shards hard-linked)."""
+        t0 = time.perf_counter()
+        records = [write_plan(staging, plan, self.image_shape, self.prev)[0] for plan in self.plans]
+        (staging / "meta.json").write_bytes(meta_bytes(self._meta(records)))
+        self.timing["write_s"] = round(time.perf_counter() - t0, 3)
+
+
+def prepare_version(
+    ws: Workspace,
+    name: str,
+    fmt: str,
+    fmt_cls: type[DatasetFormat],
+    opts: DatasetFormat.Options,
+    src: str,
+    storage_options: dict[str, Any],
+    settings: IngestSettings,
+    pool: Path,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> Build:
+    t0 = time.perf_counter()
+    instance = fmt_cls()
+    catalog = instance.scan(src, opts, storage_options)
+    check_catalog(catalog, redact(src))
+    entries = sorted(catalog.entries, key=lambda e: (e.split, e.key))
+    options = {k: v for k, v in opts.model_dump(mode="json").items() if k not in fmt_cls.io_options}
+    target = ws.data_dir / name
+    prev_meta = (target / "meta.json").read_bytes() if (target / "meta.json").is_file() else None
+    prev = previous_version(target, fmt, options, logger)
+    stamps = read_stamps(stamps_path(ws.root, name), version_digest(prev_meta)) if prev and prev_meta else {}
+    to_read, shas = split_known(entries, prev, stamps)
+    t_scan = time.perf_counter()
+    logger.info("ingest %s: %d images in the source, %d to read", name, len(entries), len(to_read))
+    read = ReadPlan(
+        fmt_cls,
+        instance,
+        src,
+        {**opts.model_dump(mode="json"), **catalog.read_options},
+        storage_options,
+        settings.workers,
+        settings.runner,
+        settings.dask_address,
+    )
+    shape = tuple(prev.meta["image_shape"]) if prev else None
+    shape, pool_pixels, cpu = _decode(read, to_read, pool, shas, shape)
+    t_read = time.perf_counter()
+    by_split: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for e in entries:
+        by_split[e.split].append((e.key, e.label))
+    plans, changes = plan_shards(prev, by_split, shas, pool_pixels, capacity(settings.shard_mb, shape))
+    kept = [_kept(p, prev) for p in plans]
+    changes.shards_kept, changes.shards_written = sum(kept), len(kept) - sum(kept)
+    timing = {
+        "scan_s": round(t_scan - t0, 3),
+        "decode_s": round(t_read - t_scan, 3),
+        "decode_cpu_s": round(cpu, 3),
+        "images_read": len(to_read),
+    }
+    return Build(name, fmt, catalog, entries, shas, plans, prev, prev_meta, shape, options, changes, kept, timing)
+
+
+def _decode(read: ReadPlan, to_read: list[SourceEntry], pool: Path, shas: dict[str, str],
+            shape: tuple[int, ...] | None) -> tuple[tuple[int, ...] | None, dict[str, Pixels], float]:
+    """Decode ``to_read`` into the pool; fills ``shas``; returns the image shape, where each
+    decoded image's pixels are, and the decode seconds summed over the workers."""
+    pool_pixels: dict[str, Pixels] = {}
+    cpu = 0.0
+    for res in decode_chunks(read, to_read, pool):
+        chunk = to_read[res.index * CHUNK : (res.index + 1) * CHUNK]
+        if shape is not None and res.shape != shape and chunk:
+            raise DataError(
+                f"{chunk[0].key}: size {res.shape} differs from the other images' {shape}. Pass "
+                f"--option image_size=N to resize every image to N x N (or channels=1|3)."
+            )
+        shape = res.shape if chunk else shape
+        cpu += res.seconds
+        for j, e in enumerate(chunk):
+            shas[e.key] = res.sha256[j]
+            pool_pixels[e.key] = Pixels(res.path, j)
+    return shape, pool_pixels, cpu
+
+
+def _kept(plan: ShardPlan, prev: Previous | None) -> bool:
+    """Whether the planned shard is the previous version's, file for file."""
+    if prev is None or plan.previous is None or not plan.same_images:
+        return False
+    old = prev.by_shard[plan.name]
+    return len(old) == len(plan.rows) and all(
+        r.key == k and r.sha256 == sha and r.label == prev.places[k][2]
+        for r, (k, _pos, sha) in zip(plan.rows, old, strict=True)
+    )
