@@ -46,6 +46,7 @@ BUILTIN_PLUGINS = (
     "pretextflow.plugins.pretext.mae",
     "pretextflow.plugins.backbones.convnet",
     "pretextflow.plugins.backbones.timm_models",
+    "pretextflow.plugins.datasets.csv_table",
     "pretextflow.plugins.datasets.idx",
     "pretextflow.plugins.datasets.imagefolder",
     "pretextflow.plugins.datasets.sklearn_digits",

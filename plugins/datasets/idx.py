@@ -14,9 +14,9 @@ import numpy as np
 from pydantic import Field
 
 from pretextflow.api import (
+    ArrayDatasetFormat,
     DataError,
     DatasetArrays,
-    DatasetFormat,
     Params,
     gunzip_bounded,
     hookimpl,
@@ -95,12 +95,12 @@ def read_payload(
     )
 
 
-class IdxFormat(DatasetFormat):
+class IdxFormat(ArrayDatasetFormat):
     name = "idx"
     description = "MNIST-family IDX files (gz or raw): train-/t10k- images and labels"
     Options = IdxOptions
 
-    def read(self, source: str, options: IdxOptions, storage_options: dict[str, Any]) -> DatasetArrays:
+    def arrays(self, source: str, options: IdxOptions, storage_options: dict[str, Any]) -> DatasetArrays:
         arrays: dict[str, np.ndarray] = {}
         digests: dict[str, str] = {}
         for key, stem in FILES.items():

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from pretextflow.api import DatasetArrays, DatasetFormat, Params, hookimpl
+from pretextflow.api import ArrayDatasetFormat, DatasetArrays, Params, hookimpl
 
 
-class DigitsFormat(DatasetFormat):
+class DigitsFormat(ArrayDatasetFormat):
     name = "sklearn-digits"
     description = "scikit-learn's embedded 8x8 digits (no download)"
     Options = Params
 
-    def read(self, source: str, options: Params, storage_options: dict[str, Any]) -> DatasetArrays:
+    def arrays(self, source: str, options: Params, storage_options: dict[str, Any]) -> DatasetArrays:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 

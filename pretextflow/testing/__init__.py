@@ -27,7 +27,9 @@ that check. Pretext tasks are checked for:
 
 Backbones: registered, build, forward (shape ``(N, num_features)``), gradients, determinism,
 state_dict, device, pipeline (``rotation`` on the backbone). Dataset formats: registered, options,
-read, validate, determinism (the same source gives byte-identical canonical files), pipeline.
+scan (a valid ``SourceCatalog``), read (one valid ``DecodedImage`` per entry, in order), determinism
+(two scans give the same entries, two reads the same images), chunks (a fresh instance reading any
+subset of the entries, in any order, decodes them as the whole read did), pipeline.
 
 The checks run on the CPU in seconds, restore the global RNG and determinism settings they touch,
 and write only to a temporary folder and a ``memory://`` artifact store that they delete.

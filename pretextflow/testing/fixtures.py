@@ -34,9 +34,10 @@ log = logging.getLogger("pretextflow.testing")
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> DatasetArrays:
+    from pretextflow.core.data.decode import read_all
     from pretextflow.plugins.datasets.sklearn_digits import DigitsFormat
 
-    return DigitsFormat().read("sklearn:digits", DigitsFormat.Options(), {})
+    return read_all(DigitsFormat(), "sklearn:digits", DigitsFormat.Options(), {})
 
 
 def _resize_uint8(images: np.ndarray, size: int, chans: int) -> np.ndarray:
@@ -61,15 +62,13 @@ def _meta(size: int, chans: int) -> dict[str, Any]:
 def _kit_workspace(arrays: DatasetArrays, name: str, fmt: str) -> Iterator[tuple[Path, str]]:
     """A throw-away workspace folder with ``data/<name>`` in the canonical layout, and a
     ``memory://`` artifact store; both are deleted afterwards."""
-    from pretextflow.core.data.dataset import encode_dataset
+    from pretextflow.core.data.layout import write_arrays
 
     root = Path(tempfile.mkdtemp(prefix="pretextflow-kit-"))
     store_uri = f"memory://pretextflow-kit-{uuid.uuid4().hex[:12]}"
     try:
-        folder = root / "data" / name
-        folder.mkdir(parents=True)
-        for fname, data in encode_dataset(name, fmt, arrays).items():
-            (folder / fname).write_bytes(data)
+        (root / "data" / name).mkdir(parents=True)
+        write_arrays(root / "data", name, fmt, arrays)
         yield root, store_uri
     finally:
         shutil.rmtree(root, ignore_errors=True)
