@@ -21,6 +21,7 @@ import torch
 
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset
+from pretextflow.core.data.shards import ShardedArray
 from pretextflow.core.errors import ConfigError, TrainingDiverged
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.security import credentials
@@ -272,7 +273,7 @@ def _build_model(
 class _Batches:
     """The training images, placed for the device, and how they are cut into this rank's batches."""
 
-    images: torch.Tensor
+    images: torch.Tensor | ShardedArray
     resident: bool  # on the training device as a whole (else copied batch by batch)
     channels_last: bool
     device: torch.device
@@ -292,15 +293,24 @@ class _Batches:
         start = i * self.batch_size + self.rank * self.local_batch
         idx = perm[start : start + self.local_batch]
         images = self.images
-        batch = images[idx.to(images.device)] if self.resident else images[idx].to(self.device, non_blocking=True)
+        if isinstance(images, ShardedArray):  # gathered from the memory-mapped shards, batch by batch
+            batch = torch.from_numpy(images.take(idx.numpy()))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+        elif self.resident:
+            batch = images[idx.to(images.device)]
+        else:
+            batch = images[idx].to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
 
-def _image_tensor(dataset: Dataset, tc, device: torch.device) -> torch.Tensor:
+def _image_tensor(dataset: Dataset, tc, device: torch.device) -> torch.Tensor | ShardedArray:
     """The training images (the first ``train.max_train_samples``) as a CPU tensor."""
     images = dataset.train_images if tc.max_train_samples is None else dataset.train_images[: tc.max_train_samples]
+    if isinstance(images, ShardedArray):
+        return images  # several shards: never loaded whole (see _Batches.get)
     if isinstance(images, np.memmap) and device.type == "cpu":
         # train straight from the memory-mapped file: its pages are the only copy in RAM (shared with
         # the OS page cache, and with the probe stage's reads); batches are gathered from it. Nothing
@@ -317,16 +327,24 @@ def _place_images(
     """Check that a global batch fits in the images, and put them where batches are drawn from."""
     images = _image_tensor(dataset, tc, device)
     n = len(images)
+    if (
+        isinstance(images, ShardedArray)
+        and device.type == "cuda"
+        and images.nbytes < 0.25 * torch.cuda.mem_get_info(device)[0]
+    ):
+        images = torch.from_numpy(np.asarray(images))  # small enough to live on the GPU whole
     steps_per_epoch = n // tc.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
             f"train.batch_size={tc.batch_size} is larger than the {n} training images. Lower train.batch_size."
         )
     local_batch = tc.batch_size // shard.world
-    resident = device.type == "cpu" or images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]
+    resident = isinstance(images, torch.Tensor) and (
+        device.type == "cpu" or images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]
+    )
     if resident:
         images = images.to(device)  # on a GPU: the whole dataset lives on the device, no copies per step
-    elif device.type == "cuda":
+    elif device.type == "cuda" and isinstance(images, torch.Tensor):
         images = images.pin_memory()  # copied batch by batch with non_blocking transfers
     return _Batches(images, resident, channels_last, device, tc.batch_size, local_batch, shard.rank, steps_per_epoch)
 

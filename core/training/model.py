@@ -44,15 +44,24 @@ def configure_runtime(seed: int, device: torch.device, threads: int | None) -> N
 
 
 # -- building the model ------------------------------------------------------------------------
+SMALL_STEM_BELOW = 64  # px: `small_image_stem: auto` uses the small stem only for smaller images
+
+
+def small_stem(setting: bool | str, image_size: int) -> bool:
+    """``backbone.small_image_stem`` resolved for images of ``image_size`` px."""
+    return image_size < SMALL_STEM_BELOW if setting == "auto" else bool(setting)
+
+
 def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed: int | None = None) -> Backbone:
     """The backbone plugin's network wrapped with the dataset's normalisation, with
     ``backbone.weights`` loaded when set. Seeded so that the random-init (initial-weights) baseline
     is exactly pretraining's starting point."""
     spec = registry.backbone(cfg.backbone.name)
+    size = int(dataset_meta["image_shape"][1])
     params = BackboneParams(
         in_chans=int(dataset_meta["image_shape"][0]),
-        image_size=int(dataset_meta["image_shape"][1]),
-        small_image_stem=cfg.backbone.small_image_stem,
+        image_size=size,
+        small_image_stem=small_stem(cfg.backbone.small_image_stem, size),
         kwargs=cfg.backbone.kwargs,
     )
     if seed is not None:
