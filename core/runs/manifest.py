@@ -105,6 +105,25 @@ def build_manifest(
     }
 
 
+def last_change(dataset: Dataset) -> dict[str, Any] | None:
+    """What the ingest that wrote this version changed, when it ran in this workspace."""
+    from pathlib import Path
+
+    from pretextflow.core.data.dataset import meta_bytes
+    from pretextflow.core.data.incremental import read_change, version_digest
+
+    if not dataset.location or "://" in dataset.location[0]:
+        return None
+    return read_change(Path(dataset.location[0]).parent, dataset.name, version_digest(meta_bytes(dataset.meta)))
+
+
+def describe_change(change: dict[str, Any]) -> str:
+    from pretextflow.core.data.layout import Changes
+
+    known = {k: v for k, v in change.items() if k in Changes.__dataclass_fields__}
+    return Changes(**known).describe()
+
+
 def dataset_record(dataset: Dataset) -> dict[str, Any]:
     """A dataset as the manifest names it (the pretraining one, and a transfer probe's)."""
     record = {
@@ -114,6 +133,11 @@ def dataset_record(dataset: Dataset) -> dict[str, Any]:
         "image_shape": dataset.meta["image_shape"],
         "format": dataset.meta["format"],
     }
+    if dataset.meta.get("shards") is not None:
+        record["shards"] = len(dataset.meta["shards"])
+    change = last_change(dataset)
+    if change:  # what the ingest that wrote this version changed
+        record["last_change"] = describe_change(change)
     if "adapted_from" in dataset.meta:  # resized to the backbone's input for probing
         record["source_image_shape"] = dataset.meta["adapted_from"]["image_shape"]
     return record

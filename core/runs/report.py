@@ -485,6 +485,7 @@ def _manifest_section(manifest: dict[str, Any]) -> Section:
             f"{manifest['dataset']['name']} ({manifest['dataset']['format']}, "
             f"{manifest['dataset']['image_shape']}, fingerprint {manifest['dataset']['fingerprint']})",
         ],
+        ["dataset's last ingest", manifest["dataset"].get("last_change", "n/a")],
         [
             "code version",
             f"pretextflow {code['pretextflow']}, commit {code.get('commit') or 'n/a'}"
