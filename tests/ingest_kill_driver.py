@@ -1,6 +1,6 @@
 """Run one ingest and stop at a chosen point, for tests/test_faults_storage.py to SIGKILL it there.
 
-    python tests/ingest_kill_driver.py WORKSPACE SOURCE NAME POINT DELAY MARKER
+    python tests/ingest_kill_driver.py WORKSPACE SOURCE NAME POINT DELAY MARKER [FORMAT SHARD_MB]
 
 POINT is where to stop: ``staging`` (half the files staged), ``swap`` (between the two renames),
 ``dvc-add`` / ``dvc-push`` (while that DVC child process runs, DELAY seconds after it started),
@@ -33,14 +33,15 @@ def main(ws_root: str, source: str, name: str, point: str, delay: float, marker:
             time.sleep(3600)
 
     if point == "staging":
-        real_stage = ingest_mod._Transaction.stage
+        from pretextflow.core.data import build as build_mod
 
-        def stage(self, files):
-            first = dict(sorted(files.items())[: max(1, len(files) // 2)])
-            real_stage(self, first)
+        real_write_plan = build_mod.write_plan
+
+        def write_plan(*args, **kwargs):  # the first shard staged, the rest (and meta.json) not
+            real_write_plan(*args, **kwargs)
             stop_here()
 
-        ingest_mod._Transaction.stage = stage
+        build_mod.write_plan = write_plan
     elif point == "swap":
         real_rename = Path.rename
 
@@ -83,7 +84,9 @@ def main(ws_root: str, source: str, name: str, point: str, delay: float, marker:
         ingest_mod._Transaction.commit = commit
     else:
         raise SystemExit(f"unknown point {point!r}")
-    ingest_mod.ingest(Workspace.at(ws_root), source, "idx", name)
+    fmt, shard_mb = (sys.argv[7], float(sys.argv[8])) if len(sys.argv) > 8 else ("idx", 256.0)
+    settings = ingest_mod.IngestSettings(shard_mb=shard_mb, workers=1)
+    ingest_mod.ingest(Workspace.at(ws_root), source, fmt, name, settings=settings)
     raise SystemExit(f"the ingest finished without reaching {point!r}")
 
 

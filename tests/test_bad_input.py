@@ -143,6 +143,9 @@ def src(tmp_path_factory) -> Path:
         tf.addfile(link)
     (root / "garbage.zip").write_bytes(b"PK\x03\x04 this is not really a zip archive")
     image_folder(root / "img-good", count=3, seed=5)
+    many = image_folder(root / "img-corrupt-among-10000", count=5000, seed=6)  # 10,000 images, one broken
+    (many / "b" / "4321.png").write_bytes(ok[: len(ok) // 2])
+    (root / "missing.csv").write_text("path,label\nimg-good/a/0.png,a\nimg-good/b/1.png,b\nnot/there.png,a\n")
 
     manifest = root / "future-run"
     manifest.mkdir()
@@ -208,6 +211,7 @@ class Case:
     in_process: bool = False  # runs a Prefect flow: through the app in this process (see the module doc)
     copy_ws: bool = False  # the case changes the workspace's set-up: give it its own copy
     prepare: list[list[str]] = field(default_factory=list)  # dvc commands run first in that copy
+    truncate: str | None = None  # a file of that copy (relative to it) cut short first
 
 
 def ingest(source: str, fmt: str, *options: str, name: str = "digits") -> list[str]:
@@ -495,6 +499,29 @@ CASES = [
         True,
     ),
     Case(
+        "img-corrupt-among-10000",
+        ingest("{src}/img-corrupt-among-10000", "imagefolder", name="many"),
+        "b/4321.png: not a readable image",
+        "Remove or replace it",
+        True,
+    ),
+    Case(
+        "csv-missing-file",
+        ingest("{src}/missing.csv", "csv", name="table"),
+        "row 3: not/there.png does not exist",
+        "Fix the path in the table",
+        True,
+    ),
+    Case(
+        "shard-truncated",
+        run(command="pretrain"),
+        "train-00000 (images) is not a plain numeric array or is truncated",
+        "dvc checkout",
+        True,
+        copy_ws=True,
+        truncate="data/digits/shards/train-00000.images.npy",
+    ),
+    Case(
         "manifest-newer-schema", ["rerun", "{src}/future-run"], "written by a newer pretextflow", "Upgrade pretextflow"
     ),
 ]
@@ -520,6 +547,10 @@ def test_bad_input_is_refused_clearly_and_nothing_is_lost(case, src, ws, tmp_pat
         shutil.copytree(ws, root, symlinks=True)
         for command in case.prepare:
             dvc(Workspace.at(root), *command)
+        if case.truncate:
+            damaged = root / case.truncate
+            damaged.unlink()  # the workspace copy may share the DVC cache's file: replace, never write into it
+            damaged.write_bytes((ws / case.truncate).read_bytes()[:-64])
     before = snapshot(root)
     args = _fill(case.args, src=str(src), ws=str(root), digits=DIGITS)
 

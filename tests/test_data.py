@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretextflow.core.data.dataset import check_name, encode_dataset, validate_arrays
+from pretextflow.core.data.dataset import check_name, validate_arrays
+from pretextflow.core.data.decode import read_all
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.registry.registry import get_registry
@@ -40,7 +41,7 @@ def write_idx_source(fs_root: str, n_train=20, n_test=10, size=6, gz=True, corru
 
 def read_idx(source, **options):
     fmt = get_registry().dataset_format("idx")()
-    return fmt.read(source, IdxOptions(**options), {})
+    return read_all(fmt, source, IdxOptions(**options), {})
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -105,7 +106,7 @@ def make_folder(root, layout: dict[str, int], size=8, mode="L"):
 
 def read_folder(source, **options):
     fmt = get_registry().dataset_format("imagefolder")
-    return fmt().read(str(source), fmt.Options(**options), {})
+    return read_all(fmt(), str(source), fmt.Options(**options), {})
 
 
 def test_imagefolder_class_folders_with_hash_split(tmp_path):
@@ -127,12 +128,13 @@ def test_imagefolder_explicit_splits_and_unlabeled(tmp_path):
 
 
 def test_imagefolder_bad_inputs_are_named(tmp_path):
-    make_folder(tmp_path / "sizes", {"a": 2})
+    # two classes: a folder of one class is refused by the listing check, before anything is decoded
+    make_folder(tmp_path / "sizes", {"a": 2, "b": 2})
     (tmp_path / "sizes" / "a" / "big.png").write_bytes(_png(np.zeros((16, 16), np.uint8)))
     with pytest.raises(DataError, match="image_size"):
         read_folder(tmp_path / "sizes")
     assert read_folder(tmp_path / "sizes", image_size=8).train_images.shape[1:] in ((1, 8, 8),)
-    make_folder(tmp_path / "bad", {"a": 2})
+    make_folder(tmp_path / "bad", {"a": 2, "b": 2})
     (tmp_path / "bad" / "a" / "zero.png").write_bytes(b"")
     with pytest.raises(DataError, match="zero.png: empty file"):
         read_folder(tmp_path / "bad")
@@ -174,17 +176,18 @@ def test_validate_arrays_refuses_what_would_break_training():
         check_name("../escape")
 
 
-def test_canonical_encoding_is_deterministic():
+def test_canonical_encoding_is_deterministic(tmp_path):
+    from pretextflow.core.data.layout import write_arrays
+
     fmt = get_registry().dataset_format("sklearn-digits")
-    a = encode_dataset("digits", "sklearn-digits", fmt().read("sklearn:digits", fmt.Options(), {}))
-    b = encode_dataset("digits", "sklearn-digits", fmt().read("sklearn:digits", fmt.Options(), {}))
-    assert a == b and set(a) == {
-        "train_images.npy",
-        "train_labels.npy",
-        "test_images.npy",
-        "test_labels.npy",
-        "meta.json",
-    }
+    for out in ("a", "b"):
+        write_arrays(tmp_path / out, "digits", "sklearn-digits", read_all(fmt(), "sklearn:digits", fmt.Options(), {}))
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    a, b = files(tmp_path / "a" / "digits"), files(tmp_path / "b" / "digits")
+    assert a == b and "meta.json" in a and any(k.endswith(".npy") for k in a)
 
 
 def test_default_dataset_names():

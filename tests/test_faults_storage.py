@@ -468,7 +468,9 @@ def _inject(step: str, monkeypatch, root: Path):
             gz.write_bytes(gz.read_bytes()[:200])  # a truncated download
         return str(bad), DataError, False
     if step == "encode":
-        monkeypatch.setattr(ingest_mod, "encode_dataset", lambda *a: (_ for _ in ()).throw(MemoryError("injected")))
+        from pretextflow.core.data import build as build_mod
+
+        monkeypatch.setattr(build_mod, "plan_shards", lambda *a: (_ for _ in ()).throw(MemoryError("injected")))
         return source, MemoryError, False
     if step == "no-room":
         import shutil

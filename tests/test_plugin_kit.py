@@ -5,6 +5,7 @@ Each deliberately broken plugin below breaks one contract point and must fail ex
 (checks that need it are skipped, not failed)."""
 
 import dataclasses
+import hashlib
 import os
 import random
 import subprocess
@@ -19,7 +20,17 @@ from pydantic import BaseModel
 from torch import nn
 
 import pretextflow.api as api
-from pretextflow.api import BackboneSpec, DatasetArrays, DatasetFormat, Params, PretextTask, StepOutput, hookimpl
+from pretextflow.api import (
+    BackboneSpec,
+    DatasetFormat,
+    DecodedImage,
+    Params,
+    PretextTask,
+    SourceCatalog,
+    SourceEntry,
+    StepOutput,
+    hookimpl,
+)
 from pretextflow.core.errors import PluginError
 from pretextflow.core.registry.registry import build_registry
 from pretextflow.testing import (
@@ -64,6 +75,10 @@ def test_the_public_api_exports_the_contracts_with_type_hints():
         "TokenAPI",
         "DatasetFormat",
         "DatasetArrays",
+        "ArrayDatasetFormat",
+        "SourceCatalog",
+        "SourceEntry",
+        "DecodedImage",
         "Augmenter",
         "ViewSpec",
         "mlp",
@@ -413,8 +428,8 @@ def test_a_backbone_that_breaks_one_contract_point_fails_exactly_that_check(chec
     assert reason in next(r.detail for r in results if r.name == check)
 
 
-def _blobs(n, rng):
-    labels = (np.arange(n) % 4).astype(np.int64)
+def _blobs(n, rng, label=None):
+    labels = (np.arange(n) % 4 if label is None else np.full(n, label)).astype(np.int64)
     images = rng.integers(0, 60, size=(n, 1, 8, 8)).astype(np.uint8)
     for i, c in enumerate(labels):
         r, q = divmod(int(c), 2)
@@ -423,18 +438,29 @@ def _blobs(n, rng):
 
 
 class GoodFormat(DatasetFormat):
+    """Blobs made up from their keys: scan lists them, read decodes exactly the entries given."""
+
     name = "kit-blobs"
 
     class Options(Params):
         n: int = 128
 
-    def arrays(self, options, rng):
-        x, y = _blobs(options.n, rng)
-        xt, yt = _blobs(32, rng)
-        return DatasetArrays(x, y, xt, yt, ["a", "b", "c", "d"])
+    def scan(self, source, options, storage_options):
+        entries = [
+            SourceEntry(f"{split}/{i:04d}", split, i % 4, "", f"{split}:{i}")
+            for split, n in (("train", options.n), ("test", 32))
+            for i in range(n)
+        ]
+        return SourceCatalog(["a", "b", "c", "d"], entries)
 
-    def read(self, source, options, storage_options):
-        return self.arrays(options, np.random.default_rng(0))
+    def image(self, entry):
+        split, i = entry.location.split(":")
+        return _blobs(1, np.random.default_rng([int(i), split == "test"]), label=entry.label)[0][0]
+
+    def read(self, source, entries, options, storage_options):
+        for e in entries:
+            image = self.image(e)
+            yield DecodedImage(image, hashlib.sha256(image.tobytes()).hexdigest())
 
 
 class LaxOptions(GoodFormat):
@@ -442,27 +468,34 @@ class LaxOptions(GoodFormat):
         n: int = 128
 
 
-class ReadsADict(GoodFormat):
-    def read(self, source, options, storage_options):
-        return dataclasses.asdict(super().read(source, options, storage_options))
+class ScansAList(GoodFormat):
+    def scan(self, source, options, storage_options):
+        return super().scan(source, options, storage_options).entries
 
 
 class FloatImages(GoodFormat):
-    def read(self, source, options, storage_options):
-        a = super().read(source, options, storage_options)
-        return dataclasses.replace(a, train_images=a.train_images.astype(np.float32) / 255)
+    def read(self, source, entries, options, storage_options):
+        for item in super().read(source, entries, options, storage_options):
+            yield dataclasses.replace(item, image=item.image.astype(np.float32) / 255)
 
 
 class Unseeded(GoodFormat):
-    def read(self, source, options, storage_options):
-        return self.arrays(options, np.random.default_rng())  # another sample on every read
+    def image(self, entry):
+        return _blobs(1, np.random.default_rng(), label=entry.label)[0][0]  # another sample on every read
+
+
+class IgnoresEntries(GoodFormat):
+    def read(self, source, entries, options, storage_options):  # the first len(entries) images, whatever asked
+        everything = sorted(self.scan(source, options, storage_options).entries, key=lambda e: (e.split, e.key))
+        return super().read(source, everything[: len(entries)], options, storage_options)
 
 
 BROKEN_FORMATS = [
     ("options", LaxOptions, "accepts an unknown key"),
-    ("read", ReadsADict, "must return DatasetArrays"),
-    ("validate", FloatImages, "must be uint8"),
-    ("determinism", Unseeded, "gave different bytes"),
+    ("scan", ScansAList, "must return a SourceCatalog"),
+    ("read", FloatImages, "must yield uint8"),
+    ("determinism", Unseeded, "gave different images"),
+    ("chunks", IgnoresEntries, "must decode exactly the entries"),
 ]
 
 

@@ -24,6 +24,7 @@ BUILTINS = {
     ("dino", "pretext", "contrastive"),
     ("convnet-s", "backbone", None),
     ("timm/*", "backbone", None),
+    ("csv", "dataset", None),
     ("idx", "dataset", None),
     ("imagefolder", "dataset", None),
     ("sklearn-digits", "dataset", None),
@@ -191,3 +192,23 @@ def test_backbones_train_one_step_on_small_grayscale_images(name, kwargs, digits
     out = task(torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), Augmenter(0))
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def test_small_image_stem_auto_uses_the_small_stem_only_below_64_px():
+    """The default, ``auto``: a timm ResNet keeps its ImageNet stem (stride-2 conv, max-pool) at
+    96 px and gets the small one at 28 px; an explicit true/false is obeyed at any size."""
+    import torch
+
+    from pretextflow.core.config import load_config
+    from pretextflow.core.training.model import build_backbone, small_stem
+
+    assert small_stem("auto", 28) and not small_stem("auto", 64) and not small_stem("auto", 224)
+    assert small_stem(True, 224) and not small_stem(False, 28)
+    cfg = load_config(raw={"name": "t", "data": {"name": "d"}, "backbone": {"name": "timm/resnet10t", "kwargs": {}}})
+    assert cfg.backbone.small_image_stem == "auto"
+    meta = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    big = build_backbone(cfg, {**meta, "image_shape": [3, 96, 96]}, get_registry()).net
+    small = build_backbone(cfg, {**meta, "image_shape": [3, 28, 28]}, get_registry()).net
+    first = [m for m in big.modules() if isinstance(m, torch.nn.Conv2d)][0]
+    assert not isinstance(big.maxpool, torch.nn.Identity) and first.stride == (2, 2)
+    assert isinstance(small.maxpool, torch.nn.Identity)

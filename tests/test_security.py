@@ -138,8 +138,17 @@ def test_a_pickled_array_in_the_dataset_folder_is_refused_not_executed(digits_wo
     np.load(tmp_path / "control.npy", allow_pickle=True)  # the control: an unsafe load does run the code
     assert control.exists()
     marker = tmp_path / "executed"
-    np.save(data / "digits" / "train_labels.npy", np.array([_Canary(str(marker))], dtype=object), allow_pickle=True)
+    labels = data / "digits" / "shards" / "train-00000.labels.npy"  # a shard's labels, replaced by a pickle
+    np.save(labels, np.array([_Canary(str(marker))], dtype=object), allow_pickle=True)
 
+    with pytest.raises(DataError, match=r"shard train-00000 \(labels\) is not a plain numeric array.*Re-ingest"):
+        load_dataset(str(data), "digits")
+    assert not marker.exists()
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):  # a schema-1 dataset likewise
+        np.save(data / "digits" / f"{name}.npy", np.zeros((2, 1, 8, 8) if "images" in name else 2, np.uint8))
+    np.save(data / "digits" / "train_labels.npy", np.array([_Canary(str(marker))], dtype=object), allow_pickle=True)
+    meta = json.loads((data / "digits" / "meta.json").read_text())
+    (data / "digits" / "meta.json").write_text(json.dumps({**meta, "schema_version": 1}))
     with pytest.raises(DataError, match=r"train_labels\.npy is not a plain numeric array.*Re-ingest"):
         load_dataset(str(data), "digits")
     assert not marker.exists()
@@ -263,13 +272,14 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     return info
 
 
-def _read_imagefolder(source: str):
+def _read_imagefolder(source: str, **opts):
+    from pretextflow.core.data.decode import read_all
     from pretextflow.core.data.sources import local_source
     from pretextflow.core.registry.registry import get_registry
 
     fmt = get_registry().dataset_format("imagefolder")
     with local_source(source, {}) as (src, options):
-        return fmt().read(src, fmt.Options(), options)
+        return read_all(fmt(), src, fmt.Options(**opts), options)
 
 
 IMG = png(np.full((8, 8), 9, np.uint8))
@@ -373,7 +383,8 @@ def test_archives_ingest_like_the_folder_they_hold(tmp_path):
             (_member("pets/dog/1.png", tarfile.SYMTYPE, "0.png"), None),
         ],
     )
-    assert len(_read_imagefolder(inside).train_images) + len(_read_imagefolder(inside).test_images) == 3
+    got = _read_imagefolder(inside, test_fraction=0.0)  # all in train: a split of one class is refused
+    assert len(got.train_images) == 3 and len(got.test_images) == 0
 
 
 def test_an_idx_archive_is_read_from_its_folder(tmp_path):
@@ -385,9 +396,11 @@ def test_an_idx_archive_is_read_from_its_folder(tmp_path):
     (tmp_path / "mnist").mkdir()
     arrays = write_idx_source(str(tmp_path / "mnist"))
     shutil.make_archive(str(tmp_path / "mnist"), "zip", tmp_path, "mnist")
+    from pretextflow.core.data.decode import read_all
+
     fmt = get_registry().dataset_format("idx")
     with local_source(str(tmp_path / "mnist.zip"), {}) as (src, options):
-        got = fmt().read(src, fmt.Options(), options)
+        got = read_all(fmt(), src, fmt.Options(), options)
     np.testing.assert_array_equal(got.train_images[:, 0], arrays["train_images"])
 
 
