@@ -172,7 +172,7 @@ class DatasetArrays:
     source_files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 of payload
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceEntry:
     """One image a dataset format found in a source, listed without reading it.
 
@@ -200,7 +200,7 @@ class SourceCatalog:
     read_options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecodedImage:
     """One image as :meth:`DatasetFormat.read` yields it: uint8 ``(C, H, W)`` and the sha256 of its
     source bytes (or of its pixels), which confirms whether a re-read image really changed."""
