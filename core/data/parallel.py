@@ -62,6 +62,11 @@ def _pool_file(pool: Path, i: int) -> str:
     return str(pool / f"chunk-{i:07d}.npy")
 
 
+def _chunk_args(plan: ReadPlan, chunk: Sequence[SourceEntry], i: int, pool_file: str | None) -> tuple:
+    """read_chunk's arguments for chunk ``i`` (plain data: they cross to another process)."""
+    return plan.fmt_cls, plan.source, list(chunk), plan.options, plan.storage_options, i, pool_file
+
+
 def _in_process(plan: ReadPlan, chunks: list, pool: Path) -> Iterator[ChunkResult]:
     fmt = plan.fmt if not plan.fmt_cls.parallel else None
     for i, chunk in enumerate(chunks):
@@ -79,18 +84,7 @@ def _in_processes(plan: ReadPlan, chunks: list, pool: Path, workers: int) -> Ite
         try:
             while True:
                 for i, chunk in todo:
-                    pending.add(
-                        ex.submit(
-                            read_chunk,
-                            plan.fmt_cls,
-                            plan.source,
-                            list(chunk),
-                            plan.options,
-                            plan.storage_options,
-                            i,
-                            _pool_file(pool, i),
-                        )
-                    )
+                    pending.add(ex.submit(read_chunk, *_chunk_args(plan, chunk, i, _pool_file(pool, i))))
                     if len(pending) >= 2 * workers:
                         break
                 if not pending:
@@ -121,19 +115,7 @@ def _on_dask(plan: ReadPlan, chunks: list, pool: Path) -> Iterator[ChunkResult]:
         todo = iter(enumerate(chunks))
         futures = as_completed()
         for i, chunk in todo:
-            futures.add(
-                client.submit(
-                    read_chunk,
-                    plan.fmt_cls,
-                    plan.source,
-                    list(chunk),
-                    plan.options,
-                    plan.storage_options,
-                    i,
-                    None,
-                    pure=False,
-                )
-            )
+            futures.add(client.submit(read_chunk, *_chunk_args(plan, chunk, i, None), pure=False))
             if futures.count() >= window:
                 break
         for fut in futures:
@@ -142,19 +124,7 @@ def _on_dask(plan: ReadPlan, chunks: list, pool: Path) -> Iterator[ChunkResult]:
             yield ChunkResult(res.index, res.shape, res.sha256, res.seconds, path=_pool_file(pool, res.index))
             nxt = next(todo, None)
             if nxt is not None:
-                futures.add(
-                    client.submit(
-                        read_chunk,
-                        plan.fmt_cls,
-                        plan.source,
-                        list(nxt[1]),
-                        plan.options,
-                        plan.storage_options,
-                        nxt[0],
-                        None,
-                        pure=False,
-                    )
-                )
+                futures.add(client.submit(read_chunk, *_chunk_args(plan, nxt[1], nxt[0], None), pure=False))
     finally:
         client.close()
         if cluster is not None:
