@@ -377,8 +377,9 @@ def _upload(url: str, bucket: str, prefix: str, files: list[tuple[str, Path]]) -
     return time.perf_counter() - t0
 
 
-def _scan_and_read(source: str, storage_options: dict, concurrency: int) -> dict:
-    """ImageFolderFormat.scan, then read of every entry chunk by chunk (as ingest reads them)."""
+def _scan_and_read(source: str, storage_options: dict, concurrency: int, server=None, limit: int | None = None) -> dict:
+    """ImageFolderFormat.scan, then read of every entry (the first ``limit``) chunk by chunk (as
+    ingest reads them); also the CPU seconds of this process and of ``server`` (a psutil.Process)."""
     import hashlib
 
     import s3fs
@@ -389,11 +390,12 @@ def _scan_and_read(source: str, storage_options: dict, concurrency: int) -> dict
     s3fs.S3FileSystem.clear_instance_cache()  # no listing or connection carried over between runs
     fmt = ImageFolderFormat()
     opts = fmt.Options(read_concurrency=concurrency)
+    cpu0, srv0 = time.process_time(), _cpu(server)
     t0 = time.perf_counter()
     catalog = fmt.scan(source, opts, storage_options)
     t1 = time.perf_counter()
     read_opts = fmt.Options.model_validate({**opts.model_dump(), **catalog.read_options})
-    entries = sorted(catalog.entries, key=lambda e: e.key)
+    entries = sorted(catalog.entries, key=lambda e: e.key)[:limit]
     shas, pixels = [], hashlib.sha256()
     for i in range(0, len(entries), CHUNK):
         chunk = entries[i : i + CHUNK]
@@ -402,6 +404,8 @@ def _scan_and_read(source: str, storage_options: dict, concurrency: int) -> dict
             pixels.update(item.image.tobytes())
     t2 = time.perf_counter()
     return {
+        "client_cpu_s": time.process_time() - cpu0,
+        "server_cpu_s": _cpu(server) - srv0,
         "concurrency": concurrency,
         "files": len(entries),
         "scan_s": t1 - t0,
@@ -413,8 +417,18 @@ def _scan_and_read(source: str, storage_options: dict, concurrency: int) -> dict
     }
 
 
+def _cpu(proc) -> float:
+    """User + system CPU seconds of a psutil.Process (0 for None)."""
+    if proc is None:
+        return 0.0
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
 def part_s3(env: Env) -> dict:
     import hashlib
+
+    import psutil
 
     n = min(env.args.s3_objects, env.largest)
     src = subset(env, n)
@@ -424,8 +438,9 @@ def part_s3(env: Env) -> dict:
         upload_s = _upload(url, "scale", "jpegs", files)
         so = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": url}}
         source = "s3://scale/jpegs"
-        _scan_and_read(source, so, 32)  # warm-up: moto's and s3fs's first requests
-        runs = {c: _scan_and_read(source, so, c) for c in (1, 32)}
+        server = psutil.Process(proc.pid)
+        _scan_and_read(source, so, 32, server, limit=256)  # warm-up: moto's and s3fs's first requests
+        runs = {c: _scan_and_read(source, so, c, server) for c in (1, 32)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -623,9 +638,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None, help="decode/generate processes (default: every core)")
     ap.add_argument("--s3-objects", type=int, default=10_000)
     ap.add_argument("--encoding-images", type=int, default=5_000, help="JPEGs decoded for the encoding part")
-    ap.add_argument("--train-steps", type=int, default=30, help="timed steps per Fashion-MNIST run")
+    ap.add_argument("--train-steps", type=int, default=60, help="timed steps per Fashion-MNIST run")
     ap.add_argument("--train-steps-96", type=int, default=10, help="timed steps per 96 px run")
-    ap.add_argument("--train-repeats", type=int, default=2, help="runs per variant (order alternates)")
+    ap.add_argument("--train-repeats", type=int, default=3, help="runs per variant (order alternates)")
     ap.add_argument("--keep-workspaces", action="store_true")
     a = ap.parse_args(argv)
     a.only = [p for p in PARTS if p in {s.strip() for s in a.only.split(",")}]

@@ -74,8 +74,9 @@ def _ingest_table(m: dict) -> str:
 def _bandwidth_table(t96: float | None) -> str:
     rows = []
     for px in SIZES:
-        rates = [] if t96 is None else [(t96 * (96 / px) ** 2, "measured here (224 px: 96 px rate x (96/224)^2)")]
-        rates.append((ASSUMED_GPU_RATE, "assumed (a GPU)"))
+        what = "measured here, section e" if px == 96 else "section e's 96 px rate x (96/224)^2: compute ~ pixels"
+        rates = [] if t96 is None else [(t96 * (96 / px) ** 2, what)]
+        rates.append((ASSUMED_GPU_RATE, "assumed: a GPU"))
         for rate, what in rates:
             bw = rate * raw_bytes(px)
             rows.append(
