@@ -43,21 +43,18 @@ class Build:
     image_shape: tuple[int, ...]
     options: dict[str, Any]
     changes: Changes
-    kept: list[bool]
     timing: dict[str, float] = field(default_factory=dict)
 
     @property
     def unchanged(self) -> bool:
         """Every shard is the previous version's and so is the meta.json."""
-        if self.prev is None or not all(self.kept) or len(self.plans) != len(self.prev.meta["shards"]):
+        if self.prev is None or not all(p.kept for p in self.plans) or len(self.plans) != len(self.prev.meta["shards"]):
             return False
         return meta_bytes(self._meta([p.previous for p in self.plans])) == self.prev_meta_bytes
 
     @property
     def bytes_to_write(self) -> int:
-        return sum(len(p.rows) for p, k in zip(self.plans, self.kept, strict=True) if not k) * int(
-            np.prod(self.image_shape)
-        )
+        return sum(len(p.rows) for p in self.plans if not p.kept) * int(np.prod(self.image_shape))
 
     def _meta(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """meta.json: what the version holds, never how it came about (so the same images under
@@ -68,7 +65,7 @@ class Build:
     def write(self, staging: Path) -> None:
         """Write the whole version into ``staging`` (unchanged shards hard-linked)."""
         t0 = time.perf_counter()
-        records = [write_plan(staging, plan, self.image_shape, self.prev)[0] for plan in self.plans]
+        records = [write_plan(staging, plan, self.image_shape, self.prev) for plan in self.plans]
         (staging / "meta.json").write_bytes(meta_bytes(self._meta(records)))
         self.timing["write_s"] = round(time.perf_counter() - t0, 3)
 
@@ -93,7 +90,7 @@ def prepare_version(
     options = {k: v for k, v in opts.model_dump(mode="json").items() if k not in fmt_cls.io_options}
     target = ws.data_dir / name
     prev_meta = (target / "meta.json").read_bytes() if (target / "meta.json").is_file() else None
-    prev = previous_version(target, fmt, options, logger)
+    prev = previous_version(target, prev_meta, fmt, options, logger)
     stamps = read_stamps(stamps_path(ws.root, name), version_digest(prev_meta)) if prev and prev_meta else {}
     to_read, shas = split_known(entries, prev, stamps)
     t_scan = time.perf_counter()
@@ -115,19 +112,18 @@ def prepare_version(
     for e in entries:
         by_split[e.split].append((e.key, e.label))
     plans, changes = plan_shards(prev, by_split, shas, pool_pixels, capacity(settings.shard_mb, shape))
-    kept = [_kept(p, prev) for p in plans]
-    changes.shards_kept, changes.shards_written = sum(kept), len(kept) - sum(kept)
     timing = {
         "scan_s": round(t_scan - t0, 3),
         "decode_s": round(t_read - t_scan, 3),
         "decode_cpu_s": round(cpu, 3),
         "images_read": len(to_read),
     }
-    return Build(name, fmt, catalog, entries, shas, plans, prev, prev_meta, shape, options, changes, kept, timing)
+    return Build(name, fmt, catalog, entries, shas, plans, prev, prev_meta, shape, options, changes, timing)
 
 
-def _decode(read: ReadPlan, to_read: list[SourceEntry], pool: Path, shas: dict[str, str],
-            shape: tuple[int, ...] | None) -> tuple[tuple[int, ...] | None, dict[str, Pixels], float]:
+def _decode(
+    read: ReadPlan, to_read: list[SourceEntry], pool: Path, shas: dict[str, str], shape: tuple[int, ...] | None
+) -> tuple[tuple[int, ...] | None, dict[str, Pixels], float]:
     """Decode ``to_read`` into the pool; fills ``shas``; returns the image shape, where each
     decoded image's pixels are, and the decode seconds summed over the workers."""
     pool_pixels: dict[str, Pixels] = {}
@@ -145,14 +141,3 @@ def _decode(read: ReadPlan, to_read: list[SourceEntry], pool: Path, shas: dict[s
             shas[e.key] = res.sha256[j]
             pool_pixels[e.key] = Pixels(res.path, j)
     return shape, pool_pixels, cpu
-
-
-def _kept(plan: ShardPlan, prev: Previous | None) -> bool:
-    """Whether the planned shard is the previous version's, file for file."""
-    if prev is None or plan.previous is None or not plan.same_images:
-        return False
-    old = prev.by_shard[plan.name]
-    return len(old) == len(plan.rows) and all(
-        r.key == k and r.sha256 == sha and r.label == prev.places[k][2]
-        for r, (k, _pos, sha) in zip(plan.rows, old, strict=True)
-    )

@@ -70,14 +70,18 @@ def write_stamps(path: Path, digest: str, entries: Sequence[SourceEntry], shas: 
 
 
 def previous_version(
-    target: Path, fmt: str, options: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter
+    target: Path,
+    meta_bytes: bytes | None,
+    fmt: str,
+    options: dict[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter,
 ) -> Previous | None:
-    """The version at ``target`` that this ingest may update in place, or None (read everything)."""
-    meta_path = target / "meta.json"
-    if not meta_path.is_file():
+    """The version at ``target`` (whose meta.json holds ``meta_bytes``; None: there is none) that
+    this ingest may update in place, or None (read everything)."""
+    if meta_bytes is None:
         return None
     try:
-        meta = json.loads(meta_path.read_bytes())
+        meta = json.loads(meta_bytes)
     except ValueError:
         logger.warning("ingest %s: meta.json is not valid JSON; every image is read again", target.name)
         return None

@@ -128,23 +128,39 @@ def _commit_version(
                 f"Ingest again; nothing was changed."
             )
         changed = not build.unchanged
-        txn = _Transaction(ws, name, changed)
-        try:
-            if changed:
-                check_workspace_room(ws, build.bytes_to_write)
-            txn.begin()
-            if changed:
-                txn.stage(build.write)
-                txn.swap()
-            version = track_and_push(ws, push=push)
-            txn.commit()
-        except BaseException:
-            try:
-                txn.rollback()  # data/ and data.dvc as they were
-            except Exception:  # the journal stays: the next ingest (or reader) rolls back again
-                logger.exception("ingest %s: rolling back failed; the next run will retry it", name)
-            raise
+        version = swap_in(ws, name, build.write if changed else None, build.bytes_to_write, push, logger)
     return version, changed
+
+
+def swap_in(
+    ws: Workspace,
+    name: str,
+    write: Callable[[Path], None] | None,
+    nbytes: int,
+    push: bool,
+    logger: logging.Logger | logging.LoggerAdapter,
+    what: str = "ingest",
+) -> str:
+    """Make the version ``write(folder)`` stages the new ``data/<name>`` (``write`` None: the
+    folder stays as it is), ``dvc add`` + push it, commit; roll back on any failure. The caller
+    holds the workspace lock. Returns the data version."""
+    txn = _Transaction(ws, name, write is not None)
+    try:
+        if write is not None:
+            check_workspace_room(ws, nbytes)
+        txn.begin()
+        if write is not None:
+            txn.stage(write)
+            txn.swap()
+        version = track_and_push(ws, push=push)
+        txn.commit()
+    except BaseException:
+        try:
+            txn.rollback()  # data/ and data.dvc as they were
+        except Exception:  # the journal stays: the next ingest (or reader) rolls back again
+            logger.exception("%s %s: rolling back failed; the next run will retry it", what, name)
+        raise
+    return version
 
 
 def _new_pool(ws: Workspace) -> Path:

@@ -56,6 +56,7 @@ class ShardPlan:
     rows: list[Row]
     previous: dict[str, Any] | None = None  # the previous version's record of this shard, if any
     same_images: bool = False
+    kept: bool = False  # the previous version's shard file for file (labels and keys too): nothing written
 
 
 @dataclass
@@ -66,9 +67,10 @@ class Previous:
     root: Path
     places: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # key -> shard, pos, label, sha
     by_shard: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)  # shard -> key, pos, sha
+    images_files: dict[str, str] = field(default_factory=dict)  # shard -> its images.npy (asked once per image)
 
     def images_file(self, shard: str) -> str:
-        return str(shard_paths(self.root, shard)["images"])
+        return self.images_files[shard]
 
 
 @dataclass
@@ -103,6 +105,7 @@ def load_previous(root: Path, meta: dict[str, Any]) -> Previous:
     prev = Previous(meta, root)
     for rec in meta["shards"]:
         rows = read_index(shard_paths(root, rec["name"])["index"].read_bytes(), f"shard {rec['name']}")
+        prev.images_files[rec["name"]] = str(shard_paths(root, rec["name"])["images"])
         prev.by_shard[rec["name"]] = [(r.key, pos, r.sha256) for pos, r in enumerate(rows)]
         for pos, r in enumerate(rows):
             prev.places[r.key] = (rec["name"], pos, r.label, r.sha256)
@@ -121,7 +124,22 @@ def plan_shards(
     changes, plans = Changes(), []
     for split, items in entries.items():
         plans += _plan_split(prev, split, items, shas, pool, cap, changes)
+    for plan in plans:
+        plan.kept = _kept(plan, prev)
+    changes.shards_kept = sum(p.kept for p in plans)
+    changes.shards_written = len(plans) - changes.shards_kept
     return plans, changes
+
+
+def _kept(plan: ShardPlan, prev: Previous | None) -> bool:
+    """Whether the planned shard is the previous version's, file for file."""
+    if prev is None or plan.previous is None or not plan.same_images:
+        return False
+    old = prev.by_shard[plan.name]
+    return len(old) == len(plan.rows) and all(
+        r.key == k and r.sha256 == sha and r.label == prev.places[k][2]
+        for r, (k, _pos, sha) in zip(plan.rows, old, strict=True)
+    )
 
 
 def _plan_split(
@@ -193,32 +211,29 @@ def _assemble(
     return plans
 
 
-def write_plan(
-    root: Path, plan: ShardPlan, image_shape: tuple[int, ...], prev: Previous | None
-) -> tuple[dict[str, Any], bool]:
-    """Write one planned shard under ``root`` (a staging folder); returns its meta.json record and
-    whether it is the previous version's shard unchanged. Files of the previous version that stay
-    as they are are hard-linked, not copied."""
+def write_plan(root: Path, plan: ShardPlan, image_shape: tuple[int, ...], prev: Previous | None) -> dict[str, Any]:
+    """Write one planned shard under ``root`` (a staging folder); returns its meta.json record.
+    Files of the previous version that stay as they are are hard-linked, not copied."""
     rows = [IndexRow(r.key, r.label, r.sha256) for r in plan.rows]
     if plan.same_images and plan.previous is not None and prev is not None:
         old = shard_paths(prev.root, plan.name)
         new = shard_paths(root, plan.name)
         _link(old["images"], new["images"])
+        if plan.kept:
+            _link(old["labels"], new["labels"])
+            _link(old["index"], new["index"])
+            return dict(plan.previous)
         image_fields = {
             k: plan.previous[k]
             for k in ("images_md5", "images_bytes", "pixel_sum", "pixel_sumsq", "pixels_per_channel")
         }
-        if read_index(old["index"].read_bytes(), plan.name) == rows:
-            _link(old["labels"], new["labels"])
-            _link(old["index"], new["index"])
-            return dict(plan.previous), True
         return {
             "name": plan.name,
             "split": plan.split,
             **image_fields,
             **write_rows(root, plan.name, rows, plan.previous["images_bytes"]),
-        }, False
-    return write_shard(root, plan.name, plan.split, image_shape, _gather(plan.rows, image_shape), rows), False
+        }
+    return write_shard(root, plan.name, plan.split, image_shape, _gather(plan.rows, image_shape), rows)
 
 
 def _gather(rows: list[Row], image_shape: tuple[int, ...]) -> Iterator[np.ndarray]:
@@ -251,8 +266,9 @@ def write_arrays(
     return write_arrays_into(Path(data_dir) / name, name, fmt, arrays, shard_mb)
 
 
-def write_arrays_into(root: Path, name: str, fmt: str, arrays: DatasetArrays,
-                      shard_mb: float = DEFAULT_SHARD_MB) -> dict[str, Any]:
+def write_arrays_into(
+    root: Path, name: str, fmt: str, arrays: DatasetArrays, shard_mb: float = DEFAULT_SHARD_MB
+) -> dict[str, Any]:
     """:func:`write_arrays` into the folder ``root`` (a staging folder, say)."""
     import hashlib
 

@@ -9,9 +9,9 @@ import logging
 from typing import Any
 
 from pretextflow.core.data.dataset import check_name, load_dataset
-from pretextflow.core.data.ingest import _Transaction, check_workspace_room, recover_interrupted_ingest, summary
+from pretextflow.core.data.ingest import recover_interrupted_ingest, summary, swap_in
 from pretextflow.core.data.layout import DEFAULT_SHARD_MB, write_arrays_into
-from pretextflow.core.data.versioning import track_and_push, workspace_lock
+from pretextflow.core.data.versioning import workspace_lock
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.contracts import DatasetArrays
 from pretextflow.core.workspace import Workspace
@@ -19,8 +19,13 @@ from pretextflow.core.workspace import Workspace
 log = logging.getLogger("pretextflow.migrate")
 
 
-def migrate_dataset(ws: Workspace, name: str, shard_mb: float = DEFAULT_SHARD_MB, push: bool = True,
-                    logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+def migrate_dataset(
+    ws: Workspace,
+    name: str,
+    shard_mb: float = DEFAULT_SHARD_MB,
+    push: bool = True,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+) -> dict[str, Any]:
     ws.require_initialised()
     check_name(name)
     target = ws.data_dir / name
@@ -32,22 +37,18 @@ def migrate_dataset(ws: Workspace, name: str, shard_mb: float = DEFAULT_SHARD_MB
         if schema != 1:
             raise DataError(f"dataset {name!r} is schema {schema}, not 1: nothing to migrate.")
         old = load_dataset(str(ws.data_dir), name)
-        arrays = DatasetArrays(old.train_images, old.train_labels, old.test_images, old.test_labels,
-                               list(old.meta["class_names"]))
-        txn = _Transaction(ws, name, True)
-        try:
-            check_workspace_room(ws, old.train_images.nbytes + old.test_images.nbytes)
-            txn.begin()
-            txn.stage(lambda staging: write_arrays_into(staging, name, old.meta["format"], arrays, shard_mb))
-            txn.swap()
-            version = track_and_push(ws, push=push)
-            txn.commit()
-        except BaseException:
-            try:
-                txn.rollback()
-            except Exception:
-                logger.exception("migrate %s: rolling back failed; the next run will retry it", name)
-            raise
+        arrays = DatasetArrays(
+            old.train_images, old.train_labels, old.test_images, old.test_labels, list(old.meta["class_names"])
+        )
+        version = swap_in(
+            ws,
+            name,
+            lambda staging: write_arrays_into(staging, name, old.meta["format"], arrays, shard_mb),
+            old.train_images.nbytes + old.test_images.nbytes,
+            push,
+            logger,
+            what="migrate",
+        )
     dataset = load_dataset(str(ws.data_dir), name)
     logger.info("migrate %s: schema 1 -> 2, %d shards; data version %s", name, len(dataset.meta["shards"]), version)
     return summary(dataset, version, True)

@@ -111,7 +111,7 @@ def _on_dask(plan: ReadPlan, chunks: list, pool: Path) -> Iterator[ChunkResult]:
         )
         client = Client(cluster)
     try:
-        window = 2 * max(1, len(client.scheduler_info().get("workers", {})) or 1)
+        window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
         todo = iter(enumerate(chunks))
         futures = as_completed()
         for i, chunk in todo:
