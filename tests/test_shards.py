@@ -78,7 +78,12 @@ def _by_key(ws, name: str) -> dict[str, tuple[int, bytes]]:
     return out
 
 
-def test_shards_are_byte_identical_for_any_worker_count_and_on_dask(tmp_path):
+def test_shards_are_byte_identical_for_any_worker_count_and_on_dask(tmp_path, monkeypatch):
+    from pretextflow.core.data import parallel
+
+    # small chunks, and no in-process shortcut: the worker pool and Dask really decode 15 chunks
+    monkeypatch.setattr(parallel, "CHUNK", 16)
+    monkeypatch.setattr(parallel, "IN_PROCESS_BELOW", 2)
     src = _folder(tmp_path / "src")
     one = init_workspace(tmp_path / "one")
     two = init_workspace(tmp_path / "two")

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pretextflow.core.data import parallel
 from pretextflow.core.data.dataset import build_meta, meta_bytes
 from pretextflow.core.data.decode import check_catalog
 from pretextflow.core.data.incremental import previous_version, read_stamps, split_known, stamps_path, version_digest
 from pretextflow.core.data.layout import Changes, Pixels, Previous, ShardPlan, capacity, plan_shards, write_plan
-from pretextflow.core.data.parallel import CHUNK, ReadPlan, decode_chunks
+from pretextflow.core.data.parallel import ReadPlan, decode_chunks
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.contracts import DatasetFormat, SourceCatalog, SourceEntry
 from pretextflow.core.security.redaction import redact
@@ -129,7 +130,8 @@ def _decode(
     pool_pixels: dict[str, Pixels] = {}
     cpu = 0.0
     for res in decode_chunks(read, to_read, pool):
-        chunk = to_read[res.index * CHUNK : (res.index + 1) * CHUNK]
+        size = parallel.CHUNK  # looked up at run time, as decode_chunks does
+        chunk = to_read[res.index * size : (res.index + 1) * size]
         if shape is not None and res.shape != shape and chunk:
             raise DataError(
                 f"{chunk[0].key}: size {res.shape} differs from the other images' {shape}. Pass "

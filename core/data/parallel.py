@@ -21,6 +21,10 @@ from pretextflow.core.errors import ConfigError
 from pretextflow.core.registry.contracts import DatasetFormat, SourceEntry
 
 CHUNK = 256  # entries per read() call
+# Starting a pool of spawned workers costs ~3 s (each imports the plugin API, hence torch) before
+# the first image is decoded; below this many chunks decoding in this process finishes sooner
+# (bench/SCALE.md, section b: a 5 % append of a small collection).
+IN_PROCESS_BELOW = 12
 RUNNERS = ("local", "dask")
 
 
@@ -53,7 +57,7 @@ def decode_chunks(plan: ReadPlan, entries: Sequence[SourceEntry], pool: Path) ->
         return _on_dask(plan, chunks, pool)
     if plan.runner != "local":
         raise ConfigError(f"unknown ingest runner {plan.runner!r}; use one of {', '.join(RUNNERS)}.")
-    if not plan.fmt_cls.parallel or workers <= 1 or len(chunks) == 1:
+    if not plan.fmt_cls.parallel or workers <= 1 or len(chunks) < IN_PROCESS_BELOW:
         return _in_process(plan, chunks, pool)
     return _in_processes(plan, chunks, pool, workers)
 
