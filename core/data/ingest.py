@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -88,6 +89,7 @@ def ingest(
         version, changed = _commit_version(ws, name, build, push, logger)
     finally:
         shutil.rmtree(pool, ignore_errors=True)
+    t_finish = time.perf_counter()
     if changed:
         digest = version_digest((ws.data_dir / name / "meta.json").read_bytes())
         write_change(ws.root, name, digest, asdict(build.changes))
@@ -98,6 +100,7 @@ def ingest(
             build.shas,
         )
     dataset = load_dataset(str(ws.data_dir), name)
+    build.timing["finish_s"] = round(time.perf_counter() - t_finish, 3)  # stamps, change note, reload
     logger.info(
         "ingest %s: %s; %s; data version %s (%d train / %d test images, %d shards, %s)",
         name,
@@ -128,7 +131,9 @@ def _commit_version(
                 f"Ingest again; nothing was changed."
             )
         changed = not build.unchanged
-        version = swap_in(ws, name, build.write if changed else None, build.bytes_to_write, push, logger)
+        version = swap_in(
+            ws, name, build.write if changed else None, build.bytes_to_write, push, logger, timing=build.timing
+        )
     return version, changed
 
 
@@ -140,10 +145,11 @@ def swap_in(
     push: bool,
     logger: logging.Logger | logging.LoggerAdapter,
     what: str = "ingest",
+    timing: dict[str, Any] | None = None,
 ) -> str:
     """Make the version ``write(folder)`` stages the new ``data/<name>`` (``write`` None: the
     folder stays as it is), ``dvc add`` + push it, commit; roll back on any failure. The caller
-    holds the workspace lock. Returns the data version."""
+    holds the workspace lock. Returns the data version; ``timing`` gets the DVC steps' seconds."""
     txn = _Transaction(ws, name, write is not None)
     try:
         if write is not None:
@@ -152,7 +158,7 @@ def swap_in(
         if write is not None:
             txn.stage(write)
             txn.swap()
-        version = track_and_push(ws, push=push)
+        version = track_and_push(ws, push=push, timing=timing)
         txn.commit()
     except BaseException:
         try:

@@ -136,12 +136,18 @@ def _has_default_remote(ws: Workspace) -> bool:
         return False
 
 
-def track_and_push(ws: Workspace, push: bool = True) -> str:
-    """``dvc add data`` then ``dvc push``; returns the new data version (caller holds the lock)."""
+def track_and_push(ws: Workspace, push: bool = True, timing: dict[str, float] | None = None) -> str:
+    """``dvc add data`` then ``dvc push``; returns the new data version (caller holds the lock).
+    ``timing`` (when given) gets the seconds each took: ``dvc_add_s``, ``dvc_push_s``."""
+    timing = {} if timing is None else timing
+    t0 = time.perf_counter()
     dvc(ws, "add", "-q", "data")
+    timing["dvc_add_s"] = round(time.perf_counter() - t0, 3)
     if push:
         try:
+            t0 = time.perf_counter()
             dvc(ws, "push")  # not -q: a failed push must say why (e.g. NoSuchBucket)
+            timing["dvc_push_s"] = round(time.perf_counter() - t0, 3)
         except VersioningError as exc:
             if "no remote specified" not in str(exc):
                 raise
