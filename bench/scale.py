@@ -254,7 +254,12 @@ def _ingest_row(n: int, r: dict) -> dict:
         "decode_s": t["decode_s"],
         "decode_cpu_s": t["decode_cpu_s"],
         "write_s": t.get("write_s", 0.0),
-        "dvc_s": wall - other,
+        "dvc_s": wall - other,  # dvc add + push + the rest (kept for runs recorded before the split below)
+        "dvc_add_s": t.get("dvc_add_s"),
+        "dvc_push_s": t.get("dvc_push_s", 0.0),
+        "finish_s": t.get("finish_s"),
+        # process start and imports, shard planning, the staged swap
+        "rest_s": wall - other - t.get("dvc_add_s", 0.0) - t.get("dvc_push_s", 0.0) - t.get("finish_s", 0.0),
         "images_read": t["images_read"],
         "shards": r["result"]["changes"]["shards_written"] + r["result"]["changes"]["shards_kept"],
         "counts": r["result"]["counts"],
