@@ -141,7 +141,9 @@ def track_and_push(ws: Workspace, push: bool = True, timing: dict[str, float] | 
     ``timing`` (when given) gets the seconds each took: ``dvc_add_s``, ``dvc_push_s``."""
     timing = {} if timing is None else timing
     t0 = time.perf_counter()
-    dvc(ws, "add", "-q", "data")
+    # --no-relink: data/ already holds exactly the bytes DVC caches, so re-creating every file from
+    # the cache (DVC's default, a full copy with cache.type copy: 5 of 9 s at 200k images) buys nothing
+    dvc(ws, "add", "-q", "--no-relink", "data")
     timing["dvc_add_s"] = round(time.perf_counter() - t0, 3)
     if push:
         try:
