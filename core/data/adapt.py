@@ -1,6 +1,7 @@
 """A labelled dataset brought to a backbone's input shape, for probing a backbone pretrained on other
-data (``probe.data``): images resized (antialiased bilinear) to the backbone's size; another channel
-count is refused, naming the fix."""
+data (``probe.data``): images resized (antialiased bilinear) to the backbone's size, their extents
+(a dataset stored with aspect ratios) scaled with them; another channel count is refused, naming
+the fix."""
 
 from __future__ import annotations
 
@@ -28,13 +29,26 @@ def adapt_dataset(ds: Dataset, image_shape: list[int] | tuple[int, ...]) -> Data
     if list(ds.meta["image_shape"]) == [c, h, w]:
         return ds
     meta = {**ds.meta, "image_shape": [c, h, w], "adapted_from": {"image_shape": ds.meta["image_shape"]}}
+    old = (int(ds.meta["image_shape"][1]), int(ds.meta["image_shape"][2]))
     return dataclasses.replace(
         ds,
         meta=meta,
         train_images=resize_images(ds.train_images, h, w),
         test_images=resize_images(ds.test_images, h, w),
+        train_extents=scale_extents(ds.train_extents, old, (h, w)),
+        test_extents=scale_extents(ds.test_extents, old, (h, w)),
         location=None,  # exists only in memory now
     )
+
+
+def scale_extents(extents: np.ndarray | None, old: tuple[int, int], new: tuple[int, int]) -> np.ndarray | None:
+    """Extents ``(N, 2)`` on an ``old`` (H, W) canvas as they are on the canvas resized to ``new``
+    (rounded, at least 1 px, at most the canvas)."""
+    if extents is None:
+        return None
+    scale = np.asarray(new, dtype=np.float64) / np.asarray(old, dtype=np.float64)
+    out = np.floor(np.asarray(extents, dtype=np.float64) * scale + 0.5)
+    return np.clip(out, 1, np.asarray(new)).astype(np.int32).reshape(-1, 2)
 
 
 def resize_images(images: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Building a dataset's next version from its source, before anything in ``data/`` changes: scan
 the source, read again only what changed (``core.data.incremental``), decode it in parallel
-(``core.data.parallel``) into a private pool, plan the shards (``core.data.layout``). The
+(``core.data.parallel``) into a private pool, with the extents the format gives, plan the shards
+(``core.data.layout``). The
 :class:`Build` it returns knows whether anything changed and writes the version into a staging
 folder; ``core.data.ingest`` swaps that in under the workspace lock."""
 
@@ -16,9 +17,18 @@ import numpy as np
 
 from pretextflow.core.data import parallel
 from pretextflow.core.data.dataset import build_meta, meta_bytes
-from pretextflow.core.data.decode import check_catalog
+from pretextflow.core.data.decode import SIZE_FIX, check_catalog
 from pretextflow.core.data.incremental import previous_version, read_stamps, split_known, stamps_path, version_digest
-from pretextflow.core.data.layout import Changes, Pixels, Previous, ShardPlan, capacity, plan_shards, write_plan
+from pretextflow.core.data.layout import (
+    Changes,
+    Pixels,
+    Previous,
+    ShardPlan,
+    capacity,
+    has_extents,
+    plan_shards,
+    write_plan,
+)
 from pretextflow.core.data.parallel import ReadPlan, decode_chunks
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.contracts import DatasetFormat, SourceCatalog, SourceEntry
@@ -54,19 +64,27 @@ class Build:
         return meta_bytes(self._meta([p.previous for p in self.plans])) == self.prev_meta_bytes
 
     @property
+    def has_extents(self) -> bool:
+        """Whether the version stores its images' extents (one of them does not fill its canvas)."""
+        return has_extents(self.plans)
+
+    @property
     def bytes_to_write(self) -> int:
         return sum(len(p.rows) for p in self.plans if not p.kept) * int(np.prod(self.image_shape))
 
     def _meta(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """meta.json: what the version holds, never how it came about (so the same images under
         the same layout are the same version, however they were ingested)."""
-        meta = build_meta(self.name, self.fmt, list(self.catalog.class_names), list(self.image_shape), records)
+        meta = build_meta(
+            self.name, self.fmt, list(self.catalog.class_names), list(self.image_shape), records, self.has_extents
+        )
         return {**meta, "options": self.options}
 
     def write(self, staging: Path) -> None:
         """Write the whole version into ``staging`` (unchanged shards hard-linked)."""
         t0 = time.perf_counter()
-        records = [write_plan(staging, plan, self.image_shape, self.prev) for plan in self.plans]
+        extents = self.has_extents
+        records = [write_plan(staging, plan, self.image_shape, self.prev, extents) for plan in self.plans]
         (staging / "meta.json").write_bytes(meta_bytes(self._meta(records)))
         self.timing["write_s"] = round(time.perf_counter() - t0, 3)
 
@@ -107,12 +125,12 @@ def prepare_version(
         settings.dask_address,
     )
     shape = tuple(prev.meta["image_shape"]) if prev else None
-    shape, pool_pixels, cpu = _decode(read, to_read, pool, shas, shape)
+    shape, pool_pixels, pool_extents, cpu = _decode(read, to_read, pool, shas, shape)
     t_read = time.perf_counter()
     by_split: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
     for e in entries:
         by_split[e.split].append((e.key, e.label))
-    plans, changes = plan_shards(prev, by_split, shas, pool_pixels, capacity(settings.shard_mb, shape))
+    plans, changes = plan_shards(prev, by_split, shas, pool_pixels, capacity(settings.shard_mb, shape), pool_extents)
     timing = {
         "scan_s": round(t_scan - t0, 3),
         "decode_s": round(t_read - t_scan, 3),
@@ -124,22 +142,27 @@ def prepare_version(
 
 def _decode(
     read: ReadPlan, to_read: list[SourceEntry], pool: Path, shas: dict[str, str], shape: tuple[int, ...] | None
-) -> tuple[tuple[int, ...] | None, dict[str, Pixels], float]:
+) -> tuple[tuple[int, ...] | None, dict[str, Pixels], dict[str, tuple[int, int]], float]:
     """Decode ``to_read`` into the pool; fills ``shas``; returns the image shape, where each
-    decoded image's pixels are, and the decode seconds summed over the workers."""
+    decoded image's pixels are, the extents of those that do not fill their canvas, and the
+    decode seconds summed over the workers."""
     pool_pixels: dict[str, Pixels] = {}
+    pool_extents: dict[str, tuple[int, int]] = {}
     cpu = 0.0
     for res in decode_chunks(read, to_read, pool):
         size = parallel.CHUNK  # looked up at run time, as decode_chunks does
         chunk = to_read[res.index * size : (res.index + 1) * size]
         if shape is not None and res.shape != shape and chunk:
             raise DataError(
-                f"{chunk[0].key}: size {res.shape} differs from the other images' {shape}. Pass "
-                f"--option image_size=N to resize every image to N x N (or channels=1|3)."
+                f"{chunk[0].key}: size {res.shape} differs from the other images' {shape}. {SIZE_FIX} "
+                f"(or channels=1|3)."
             )
         shape = res.shape if chunk else shape
         cpu += res.seconds
         for j, e in enumerate(chunk):
             shas[e.key] = res.sha256[j]
             pool_pixels[e.key] = Pixels(res.path, j)
-    return shape, pool_pixels, cpu
+            extent = tuple(int(v) for v in res.extents[j]) if res.extents is not None else None
+            if extent is not None and extent != tuple(res.shape[1:]):
+                pool_extents[e.key] = extent
+    return shape, pool_pixels, pool_extents, cpu

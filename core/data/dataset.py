@@ -7,6 +7,14 @@ Schema 2 (written by every ingest):
   data/<name>/shards/<split>-<seq>.images.npy  uint8 (n, C, H, W), memory-mappable
   data/<name>/shards/<split>-<seq>.labels.npy  int64 (n,), -1 = unlabeled
   data/<name>/shards/<split>-<seq>.index.csv   key,label,sha256 per image (core.data.shards)
+  data/<name>/shards/<split>-<seq>.extents.npy int32 (n, 2), only in a dataset with extents
+                                              (meta.json ``"extents": true``): each image's
+                                              content (h, w), centred on its zero canvas
+
+A dataset with extents holds images stored with their aspect ratio (the image-file formats'
+``max_side``): each is a content of h x w pixels centred on the square, zero-padded canvas;
+:class:`Dataset` gives them as ``train_extents`` / ``test_extents`` (None: every image fills its
+canvas).
 
 Schema 1 (one ``<split>_images.npy`` / ``<split>_labels.npy`` per split) still loads;
 ``pretextflow migrate NAME`` rewrites it as schema 2. Writing is deterministic (no timestamps,
@@ -117,15 +125,21 @@ def channel_stats(shards: list[dict[str, Any]], channels: int) -> tuple[list[flo
 
 
 def build_meta(
-    name: str, fmt: str, class_names: list[str], image_shape: list[int], shards: list[dict[str, Any]]
+    name: str,
+    fmt: str,
+    class_names: list[str],
+    image_shape: list[int],
+    shards: list[dict[str, Any]],
+    extents: bool = False,
 ) -> dict[str, Any]:
-    """meta.json of a schema-2 dataset from its shards' records (deterministic)."""
+    """meta.json of a schema-2 dataset from its shards' records (deterministic). ``extents``: every
+    shard has an ``extents.npy`` (recorded as ``"extents": true``; absent otherwise)."""
     counts = {f"{s}{suffix}": 0 for s in SPLITS for suffix in ("", "_labelled")}
     for rec in shards:
         counts[rec["split"]] += rec["count"]
         counts[f"{rec['split']}_labelled"] += sum(n for k, n in rec["label_counts"].items() if k != "-1")
     mean, std = channel_stats(shards, int(image_shape[0]))
-    return {
+    meta = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "format": fmt,
@@ -138,6 +152,7 @@ def build_meta(
         "std": std,
         "shards": shards,
     }
+    return {**meta, "extents": True} if extents else meta
 
 
 def meta_bytes(meta: dict[str, Any]) -> bytes:
@@ -155,6 +170,10 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     location: tuple[str, dict[str, Any]] | None = None  # (data URI, storage options) it was loaded from
+    # int32 (N, 2) rows (h, w): each image's content, centred on its H x W zero canvas; None = every
+    # image fills its canvas (a dataset without extents)
+    train_extents: np.ndarray | None = None
+    test_extents: np.ndarray | None = None
 
     def reopen_args(self) -> tuple[str, str, dict[str, Any]] | None:
         """What another process needs to open the same dataset (None: it exists only in memory)."""
@@ -237,6 +256,7 @@ def _read_v2(fs, root: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     shape = tuple(int(x) for x in meta["image_shape"])
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     labels: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    extents: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     for rec in meta.get("shards", []):
         paths = {k: str(v) for k, v in shard_paths(Path(root), rec["name"]).items()}
         images = _load_npy(fs, paths["images"], name, f"shard {rec['name']} (images)", (np.uint8, 4))
@@ -249,8 +269,24 @@ def _read_v2(fs, root: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
             )
         parts[rec["split"]].append(images)
         labels[rec["split"]].append(labs)
+        if meta.get("extents"):
+            extents[rec["split"]].append(_shard_extents(fs, paths["extents"], name, rec, shape))
     out: dict[str, Any] = {}
     for s in SPLITS:
         out[f"{s}_images"] = parts[s][0] if len(parts[s]) == 1 else ShardedArray(parts[s], shape)
         out[f"{s}_labels"] = np.concatenate(labels[s]) if labels[s] else np.zeros(0, np.int64)
+        if meta.get("extents"):
+            ext = extents[s]
+            out[f"{s}_extents"] = ext[0] if len(ext) == 1 else np.concatenate(ext or [np.zeros((0, 2), np.int32)])
     return out
+
+
+def _shard_extents(fs, path: str, name: str, rec: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """A shard's extents (memory-mapped when local), checked: one (h, w) per image, inside the canvas."""
+    ext = _load_npy(fs, path, name, f"shard {rec['name']} (extents)", (np.int32, 2))
+    if ext.shape != (rec["count"], 2):
+        raise _fail(name, f"shard {rec['name']} holds {ext.shape} extents; meta.json says {rec['count']} images")
+    h, w = ext[:, 0], ext[:, 1]
+    if len(ext) and (h.min() < 1 or w.min() < 1 or h.max() > shape[1] or w.max() > shape[2]):
+        raise _fail(name, f"shard {rec['name']} has extents outside its {shape[1]}x{shape[2]} canvas")
+    return ext

@@ -2,7 +2,7 @@
 in worker processes (or on a Dask cluster), and the checks every decoded image passes.
 
 :func:`read_chunk` is what a worker runs: it builds the format, decodes one chunk of entries, checks
-each image and either writes the chunk as one ``.npy`` into the ingest's local pool folder (worker
+each image (and its extent, when the format gives one) and either writes the chunk as one ``.npy`` into the ingest's local pool folder (worker
 processes on this machine) or returns it (Dask workers, which may be other machines). Everything it
 receives and returns is plain data, so the result does not depend on where it ran.
 :func:`read_all` decodes a whole (small) source in memory: for tests and the conformance kit."""
@@ -20,12 +20,18 @@ from pretextflow.core.errors import DataError
 from pretextflow.core.registry.contracts import DatasetArrays, DatasetFormat, SourceCatalog, SourceEntry
 
 SPLIT_NAMES = ("train", "test")
+SIZE_FIX = (  # what every "sizes differ" message suggests
+    "Pass --option image_size=N to resize every image to N x N, or --option max_side=N to keep each "
+    "image's aspect ratio on an N x N canvas"
+)
 
 
 @dataclass
 class ChunkResult:
     """One decoded chunk: the images' shape, their content hashes (in the entries' order), where
-    the pixels are (a pool file, or the array itself) and the seconds spent decoding."""
+    the pixels are (a pool file, or the array itself) and the seconds spent decoding.
+    ``extents``: each image's content ``(h, w)`` on its canvas, in the entries' order (one that
+    gave none fills it: ``(H, W)``); None when no image of the chunk gave one."""
 
     index: int
     shape: tuple[int, ...]
@@ -33,6 +39,7 @@ class ChunkResult:
     seconds: float
     path: str | None = None
     images: np.ndarray | None = None
+    extents: list[tuple[int, int]] | None = None
 
 
 def check_image(image: Any, entry: SourceEntry, shape: tuple[int, ...] | None) -> np.ndarray:
@@ -47,14 +54,30 @@ def check_image(image: Any, entry: SourceEntry, shape: tuple[int, ...] | None) -
     if c not in (1, 3) or h != w:
         raise DataError(
             f"{entry.key}: images must be square with 1 or 3 channels, got {(c, h, w)}. "
-            f"Pass --option image_size=N to resize every image to N x N."
+            f"Pass --option image_size=N to resize every image to N x N, or --option max_side=N to "
+            f"keep its aspect ratio on an N x N canvas (image-file formats)."
         )
     if shape is not None and image.shape != shape:
         raise DataError(
-            f"{entry.key}: size {image.shape} differs from the other images' {shape}. "
-            f"Pass --option image_size=N to resize every image to N x N (or channels=1|3)."
+            f"{entry.key}: size {image.shape} differs from the other images' {shape}. {SIZE_FIX} (or channels=1|3)."
         )
     return image
+
+
+def check_extent(extent: Any, image: np.ndarray, entry: SourceEntry) -> tuple[int, int] | None:
+    """A decoded image's extent as ``(h, w)`` ints inside its canvas (None: it fills the canvas),
+    or a DataError naming the image."""
+    if extent is None:
+        return None
+    vals = tuple(extent) if isinstance(extent, (tuple, list)) else ()
+    ints = len(vals) == 2 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals)
+    if not ints or not (1 <= vals[0] <= image.shape[1] and 1 <= vals[1] <= image.shape[2]):
+        raise DataError(
+            f"{entry.key}: the format gave the extent {extent!r} for a {image.shape[1]}x{image.shape[2]} "
+            f"canvas; an extent is (h, w) with 1 <= h <= H and 1 <= w <= W (or None: it fills the "
+            f"canvas). Fix the format plugin's read()."
+        )
+    return int(vals[0]), int(vals[1])
 
 
 def read_chunk(
@@ -73,7 +96,7 @@ def read_chunk(
     t0 = time.perf_counter()
     fmt = fmt or fmt_cls()
     opts = fmt_cls.Options.model_validate(options)
-    images, digests = [], []
+    images, digests, extents = [], [], []
     decoded = iter(fmt.read(source, list(entries), opts, storage_options))
     for entry in entries:
         item = next(decoded, None)
@@ -86,12 +109,15 @@ def read_chunk(
         shape = image.shape
         images.append(image)
         digests.append(str(item.sha256))
+        extents.append(check_extent(getattr(item, "extent", None), image, entry))
     out = np.stack(images) if images else np.zeros((0, *(shape or (1, 1, 1))), np.uint8)
+    full = (int(out.shape[2]), int(out.shape[3]))
+    given = [e or full for e in extents] if any(e is not None for e in extents) else None
     seconds = time.perf_counter() - t0
     if pool_path is None:
-        return ChunkResult(index, tuple(out.shape[1:]), digests, seconds, images=out)
+        return ChunkResult(index, tuple(out.shape[1:]), digests, seconds, images=out, extents=given)
     np.save(pool_path, out, allow_pickle=False)
-    return ChunkResult(index, tuple(out.shape[1:]), digests, seconds, path=pool_path)
+    return ChunkResult(index, tuple(out.shape[1:]), digests, seconds, path=pool_path, extents=given)
 
 
 def check_catalog(catalog: SourceCatalog, source: str) -> None:
@@ -132,7 +158,8 @@ def check_catalog(catalog: SourceCatalog, source: str) -> None:
 def read_all(
     fmt: DatasetFormat, source: str, options: DatasetFormat.Options, storage_options: dict[str, Any]
 ) -> DatasetArrays:
-    """Scan and decode a whole source in this process, as arrays (small sources: tests, the kit)."""
+    """Scan and decode a whole source in this process, as arrays (small sources: tests, the kit;
+    the images' extents, if the format gives any, are not among them)."""
     catalog = fmt.scan(source, options, storage_options)
     check_catalog(catalog, source)
     read_opts = {**options.model_dump(), **catalog.read_options}

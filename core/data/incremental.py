@@ -123,6 +123,7 @@ def _shard_whole(target: Path, rec: dict[str, Any], shape: list[int]) -> bool:
         and size == data_start + int(np.prod(want))
         and paths["labels"].is_file()
         and paths["index"].is_file()
+        and ("extents_md5" not in rec or paths["extents"].is_file())
     )
 
 

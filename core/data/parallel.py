@@ -125,7 +125,9 @@ def _on_dask(plan: ReadPlan, chunks: list, pool: Path) -> Iterator[ChunkResult]:
         for fut in futures:
             res = fut.result()
             np.save(_pool_file(pool, res.index), res.images, allow_pickle=False)
-            yield ChunkResult(res.index, res.shape, res.sha256, res.seconds, path=_pool_file(pool, res.index))
+            yield ChunkResult(
+                res.index, res.shape, res.sha256, res.seconds, path=_pool_file(pool, res.index), extents=res.extents
+            )
             nxt = next(todo, None)
             if nxt is not None:
                 futures.add(client.submit(read_chunk, *_chunk_args(plan, nxt[1], nxt[0], None), pure=False))

@@ -6,6 +6,11 @@ One shard is three files under ``data/<name>/shards/``, named by its split and a
   train-00000.labels.npy   int64 (n,), -1 = unlabeled
   train-00000.index.csv    key,label,sha256 per image: where it came from and its content hash
 
+and, in a dataset with extents (images stored with their aspect ratio, centred on a zero square
+canvas: the image-file formats' ``max_side``), a fourth:
+
+  train-00000.extents.npy  int32 (n, 2): each image's content height and width, (h, w)
+
 Written in one pass with a fixed ``.npy`` header and no timestamps, so the same images give the
 same bytes (hence the same DVC md5) whoever writes them. :class:`ShardedArray` reads many shards as
 one ``(N, C, H, W)`` array: indexing gathers from the memory-mapped shards, nothing else is loaded.
@@ -26,7 +31,7 @@ import numpy as np
 from pretextflow.core.errors import DataError
 
 SHARD_DIR = "shards"
-SUFFIXES = {"images": ".images.npy", "labels": ".labels.npy", "index": ".index.csv"}
+SUFFIXES = {"images": ".images.npy", "labels": ".labels.npy", "index": ".index.csv", "extents": ".extents.npy"}
 INDEX_HEADER = ("key", "label", "sha256")
 
 
@@ -80,11 +85,29 @@ def write_shard(
     image_shape: Sequence[int],
     chunks: Iterable[np.ndarray],
     rows: Sequence[IndexRow],
+    extents: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write one shard from image chunks (uint8, each (k, C, H, W), together ``len(rows)`` images in
-    the rows' order); returns its meta.json record (count, md5s, bytes, label counts, pixel sums)."""
+    the rows' order) and, when given, the images' extents (``(len(rows), 2)``); returns its
+    meta.json record (count, md5s, bytes, label counts, pixel sums)."""
     images = write_images(root, name, image_shape, chunks, len(rows))
-    return {"name": name, "split": split, **images, **write_rows(root, name, rows, images["images_bytes"])}
+    record = {"name": name, "split": split, **images, **write_rows(root, name, rows, images["images_bytes"])}
+    return add_extents(root, record, extents)
+
+
+def add_extents(root: Path, record: dict[str, Any], extents: np.ndarray | None) -> dict[str, Any]:
+    """``record`` with the shard's ``extents.npy`` written (its md5 and size added); ``record``
+    itself when there are no extents."""
+    if extents is None:
+        return record
+    arr = np.ascontiguousarray(extents, dtype=np.int32)
+    if arr.shape != (record["count"], 2):
+        raise RuntimeError(f"shard {record['name']}: extents of shape {arr.shape} for {record['count']} images")
+    data = _npy_header(arr.dtype, arr.shape) + arr.tobytes()
+    path = shard_paths(root, record["name"])["extents"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {**record, "extents_md5": hashlib.md5(data).hexdigest(), "bytes": record["bytes"] + len(data)}
 
 
 def write_images(
@@ -232,5 +255,65 @@ class ShardedArray:
                 out[where] = self.parts[s][np.sort(rows)][np.argsort(np.argsort(rows))]
         return out
 
+    def head(self, n: int) -> ShardedArray:
+        """The first ``n`` images as a ShardedArray over the same parts (cut short: views of the memory
+        maps, nothing read or copied)."""
+        n = max(0, min(int(n), len(self)))
+        parts = [p[: max(0, n - int(lo))] for p, lo in zip(self.parts, self.offsets[:-1], strict=True) if lo < n]
+        return ShardedArray(parts, self.item_shape)
+
     def __repr__(self) -> str:
         return f"ShardedArray({len(self.parts)} shards, shape={self.shape}, dtype={self.dtype})"
+
+
+class ImageView:
+    """The rows ``idx`` of an image array (a memory map, an ndarray or a :class:`ShardedArray`), read
+    only when asked: ``len``, ``shape``, ``dtype``, ``nbytes``; a slice or an index array / boolean
+    mask (positions in the view) gathers just those images into a new in-memory array, an integer
+    gives one image, ``np.asarray`` every image. Probing reads the labelled images batch by batch
+    through one, instead of copying them all into memory first."""
+
+    def __init__(self, base, idx: np.ndarray):
+        self.base = base
+        self.idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        self.item_shape = tuple(int(x) for x in base.shape[1:])
+        self.dtype = np.dtype(base.dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.idx), *self.item_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.item_shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._gather(self.idx)
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.base[int(self.idx[key])]
+        if isinstance(key, slice):
+            return self._gather(self.idx[key])
+        key = np.asarray(key)
+        return self._gather(self.idx[np.flatnonzero(key) if key.dtype == bool else key])
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        if isinstance(self.base, ShardedArray):
+            return self.base.take(rows)
+        return np.asarray(self.base[rows])  # fancy indexing: a new array of just these rows
+
+    def __repr__(self) -> str:
+        return f"ImageView({len(self)} of {len(self.base)} images, shape={self.shape}, dtype={self.dtype})"

@@ -203,10 +203,16 @@ class SourceCatalog:
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
     """One image as :meth:`DatasetFormat.read` yields it: uint8 ``(C, H, W)`` and the sha256 of its
-    source bytes (or of its pixels), which confirms whether a re-read image really changed."""
+    source bytes (or of its pixels), which confirms whether a re-read image really changed.
+
+    ``extent``: ``(h, w)``, the size of the image's content when it is pasted, centred, on a
+    larger zero canvas ``image`` (a non-square picture stored with its aspect ratio, the image-file
+    formats' ``max_side``); ``None`` = the content fills the canvas. Ingest stores the extents
+    beside the pixels (``Dataset.train_extents``)."""
 
     image: np.ndarray
     sha256: str
+    extent: tuple[int, int] | None = None
 
 
 class DatasetFormat:

@@ -45,8 +45,8 @@ from pretextflow.api import (
 from .image_files import (
     IO_OPTIONS,
     ImageOptions,
-    check_channels,
     check_file_size,
+    check_options,
     decode_files,
     hash_fraction,
     probe_first,
@@ -84,7 +84,7 @@ class CsvFormat(DatasetFormat):
     io_options = IO_OPTIONS
 
     def scan(self, source: str, options: CsvOptions, storage_options: dict[str, Any]) -> SourceCatalog:
-        check_channels("csv", options)
+        check_options("csv", options)
         table = _Table(source, storage_options)
         rows = table.rows()
         if not rows:

@@ -7,7 +7,13 @@ Decoding is guarded: a file over :data:`MAX_FILE_BYTES` is refused when listed, 
 first image (by key) decides the channel count and the size when the options do not: ``scan``
 reads its header and hands it to every reader as the option ``first_image`` (in
 ``SourceCatalog.read_options``), so workers decoding any chunk agree, and an image that differs
-is named together with the first one."""
+is named together with the first one.
+
+Sizes: by default every image must be square and of the first image's size; ``image_size=N``
+resizes each to N x N (squashing a non-square one); ``max_side=N`` keeps each image's aspect
+ratio: it is resized so that its longer side is N and pasted, centred, on a zero N x N canvas,
+its content's ``(h, w)`` given as the ``DecodedImage.extent`` (so mixed sizes and non-square
+images are accepted)."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from pretextflow.api import DataError, DecodedImage, Params, SourceEntry
 
@@ -49,6 +55,14 @@ class ImageOptions(Params):
     image_size: int | None = Field(
         None, gt=0, description="resize every image to this square size; None = all must match"
     )
+    max_side: int | None = Field(
+        None,
+        gt=0,
+        le=4096,
+        description="keep each image's aspect ratio: resize it so that its longer side is this, centred "
+        "on a zero square canvas of this size (its content's size is stored); None = all must match. "
+        "Not with image_size",
+    )
     channels: int | None = Field(None, description="1 (grayscale) or 3 (RGB); None = from the first image")
     read_concurrency: int = Field(
         32,
@@ -59,6 +73,15 @@ class ImageOptions(Params):
     )
     first_image: FirstImage | None = Field(None, description="set by the format's scan for its readers; leave it unset")
 
+    @model_serializer(mode="wrap")
+    def _without_unset_max_side(self, handler):
+        """``max_side`` is left out while unset: the options recorded in meta.json (and compared
+        by the next ingest) stay those of datasets ingested before the option existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("max_side") is None:
+            data.pop("max_side", None)
+        return data
+
 
 IO_OPTIONS = frozenset({"read_concurrency"})
 
@@ -68,6 +91,18 @@ def check_channels(name: str, options: ImageOptions) -> None:
         raise DataError(
             f"{name}: channels must be 1 or 3, got {options.channels}. "
             f"Pass --option channels=1 (grayscale) or --option channels=3 (RGB)."
+        )
+
+
+def check_options(name: str, options: ImageOptions) -> None:
+    """The checks of the options every image-file format makes before it reads anything."""
+    check_channels(name, options)
+    if options.image_size and options.max_side:
+        raise DataError(
+            f"{name}: image_size={options.image_size} and max_side={options.max_side} were both given; "
+            f"choose one. Pass only --option image_size=N to resize every image to N x N (squashing "
+            f"non-square ones), or only --option max_side=N to keep each image's aspect ratio on an "
+            f"N x N canvas."
         )
 
 
@@ -150,8 +185,9 @@ def probe_first(fs, path: str, shown: str, options: ImageOptions) -> dict[str, A
     return {"channels": channels, "first_image": first.model_dump()}
 
 
-def decode_image(raw: bytes, path: str, options: ImageOptions) -> np.ndarray:
-    """One file's bytes as uint8 (C, H, W), checked against the first image (see the module)."""
+def decode_image(raw: bytes, path: str, options: ImageOptions) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """One file's bytes as uint8 (C, H, W), checked against the first image (see the module), and
+    its extent: ``(h, w)`` of its content on the canvas with ``max_side``, else None."""
     from PIL import Image
 
     first = options.first_image
@@ -169,29 +205,55 @@ def decode_image(raw: bytes, path: str, options: ImageOptions) -> np.ndarray:
         im = im.convert("L" if channels == 1 else "RGB")
         if options.image_size:
             im = im.resize((options.image_size, options.image_size), Image.Resampling.BILINEAR)
+        elif options.max_side:
+            im = im.resize(fit_size(im.width, im.height, options.max_side), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
 
     arr = _guarded(raw, path, convert)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if options.max_side:
+        return on_canvas(arr, options.max_side)
     if first is not None and not options.image_size and arr.shape[1:] != (first.height, first.width):
         raise DataError(
             f"{path}: size {arr.shape[1:]} differs from the first image's {(first.height, first.width)} "
-            f"({first.path}). Pass --option image_size=N to resize every image to N x N."
+            f"({first.path}). {SIZE_FIX}."
         )
     if arr.shape[1] != arr.shape[2]:
-        raise DataError(
-            f"{path}: images must be square ({arr.shape[1]}x{arr.shape[2]}). "
-            f"Pass --option image_size=N to resize to N x N."
-        )
-    return np.ascontiguousarray(arr)
+        raise DataError(f"{path}: images must be square ({arr.shape[1]}x{arr.shape[2]}). {SIZE_FIX}.")
+    return np.ascontiguousarray(arr), None
+
+
+SIZE_FIX = (
+    "Pass --option image_size=N to resize every image to N x N, or --option max_side=N to keep each "
+    "image's aspect ratio on an N x N canvas"
+)
+
+
+def fit_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) scaled so that the longer side is ``side``; the shorter is rounded (half
+    up, in integers: no float differs between machines) and at least 1 pixel."""
+    long, short = max(width, height), min(width, height)
+    scaled = max(1, (2 * short * side + long) // (2 * long))
+    return (side, scaled) if width >= height else (scaled, side)
+
+
+def on_canvas(arr: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``arr`` (C, h, w) pasted, centred, on a zero (C, side, side) canvas; and (h, w)."""
+    c, h, w = arr.shape
+    canvas = np.zeros((c, side, side), np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    canvas[:, top : top + h, left : left + w] = arr
+    return canvas, (int(h), int(w))
 
 
 def decode_files(
     fs, entries: Sequence[SourceEntry], paths: Sequence[str], options: ImageOptions
 ) -> Iterator[DecodedImage]:
-    """Fetch ``paths`` (on ``fs``; one per entry) and decode each, in order."""
-    for entry, raw in zip(entries, fetch(fs, paths, options.read_concurrency), strict=True):
-        yield DecodedImage(decode_image(raw, entry.location, options), hashlib.sha256(raw).hexdigest())
+    """Fetch ``paths`` (on ``fs``; one per entry, in the entries' order) and decode each, in order."""
+    check_options("image files", options)
+    for path, raw in zip(paths, fetch(fs, paths, options.read_concurrency), strict=True):
+        image, extent = decode_image(raw, path, options)
+        yield DecodedImage(image, hashlib.sha256(raw).hexdigest(), extent)
 
 
 # -- fetching ----------------------------------------------------------------------------------

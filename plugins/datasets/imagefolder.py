@@ -29,8 +29,8 @@ from .image_files import (
     EXTENSIONS,
     IO_OPTIONS,
     ImageOptions,
-    check_channels,
     check_file_size,
+    check_options,
     decode_files,
     hash_fraction,
     probe_first,
@@ -57,7 +57,7 @@ class ImageFolderFormat(DatasetFormat):
     io_options = IO_OPTIONS
 
     def scan(self, source: str, options: ImageFolderOptions, storage_options: dict[str, Any]) -> SourceCatalog:
-        check_channels("imagefolder", options)
+        check_options("imagefolder", options)
         fs, root = fsspec.core.url_to_fs(source, **storage_options)
         if not fs.isdir(root):
             raise DataError(
@@ -70,14 +70,16 @@ class ImageFolderFormat(DatasetFormat):
                 f"{source}: no image files ({', '.join(EXTENSIONS)}) found: the dataset would be empty. "
                 f"Point the source at the folder that holds the images or their class folders."
             )
-        places = _places([rel for rel, _, _ in files], options, source)
+        places = _places([rel for rel, _ in files], options, source)
         classes = sorted({c for _, c in places if c})
         index = {c: i for i, c in enumerate(classes)}
+        # no location: it is always ROOT/key (read() joins them), and at 10^5-10^7 images one full
+        # path string per entry is the largest part of an ingest's memory
         entries = [
-            SourceEntry(rel, split, index[cls] if cls else -1, stamp, path)
-            for (rel, path, stamp), (split, cls) in zip(files, places, strict=True)
+            SourceEntry(rel, split, index[cls] if cls else -1, stamp)
+            for (rel, stamp), (split, cls) in zip(files, places, strict=True)
         ]
-        first = files[0][1]
+        first = _join(root, files[0][0])
         return SourceCatalog(classes, entries, read_options=probe_first(fs, first, first, options))
 
     def read(
@@ -87,8 +89,12 @@ class ImageFolderFormat(DatasetFormat):
         options: ImageFolderOptions,
         storage_options: dict[str, Any],
     ) -> Iterator[DecodedImage]:
-        fs, _ = fsspec.core.url_to_fs(source, **storage_options)
-        yield from decode_files(fs, entries, [e.location for e in entries], options)
+        fs, root = fsspec.core.url_to_fs(source, **storage_options)
+        yield from decode_files(fs, entries, [e.location or _join(root, e.key) for e in entries], options)
+
+
+def _join(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{key}"
 
 
 def _places(rels: list[str], options: ImageFolderOptions, source: str) -> list[tuple[str, str | None]]:
@@ -139,8 +145,8 @@ def _refuse_loose(places: list, rels: list[str], options: ImageFolderOptions, so
     )
 
 
-def _image_files(fs, root: str) -> list[tuple[str, str, str]]:
-    """(relative path, path, stamp) of the image files below ``root``, sorted. On a local disk a
+def _image_files(fs, root: str) -> list[tuple[str, str]]:
+    """(relative path, stamp) of the image files below ``root``, sorted. On a local disk a
     symlink is read only when it resolves inside the source: one pointing elsewhere (``/etc/...``,
     another dataset) is refused, naming it, before anything is read. Symlinked folders are not
     descended into."""
@@ -156,11 +162,11 @@ def _image_files(fs, root: str) -> list[tuple[str, str, str]]:
         if info.get("type") not in ("file", None):
             raise DataError(f"{path}: not a regular file ({info.get('type')}). Remove it from the source.")
         check_file_size(path, info.get("size"))
-        out.append((path[prefix:], path, remote_stamp(info)))
+        out.append((path[prefix:], remote_stamp(info)))
     return sorted(out)
 
 
-def _local_files(root: str) -> Iterator[tuple[str, str, str]]:
+def _local_files(root: str) -> Iterator[tuple[str, str]]:
     """The local walk: one ``os.scandir`` per folder, one ``stat`` per image, nothing kept but
     the result."""
     real_root = os.path.realpath(root)
@@ -175,7 +181,7 @@ def _local_files(root: str) -> Iterator[tuple[str, str, str]]:
                     if target is not None:
                         st = os.stat(target)
                         check_file_size(d.path, st.st_size)
-                        yield rel, d.path, f"{st.st_size}-{st.st_mtime_ns}"
+                        yield rel, f"{st.st_size}-{st.st_mtime_ns}"
                 elif d.is_dir(follow_symlinks=False):
                     stack.append((d.path, rel + "/"))
                 elif d.name.lower().endswith(EXTENSIONS):
@@ -183,7 +189,7 @@ def _local_files(root: str) -> Iterator[tuple[str, str, str]]:
                         raise DataError(f"{d.path}: not a regular file (other). Remove it from the source.")
                     st = d.stat(follow_symlinks=False)
                     check_file_size(d.path, st.st_size)
-                    yield rel, d.path, f"{st.st_size}-{st.st_mtime_ns}"
+                    yield rel, f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def _link_target(path: str, real_root: str, root: str) -> str | None:

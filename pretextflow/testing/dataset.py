@@ -69,7 +69,7 @@ class _DatasetChecks:
 
     def _decode(self, fmt: DatasetFormat, entries: Sequence[SourceEntry]) -> list[DecodedImage]:
         """``fmt.read(entries)``, checked: one uint8 (C, H, W) DecodedImage per entry, no more."""
-        from pretextflow.core.data.decode import check_image
+        from pretextflow.core.data.decode import check_extent, check_image
 
         catalog = self._catalog()
         items = iter(fmt.read(self.source, list(entries), self._read_options(catalog), self.so))
@@ -82,6 +82,7 @@ class _DatasetChecks:
                 raise _Fail(f"read() must yield DecodedImage, got {type(item).__name__} for {entry.key}")
             try:
                 shape = check_image(item.image, entry, shape).shape
+                check_extent(getattr(item, "extent", None), item.image, entry)
             except Exception as exc:
                 raise _Fail(str(exc)) from None
             if not isinstance(item.sha256, str) or not item.sha256:
@@ -212,7 +213,8 @@ class _DatasetChecks:
 
 
 def _same(a: DecodedImage, b: DecodedImage) -> bool:
-    return a.sha256 == b.sha256 and a.image.shape == b.image.shape and np.array_equal(a.image, b.image)
+    same_extent = getattr(a, "extent", None) == getattr(b, "extent", None)
+    return same_extent and a.sha256 == b.sha256 and a.image.shape == b.image.shape and np.array_equal(a.image, b.image)
 
 
 def check_dataset_format(
