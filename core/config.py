@@ -115,6 +115,13 @@ class TrainConfig(Strict):
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported, else fp16 + scaling)")
     threads: int | None = Field(None, gt=0, description="CPU threads; None = all cores")
     max_train_samples: int | None = Field(None, gt=0, description="use only the first N training images")
+    image_size: int | None = Field(
+        None,
+        gt=0,
+        le=4096,
+        description="the backbone's input side in px: views are cropped from the stored images and "
+        "resized to it, and evaluation resizes to it; None = the dataset's stored size",
+    )
     checkpoint_every: int = Field(1, gt=0, description="checkpoint every N epochs")
     checkpoint_every_steps: int | None = Field(
         None,

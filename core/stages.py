@@ -58,16 +58,21 @@ class StageContext:
         return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
 
     def probe_dataset(self, ds: Dataset) -> Dataset:
-        """What the probe stage evaluates on: ``probe.data`` brought to the pretraining data's image
-        shape (the backbone's input), or the pretraining dataset itself."""
+        """What the probe stage evaluates on: ``probe.data`` brought to the backbone's input shape
+        (the pretraining data's channels at ``train.image_size``, else at its stored size), or the
+        pretraining dataset itself."""
         if self.cfg.probe.data is None:
             return ds
+        from pretextflow.core.training.model import input_size
+
+        size = input_size(self.cfg, ds.meta)
+        shape = [ds.in_chans, size, size]
         probe_ds = load_dataset(str(self.ws.data_dir), self.cfg.probe.data.name)  # memory-mapped: cheap
-        memo = f"{probe_ds.fingerprint}->{ds.meta['image_shape']}"
+        memo = f"{probe_ds.fingerprint}->{shape}"
         if memo not in self._probe_datasets:  # resizing is not: keys, the probe and the report all ask
             from pretextflow.core.data.adapt import adapt_dataset
 
-            self._probe_datasets[memo] = adapt_dataset(probe_ds, ds.meta["image_shape"])
+            self._probe_datasets[memo] = adapt_dataset(probe_ds, shape)
         return self._probe_datasets[memo]
 
     def plugin_versions(self) -> dict[str, dict[str, str]]:

@@ -109,6 +109,7 @@ class Fields:
             amp=f.v(st.booleans()),
             threads=f.pick(None, 1, 2) if not f.wild else f.pick(0, -1, "two"),
             max_train_samples=f.pick(None, 16, 64, 512) if not f.wild else f.pick(None, 1, 2, 0, -3, 10**9),
+            image_size=f.pick(None, 6, 12) if not f.wild else f.pick(None, 0, -2, 10**6, "big"),
             checkpoint_every=f.int(1, 3),
             log_every=f.int(1, 3),
             devices=f.pick(1) if not f.wild else f.pick(0, -1, "x", 1.5),  # > 1 would launch processes

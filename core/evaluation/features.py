@@ -1,5 +1,7 @@
 """Frozen backbone -> feature arrays. Eval mode (BatchNorm uses its running statistics and does
-not update them), no autograd."""
+not update them), no autograd. Images are read batch by batch (a memory map, a ShardedArray or an
+ImageView is never loaded whole) and brought to the backbone's input size on the device
+(``toolkit.augment.fit_to_size``: resized, or the centred square of a letterboxed image's content)."""
 
 from __future__ import annotations
 
@@ -7,26 +9,40 @@ import numpy as np
 import torch
 
 from pretextflow.core.registry.contracts import Backbone
-from pretextflow.core.toolkit.augment import to_float
+from pretextflow.core.toolkit.augment import content_fractions, fit_to_size, to_float
 
 
 @torch.inference_mode()
 def extract_features(
-    backbone: Backbone, images: np.ndarray, batch_size: int = 1024, device: torch.device | str = "cpu"
+    backbone: Backbone,
+    images: np.ndarray,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+    extents: np.ndarray | None = None,
 ) -> np.ndarray:
+    """The backbone's features of ``images`` (uint8 ``(N, C, H, W)``, the stored size), each image
+    brought to ``backbone.image_size``; ``extents``: per image the (h, w) px of its content, centred
+    on the canvas (``Dataset.train_extents``), or None when the images fill it."""
     backbone.eval()
     device = torch.device(device)
     backbone.to(device)
+    fractions = content_fractions(extents, int(images.shape[-1]), device)
     out = np.empty((len(images), backbone.num_features), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
-        out[start : start + len(chunk)] = backbone(to_float(chunk)).float().cpu().numpy()
+        extent = None if fractions is None else fractions[start : start + len(chunk)]
+        x = fit_to_size(to_float(chunk), backbone.image_size, extent)
+        out[start : start + len(chunk)] = backbone(x).float().cpu().numpy()
     return out
 
 
-def pixel_features(images: np.ndarray) -> np.ndarray:
-    """The raw-pixel baseline: every pixel a feature, scaled to [0, 1]."""
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+def pixel_features(images: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """The raw-pixel baseline: every pixel a feature, scaled to [0, 1] (read batch by batch)."""
+    out = np.empty((len(images), int(np.prod(images.shape[1:]))), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        chunk = np.asarray(images[start : start + batch_size])
+        out[start : start + len(chunk)] = chunk.reshape(len(chunk), -1).astype(np.float32) / 255.0
+    return out
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -52,18 +68,30 @@ def _from_npy(data: bytes) -> np.ndarray:
 
 
 def cached_features(
-    store, key: str, backbone_fn, splits: dict[str, np.ndarray], batch_size: int, logger=None, device="cpu"
+    store,
+    key: str,
+    backbone_fn,
+    splits: dict[str, np.ndarray],
+    batch_size: int,
+    logger=None,
+    device="cpu",
+    extents: dict[str, np.ndarray | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of every split, computed once per ``key`` (frozen backbone x dataset version) and
     kept in the store under ``features/<key>/<split>.npy``; later probes and the report reuse them.
-    ``backbone_fn`` builds the backbone only when the features are not there yet."""
+    ``backbone_fn`` builds the backbone only when the features are not there yet. ``extents``: each
+    split's content extents (``extract_features``), if any."""
     if store.is_complete("features", key):
         if logger:
             logger.info("features %s: reusing the stored features", key)
         return {name: _from_npy(store.read_bytes("features", key, f"{name}.npy")) for name in splits}
     backbone = backbone_fn()
     before = {n: t.clone() for n, t in backbone.state_dict().items()}
-    out = {name: extract_features(backbone, images, batch_size, device) for name, images in splits.items()}
+    extents = extents or {}
+    out = {
+        name: extract_features(backbone, images, batch_size, device, extents.get(name))
+        for name, images in splits.items()
+    }
     backbone.to("cpu")
     if any(not torch.equal(before[n], t) for n, t in backbone.state_dict().items()):
         raise RuntimeError("the frozen backbone changed during feature extraction")  # a bug, not a user error

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from pretextflow.core.config import ProbeConfig, RunConfig
 from pretextflow.core.data.dataset import Dataset
+from pretextflow.core.data.shards import ImageView
 from pretextflow.core.evaluation.features import cached_features, pixel_features
 from pretextflow.core.evaluation.metrics import (
     FINETUNE,
@@ -44,7 +45,7 @@ from pretextflow.core.security import credentials
 from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.training.freeze import load_frozen_backbone
-from pretextflow.core.training.model import build_backbone, configure_runtime, select_device
+from pretextflow.core.training.model import build_backbone, configure_runtime, input_size, select_device
 from pretextflow.core.training.weights import weights_sha256
 
 STAGE = "probe"
@@ -249,6 +250,7 @@ class _Supervised:
     ):
         self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
+        self.extents: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # set by the probe run
         self.device = torch.device("cpu")  # set by the probe run: probe.device
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
         from pretextflow.core.evaluation import supervised
@@ -268,6 +270,7 @@ class _Supervised:
                 "fraction": fraction,
                 "subset_seed": subset_seed,
                 "backbone": cfg.backbone.model_dump(mode="json"),
+                "image_size": input_size(cfg, self.dataset.meta),  # train.image_size: the size it is built for
                 "backbone_version": self.backbone_version,
                 "recipe": cfg.probe.supervised.model_dump(mode="json"),
                 "init": self.freeze_key if finetune else None,
@@ -292,6 +295,8 @@ class _Supervised:
             logger=self.logger,
             tag=f"{kind} {fraction:g}",
             device=self.device,
+            extents=None if self.extents[0] is None else self.extents[0][idx],
+            test_extents=self.extents[1],
         )
         result["key"] = key
         self.store.write_json(result, "supervised", key, "metrics.json")
@@ -299,9 +304,10 @@ class _Supervised:
         return result
 
 
-def _labelled(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _labelled(dataset: Dataset) -> tuple[ImageView, np.ndarray, ImageView, np.ndarray]:
     """The labelled train and test images with their labels (unlabelled images, label -1, are
-    left out); a :class:`DataError` when either split has none."""
+    left out); a :class:`DataError` when either split has none. The images are views: read batch by
+    batch by whoever uses them, never copied into memory all at once."""
     tr_mask, te_mask = dataset.train_labels >= 0, dataset.test_labels >= 0
     if not tr_mask.any() or not te_mask.any():
         from pretextflow.core.errors import DataError
@@ -310,9 +316,20 @@ def _labelled(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             f"dataset {dataset.name!r} has no labelled {'train' if not tr_mask.any() else 'test'} "
             f"images; probing needs labels (pretraining does not)."
         )
-    xtr_img, ytr = dataset.train_images[tr_mask], np.asarray(dataset.train_labels[tr_mask])
-    xte_img, yte = dataset.test_images[te_mask], np.asarray(dataset.test_labels[te_mask])
+    xtr_img, ytr = ImageView(dataset.train_images, np.flatnonzero(tr_mask)), np.asarray(dataset.train_labels[tr_mask])
+    xte_img, yte = ImageView(dataset.test_images, np.flatnonzero(te_mask)), np.asarray(dataset.test_labels[te_mask])
     return xtr_img, ytr, xte_img, yte
+
+
+def _labelled_extents(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The content extents ((h, w) px, centred) of the labelled train and test images, where the
+    dataset has them (``Dataset.train_extents`` / ``test_extents``; None: the images fill their canvas)."""
+    out = []
+    for split in ("train", "test"):
+        extents = getattr(dataset, f"{split}_extents")
+        labels = dataset.train_labels if split == "train" else dataset.test_labels
+        out.append(None if extents is None else np.asarray(extents)[labels >= 0])
+    return out[0], out[1]
 
 
 @dataclass
@@ -327,17 +344,30 @@ class _ProbeRun:
     registry: Registry
     freeze_key: str
     logger: logging.Logger | logging.LoggerAdapter
-    xtr_img: np.ndarray
+    xtr_img: ImageView
     ytr: np.ndarray
-    xte_img: np.ndarray
+    xte_img: ImageView
     yte: np.ndarray
     k: int  # the number of classes
     device: torch.device = torch.device("cpu")  # probe.device: features, probes and supervised runs
     timings: dict[str, float] = field(default_factory=dict)
+    extents: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # train, test: (h, w) px of the content
 
     @classmethod
     def start(cls, cfg, dataset, store, registry, freeze_key, logger, device) -> _ProbeRun:
-        return cls(cfg, dataset, store, registry, freeze_key, logger, *_labelled(dataset), dataset.num_classes, device)
+        labelled = _labelled(dataset)
+        return cls(
+            cfg,
+            dataset,
+            store,
+            registry,
+            freeze_key,
+            logger,
+            *labelled,
+            dataset.num_classes,
+            device,
+            extents=_labelled_extents(dataset),
+        )
 
     @property
     def first_k(self) -> str:
@@ -349,6 +379,7 @@ class _ProbeRun:
         (``{name: {"train": ..., "test": ...}}``)."""
         cfg, pc, store = self.cfg, self.cfg.probe, self.store
         splits = {"train": self.xtr_img, "test": self.xte_img}
+        extents = {"train": self.extents[0], "test": self.extents[1]}
         t = time.perf_counter()
         from pretextflow.core.evaluation import features as features_module
 
@@ -365,6 +396,7 @@ class _ProbeRun:
                 pc.batch_size,
                 self.logger,
                 self.device,
+                extents,
             )
         }
         self.timings["features_ssl"] = time.perf_counter() - t
@@ -380,6 +412,7 @@ class _ProbeRun:
                 pc.batch_size,
                 self.logger,
                 self.device,
+                extents,
             )
         if "pixels" in pc.baselines:
             feats["pixels"] = {"train": pixel_features(self.xtr_img), "test": pixel_features(self.xte_img)}
@@ -393,6 +426,7 @@ class _ProbeRun:
             "features",
             {
                 "random_init": cfg.backbone.model_dump(mode="json"),
+                "image_size": input_size(cfg, self.dataset.meta),  # train.image_size: the size it is built for
                 "weights": weights_sha256(cfg.backbone.weights),
                 "seed": cfg.seed,
                 "data": self.dataset.fingerprint,
@@ -445,7 +479,7 @@ class _ProbeRun:
             self.yte,
             self.logger,
         )
-        trainer.device = self.device
+        trainer.device, trainer.extents = self.device, self.extents
         efficiency = []
         for fraction in pc.label_fractions:
             seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed

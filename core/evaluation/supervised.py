@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pretextflow.core.config import RunConfig, SupervisedConfig
 from pretextflow.core.evaluation.features import extract_features
 from pretextflow.core.registry.registry import Registry
-from pretextflow.core.toolkit.augment import Augmenter, ViewSpec
+from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, content_fractions
 from pretextflow.core.toolkit.schedules import lr_at
 from pretextflow.core.training.model import build_backbone
 
@@ -63,14 +63,17 @@ def _fit(
     seed: int,
     lr: float,
     plan: tuple[int, int, int],
+    extent: torch.Tensor | None = None,
 ) -> list[float]:
     """Train for ``plan`` = (batch, steps per epoch, total steps) with warm-up + cosine lr, seeded
-    data order and augmentation; return the step losses."""
+    data order and augmentation; return the step losses. Crops come from the stored images ``x``
+    (inside their content: ``extent``, fractions as ``content_fractions`` gives them), out at the
+    backbone's input size."""
     batch, per_epoch, total = plan
     n = len(x)
     warmup = int(sc.warmup_fraction * total)
     gen = torch.Generator().manual_seed(seed)
-    aug = Augmenter(seed + 1)
+    aug = Augmenter(seed + 1, out_size=model[0].image_size)  # model[0]: the backbone
     spec = ViewSpec(crop_scale=(sc.crop_scale_min, 1.0), flip_p=sc.flip_p, jitter_p=0.0, grayscale_p=0.0)
     losses: list[float] = []
     step = 0
@@ -84,7 +87,7 @@ def _fit(
             idx = perm[i * batch : (i + 1) * batch]
             if len(idx) < batch:  # wrap around: every step sees a full batch
                 idx = torch.cat([idx, perm[: batch - len(idx)]])
-            logits = model(aug.view(x[idx], spec))
+            logits = model(aug.view(x[idx], spec, None if extent is None else extent[idx.to(extent.device)]))
             loss = F.cross_entropy(logits, y[idx], label_smoothing=sc.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,10 +97,16 @@ def _fit(
     return losses
 
 
-def _top1(backbone: torch.nn.Module, head: torch.nn.Linear, images: np.ndarray, labels: np.ndarray) -> float:
+def _top1(
+    backbone: torch.nn.Module,
+    head: torch.nn.Linear,
+    images: np.ndarray,
+    labels: np.ndarray,
+    extents: np.ndarray | None = None,
+) -> float:
     """Top-1 accuracy of backbone + head on (images, labels), on the head's device."""
     device = head.weight.device
-    feats = torch.from_numpy(extract_features(backbone, images, 1024, device)).to(device)
+    feats = torch.from_numpy(extract_features(backbone, images, 1024, device, extents)).to(device)
     return float((head(feats).argmax(1).cpu().numpy() == np.asarray(labels)).mean())
 
 
@@ -115,24 +124,30 @@ def train_supervised(
     logger: logging.Logger | logging.LoggerAdapter = log,
     tag: str = "supervised",
     device: torch.device | str = "cpu",
+    extents: np.ndarray | None = None,
+    test_extents: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
-    Deterministic for a seed on the CPU (model init, data order and augmentation are seeded)."""
+    The backbone is built for ``train.image_size`` (else the stored size): crops are taken from the
+    stored images (inside their content, ``extents``: (h, w) px per image, or None) and resized to it,
+    and evaluation brings the images to it as the probes' features do. Deterministic for a seed on the
+    CPU (model init, data order and augmentation are seeded)."""
     sc = cfg.probe.supervised
     t0 = time.perf_counter()
     backbone, head = _build_model(cfg, meta, registry, seed, init_weights)
     model = torch.nn.Sequential(backbone, head).to(device).train()
     lr = sc.lr * lr_scale
     opt = _optimizer(model, sc, lr)
-    x = torch.from_numpy(np.array(images)).to(device)
+    x = torch.from_numpy(np.array(images)).to(device)  # the labelled subset only
     y = torch.from_numpy(np.array(labels)).long().to(device)
     n = len(x)
     batch, per_epoch, total = schedule(n, sc)
-    losses = _fit(model, opt, x, y, sc, seed, lr, (batch, per_epoch, total))
+    extent = content_fractions(extents, int(x.shape[-1]), device)
+    losses = _fit(model, opt, x, y, sc, seed, lr, (batch, per_epoch, total), extent)
     model.eval()
     with torch.inference_mode():
-        train_top1 = _top1(backbone, head, images, labels)
-        test_top1 = _top1(backbone, head, test_images, test_labels)
+        train_top1 = _top1(backbone, head, images, labels, extents)
+        test_top1 = _top1(backbone, head, test_images, test_labels, test_extents)
     result = {
         "top1": test_top1,
         "train_top1": train_top1,

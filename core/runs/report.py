@@ -292,6 +292,7 @@ def feature_figures(
     projection_points: int = 1500,
 ) -> dict[str, bytes]:
     """The figures that need the cached features and the images: retrieval grid and 2-D projection."""
+    from pretextflow.core.data.shards import ImageView
     from pretextflow.core.evaluation.features import load_cached_features
 
     key = metrics.get("feature_keys", {}).get("ssl")
@@ -311,7 +312,9 @@ def feature_figures(
     a = fte[q] / (np.linalg.norm(fte[q], axis=1, keepdims=True) + 1e-12)
     b = ftr / (np.linalg.norm(ftr, axis=1, keepdims=True) + 1e-12)
     nn = np.argsort(-(a @ b.T), axis=1, kind="stable")[:, :neighbours]
-    train_imgs, test_imgs = dataset.train_images[tr_mask], dataset.test_images[te_mask]
+    # views: only the query and neighbour images are read, not every labelled image
+    train_imgs = ImageView(dataset.train_images, np.flatnonzero(tr_mask))
+    test_imgs = ImageView(dataset.test_images, np.flatnonzero(te_mask))
     figs = {
         "retrieval.png": retrieval_figure(
             np.asarray(test_imgs[q]),

@@ -11,7 +11,7 @@ from pretextflow.core.registry.contracts import Backbone
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.training import checkpoint as ckpt
-from pretextflow.core.training.model import build_backbone
+from pretextflow.core.training.model import build_backbone, input_size
 
 STAGE = "freeze"
 log = logging.getLogger("pretextflow.freeze")
@@ -35,15 +35,18 @@ def freeze(
         )
     groups, _ = ckpt.decode(store.read_bytes("pretrain", pretrain_key, "task.safetensors"))
     weights = {k[len("backbone.") :]: v for k, v in groups["model"].items() if k.startswith("backbone.")}
+    size = input_size(cfg, dataset_meta)
     spec = {
         "backbone": cfg.backbone.model_dump(mode="json"),
-        "image_shape": dataset_meta["image_shape"],
+        "image_shape": [int(dataset_meta["image_shape"][0]), size, size],  # the backbone's input (train.image_size)
         "mean": dataset_meta["mean"],
         "std": dataset_meta["std"],
         "pretext": cfg.pretext.name,
         "pretrain_key": pretrain_key,
         "num_parameters": int(sum(v.numel() for k, v in weights.items() if not k.endswith("num_batches_tracked"))),
     }
+    if list(dataset_meta["image_shape"]) != spec["image_shape"]:
+        spec["data_image_shape"] = list(dataset_meta["image_shape"])  # what it was trained from, resized
     store.write_bytes(ckpt.encode({"backbone": weights}, spec), STAGE, key, "backbone.safetensors")
     store.write_json(spec, STAGE, key, "spec.json")
     store.mark_complete(STAGE, key, {"pretrain_key": pretrain_key})

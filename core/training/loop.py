@@ -27,7 +27,7 @@ from pretextflow.core.registry.registry import Registry
 from pretextflow.core.security import credentials
 from pretextflow.core.store import ArtifactStore
 from pretextflow.core.toolkit import collectives as distributed
-from pretextflow.core.toolkit.augment import Augmenter
+from pretextflow.core.toolkit.augment import Augmenter, content_fractions
 from pretextflow.core.toolkit.schedules import lr_at
 from pretextflow.core.training import checkpoint as ckpt
 from pretextflow.core.training import launch
@@ -281,17 +281,27 @@ class _Batches:
     local_batch: int  # this rank's share of it
     rank: int
     steps_per_epoch: int
+    extents: torch.Tensor | None = None  # (n, 2) content (h, w) fractions of the canvas, on the device
 
     @property
     def n(self) -> int:
         """The number of training images."""
         return len(self.images)
 
+    def rows(self, perm: torch.Tensor, i: int) -> torch.Tensor:
+        """This rank's contiguous slice of step ``i``'s global batch (every rank drew the same permutation)."""
+        start = i * self.batch_size + self.rank * self.local_batch
+        return perm[start : start + self.local_batch]
+
+    def extent(self, perm: torch.Tensor, i: int) -> torch.Tensor | None:
+        """The extents of the images of :meth:`get`'s batch (None: every image fills its canvas)."""
+        if self.extents is None:
+            return None
+        return self.extents[self.rows(perm, i).to(self.extents.device)]
+
     def get(self, perm: torch.Tensor, i: int) -> torch.Tensor:
         """This rank's batch for step ``i`` of the epoch with permutation ``perm``, on the device."""
-        # this rank's contiguous slice of the global batch (every rank drew the same permutation)
-        start = i * self.batch_size + self.rank * self.local_batch
-        idx = perm[start : start + self.local_batch]
+        idx = self.rows(perm, i)
         images = self.images
         if isinstance(images, ShardedArray):  # gathered from the memory-mapped shards, batch by batch
             batch = torch.from_numpy(images.take(idx.numpy()))
@@ -308,7 +318,11 @@ class _Batches:
 
 def _image_tensor(dataset: Dataset, tc, device: torch.device) -> torch.Tensor | ShardedArray:
     """The training images (the first ``train.max_train_samples``) as a CPU tensor."""
-    images = dataset.train_images if tc.max_train_samples is None else dataset.train_images[: tc.max_train_samples]
+    images = dataset.train_images
+    if tc.max_train_samples is not None:  # a view: the shards (memory maps) cut short, nothing read
+        images = (
+            images.head(tc.max_train_samples) if isinstance(images, ShardedArray) else images[: tc.max_train_samples]
+        )
     if isinstance(images, ShardedArray):
         return images  # several shards: never loaded whole (see _Batches.get)
     if isinstance(images, np.memmap) and device.type == "cpu":
@@ -346,7 +360,32 @@ def _place_images(
         images = images.to(device)  # on a GPU: the whole dataset lives on the device, no copies per step
     elif device.type == "cuda" and isinstance(images, torch.Tensor):
         images = images.pin_memory()  # copied batch by batch with non_blocking transfers
-    return _Batches(images, resident, channels_last, device, tc.batch_size, local_batch, shard.rank, steps_per_epoch)
+    extents = _train_extents(dataset, n, int(images.shape[-1]), device)
+    return _Batches(
+        images, resident, channels_last, device, tc.batch_size, local_batch, shard.rank, steps_per_epoch, extents
+    )
+
+
+def _train_extents(dataset: Dataset, n: int, side: int, device: torch.device) -> torch.Tensor | None:
+    """The first ``n`` training images' content extents (``Dataset.train_extents``: (h, w) px, centred on
+    the canvas) as fractions of the canvas side, on the device; None when the images fill their canvas."""
+    extents = dataset.train_extents
+    if extents is None:
+        return None
+    return content_fractions(np.asarray(extents[:n]), side, device)
+
+
+def _check_image_size(dataset: Dataset, size: int, logger) -> None:
+    """Warn (once per run) when ``train.image_size`` is larger than the stored images: views are upsampled."""
+    stored = dataset.image_size
+    if size > stored:
+        logger.warning(
+            "pretrain: train.image_size=%d is larger than the %d px the dataset %r stores: every view is "
+            "upsampled (no detail is gained). Ingest at a larger size, or lower train.image_size.",
+            size,
+            stored,
+            dataset.name,
+        )
 
 
 def _optimizer(task: torch.nn.Module, tc) -> torch.optim.Optimizer:
@@ -451,7 +490,7 @@ class _Loop:
         if self.perm is None or i == 0:  # a new epoch, or the first step after a resume or a rollback
             self._begin_epoch()
         lr = self._set_lr(step)
-        out = self._forward(self.batches.get(self.perm, i))
+        out = self._forward(self.batches.get(self.perm, i), self.batches.extent(self.perm, i))
         loss = out.loss
         # the global batch's loss (identical to the rank's own for losses computed on gathered tensors);
         # reduced before the update so that every rank sees a non-finite loss on any of them
@@ -479,10 +518,17 @@ class _Loop:
             g["lr"] = lr
         return lr
 
-    def _forward(self, batch: torch.Tensor):
-        """The task's output (loss and logs) for a batch, under autocast when AMP is on."""
-        with torch.autocast(self.state.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext():
-            return self.model(batch, self.state.aug)
+    def _forward(self, batch: torch.Tensor, extent: torch.Tensor | None = None):
+        """The task's output (loss and logs) for a batch, under autocast when AMP is on. The task gets
+        the batch at the model's input size; its views are cropped from the stored images, inside
+        their content (``extent``): ``Augmenter.prepare_batch``."""
+        aug = self.state.aug
+        images = aug.prepare_batch(batch, extent)
+        try:
+            with torch.autocast(self.state.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext():
+                return self.model(images, aug)
+        finally:
+            aug.clear_batch()
 
     def _update(self, loss: torch.Tensor, step: int) -> None:
         """Backpropagate the loss, step the optimizer (through the AMP scaler) and let the task update itself."""
@@ -638,12 +684,15 @@ def _setup(
     device = _device(tc, shard)
     configure_runtime(cfg.seed, device, tc.threads)
     task, model, channels_last = _build_model(cfg, dataset.meta, registry, shard, device)
+    size = task.backbone.image_size  # train.image_size, else the stored size
+    _check_image_size(dataset, size, logger)
     batches = _place_images(dataset, tc, shard, device, channels_last)
     opt = _optimizer(task, tc)
     dtype = amp_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    aug = Augmenter(cfg.seed + 1, device, shard=(shard.rank, shard.world))
+    # views come out at the model's size, cropped from the stored images (Augmenter.prepare_batch)
+    aug = Augmenter(cfg.seed + 1, device, shard=(shard.rank, shard.world), out_size=size)
     state = ckpt.TrainingState(task, opt, scaler, data_gen, aug, device)
     total = tc.epochs * batches.steps_per_epoch
     warmup = int(round(tc.warmup_epochs * batches.steps_per_epoch))

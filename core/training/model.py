@@ -52,12 +52,20 @@ def small_stem(setting: bool | str, image_size: int) -> bool:
     return image_size < SMALL_STEM_BELOW if setting == "auto" else bool(setting)
 
 
-def build_backbone(cfg: RunConfig, dataset_meta: dict, registry: Registry, seed: int | None = None) -> Backbone:
+def input_size(cfg: RunConfig, dataset_meta: dict) -> int:
+    """The backbone's input side in px: ``train.image_size``, else the dataset's stored size."""
+    return int(cfg.train.image_size or dataset_meta["image_shape"][1])
+
+
+def build_backbone(
+    cfg: RunConfig, dataset_meta: dict, registry: Registry, seed: int | None = None, image_size: int | None = None
+) -> Backbone:
     """The backbone plugin's network wrapped with the dataset's normalisation, with
-    ``backbone.weights`` loaded when set. Seeded so that the random-init (initial-weights) baseline
-    is exactly pretraining's starting point."""
+    ``backbone.weights`` loaded when set, built for ``image_size`` px inputs (default
+    :func:`input_size`: ``train.image_size`` or the stored size; ``small_image_stem: auto`` follows
+    it). Seeded so that the random-init (initial-weights) baseline is exactly pretraining's starting point."""
     spec = registry.backbone(cfg.backbone.name)
-    size = int(dataset_meta["image_shape"][1])
+    size = int(image_size or input_size(cfg, dataset_meta))
     params = BackboneParams(
         in_chans=int(dataset_meta["image_shape"][0]),
         image_size=size,
@@ -103,7 +111,7 @@ def build_task(cfg: RunConfig, backbone: Backbone, registry: Registry) -> Pretex
     if backbone.image_size < req.min_image_size:
         raise PluginError(
             f"pretext task {task_cls.name!r} needs images of at least {req.min_image_size}px; "
-            f"the dataset's are {backbone.image_size}px."
+            f"the backbone's input is {backbone.image_size}px (train.image_size, else the dataset's size)."
         )
     params = validate_plugin_params(task_cls.Params, cfg.pretext.params, "pretext.params")
     return task_cls(backbone, params)

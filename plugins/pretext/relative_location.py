@@ -22,7 +22,6 @@ from pretextflow.api import (
     crop_boxes,
     hookimpl,
     mlp,
-    to_float,
 )
 
 # the eight neighbours of the centre cell (row, col offsets), in the paper's order
@@ -59,7 +58,7 @@ class RelativeLocation(PretextTask):
         return crop_boxes(x, cx, cy, half, half, x.shape[-1])
 
     def forward(self, images: torch.Tensor, aug: Augmenter) -> StepOutput:
-        x = aug.view(to_float(images), self.view)
+        x = aug.view(images, self.view)  # the batch itself: its views crop from the stored images
         n = x.shape[0]
         target = aug.randint(len(NEIGHBOURS), (n,))
         d = self.offsets[target]
