@@ -16,14 +16,18 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
+from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
 from pretextflow.core.data.dataset import load_dataset
 from pretextflow.core.data.ingest import IngestSettings, ingest
 from pretextflow.core.data.migrate import migrate_dataset
+from pretextflow.core.data.remote import RemoteNpy
+from pretextflow.core.data.shards import ImageView, ShardedArray
 from pretextflow.core.data.versioning import init_workspace
 from pretextflow.core.errors import DataError
 from pretextflow.core.stages import StageContext, run_pretrain
@@ -293,3 +297,74 @@ def test_mid_epoch_resume_from_several_shards_is_bit_identical(tmp_path, digits_
     run_pretrain(one)
     c, _ = checkpoint.decode(one.store.read_bytes("pretrain", one.pretrain_key(one.dataset()), "task.safetensors"))
     assert [k for k in a["model"] if not torch.equal(a["model"][k], c["model"][k])] == []
+
+
+# -- remote shards: read by byte ranges ---------------------------------------------------------
+class CountingMemoryFS(MemoryFileSystem):
+    """The memory filesystem, counting the bytes handed out by ranged reads."""
+
+    protocol = "countmem"
+    read_bytes = 0
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("countmem://"))
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        data = super().cat_file(path, start=start, end=end, **kwargs)
+        type(self).read_bytes += len(data)
+        return data
+
+
+fsspec.register_implementation("countmem", CountingMemoryFS, clobber=True)
+
+
+@pytest.fixture
+def remote_dataset(tmp_path):
+    """A 240-image sharded dataset (several shards) copied into the counting memory filesystem."""
+    ws = init_workspace(tmp_path / "ws")
+    _ingest(ws, _folder(tmp_path / "src"))
+    fs = CountingMemoryFS()
+    for p in sorted(Path(ws.data_dir).rglob("*")):
+        if p.is_file():
+            fs.pipe_file(f"/bucket/data/{p.relative_to(ws.data_dir)}", p.read_bytes())
+    CountingMemoryFS.read_bytes = 0
+    yield load_dataset(str(ws.data_dir), "imgs"), load_dataset("countmem:///bucket/data", "imgs"), fs
+    fs.rm("/bucket", recursive=True)
+
+
+def test_opening_a_remote_dataset_reads_headers_not_images(remote_dataset):
+    local, remote, _ = remote_dataset
+    assert isinstance(remote.train_images, ShardedArray)
+    assert all(isinstance(p, RemoteNpy) for p in remote.train_images.parts)
+    # meta.json and the labels (8 bytes an image); image headers come through open(), no rows yet
+    assert CountingMemoryFS.read_bytes < 0.05 * (local.train_images.nbytes + local.test_images.nbytes)
+    assert remote.train_images.shape == local.train_images.shape
+
+
+def test_remote_rows_match_the_local_ones_and_only_they_are_read(remote_dataset):
+    local, remote, _ = remote_dataset
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(local.train_images))[:32]
+    want = np.asarray(local.train_images)[idx]
+    CountingMemoryFS.read_bytes = 0
+    got = remote.train_images.take(idx)
+    assert np.array_equal(got, want)
+    row = int(np.prod(local.train_images.shape[1:]))
+    assert CountingMemoryFS.read_bytes <= 32 * row * (1 + 8)  # the rows, plus at most the merged gaps
+    assert CountingMemoryFS.read_bytes < local.train_images.nbytes / 2
+    head = remote.train_images.head(50)  # a prefix stays unread
+    before = CountingMemoryFS.read_bytes
+    assert len(head) == 50 and CountingMemoryFS.read_bytes == before
+    assert np.array_equal(np.asarray(head), np.asarray(local.train_images)[:50])
+    view = ImageView(remote.train_images, np.arange(0, 100, 3))
+    assert np.array_equal(view[2:9], np.asarray(local.train_images)[np.arange(0, 100, 3)[2:9]])
+    assert np.array_equal(remote.train_images[7], np.asarray(local.train_images)[7])
+
+
+def test_a_truncated_remote_shard_is_refused_naming_it(remote_dataset):
+    _, remote, fs = remote_dataset
+    part = remote.train_images.parts[0]
+    fs.pipe_file(part.path, fs.cat_file(part.path)[: part.offset + part.row_bytes * 3 + 5])
+    with pytest.raises(DataError, match="truncated"):
+        part[np.arange(len(part))]

@@ -37,6 +37,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from pretextflow.core.config import DATASET_NAME_RE
+from pretextflow.core.data.remote import RemoteNpy
 from pretextflow.core.data.shards import ShardedArray, shard_paths
 from pretextflow.core.errors import DataError
 from pretextflow.core.registry.contracts import DatasetArrays
@@ -227,13 +228,19 @@ def load_dataset(data_uri: str, name: str, storage_options: dict[str, Any] | Non
 
 
 def _load_npy(fs, path: str, name: str, what: str, want: tuple[type, int]) -> np.ndarray:
+    """The array at ``path``: memory-mapped when local; remote images are read row range by row range
+    (:class:`RemoteNpy`), remote labels and extents (8-16 bytes an image) whole."""
     if not fs.exists(path):
         raise _fail(name, f"{what} is missing")
     try:  # never unpickle: an object array in the store is refused, not executed
         if isinstance(fs, LocalFileSystem):
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif want[1] == 4:
+            arr = RemoteNpy(fs, path)
         else:
             arr = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+    except DataError as exc:
+        raise _fail(name, f"{what}: {exc}") from None
     except (ValueError, EOFError, OSError) as exc:
         raise _fail(name, f"{what} is not a plain numeric array or is truncated ({exc})") from None
     if arr.dtype != want[0] or arr.ndim != want[1]:
@@ -273,7 +280,8 @@ def _read_v2(fs, root: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
             extents[rec["split"]].append(_shard_extents(fs, paths["extents"], name, rec, shape))
     out: dict[str, Any] = {}
     for s in SPLITS:
-        out[f"{s}_images"] = parts[s][0] if len(parts[s]) == 1 else ShardedArray(parts[s], shape)
+        one = len(parts[s]) == 1 and not isinstance(parts[s][0], RemoteNpy)  # remote: always streamed
+        out[f"{s}_images"] = parts[s][0] if one else ShardedArray(parts[s], shape)
         out[f"{s}_labels"] = np.concatenate(labels[s]) if labels[s] else np.zeros(0, np.int64)
         if meta.get("extents"):
             ext = extents[s]

@@ -259,11 +259,16 @@ class ShardedArray:
         """The first ``n`` images as a ShardedArray over the same parts (cut short: views of the memory
         maps, nothing read or copied)."""
         n = max(0, min(int(n), len(self)))
-        parts = [p[: max(0, n - int(lo))] for p, lo in zip(self.parts, self.offsets[:-1], strict=True) if lo < n]
+        parts = [_head(p, n - int(lo)) for p, lo in zip(self.parts, self.offsets[:-1], strict=True) if lo < n]
         return ShardedArray(parts, self.item_shape)
 
     def __repr__(self) -> str:
         return f"ShardedArray({len(self.parts)} shards, shape={self.shape}, dtype={self.dtype})"
+
+
+def _head(part, n: int):
+    """The first ``n`` rows of a part, unread: a memory map's view, or a remote array's ``head``."""
+    return part.head(n) if hasattr(part, "head") else part[: max(0, n)]
 
 
 class ImageView:
