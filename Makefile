@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS ?= 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,http,s3,dask,onnx,parquet]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,http,s3,dask,onnx,parquet,trackers]'
 	touch $@
 
 install: $(STAMP)

@@ -22,7 +22,7 @@ from pydantic import (
 
 from pretextflow.core.errors import ConfigError
 from pretextflow.core.security import credentials
-from pretextflow.core.security.redaction import register_secrets, register_url_secrets
+from pretextflow.core.security.redaction import has_url_credentials, register_secrets, register_url_secrets
 
 
 class Strict(BaseModel):
@@ -221,6 +221,59 @@ class ReportConfig(Strict):
     )
 
 
+class MonitorConfig(Strict):
+    """Online monitors during pretraining (``core/training/monitors.py``): every ``every_epochs``
+    epochs and after the last, kNN top-1 on a small seeded labelled subset of the *training* split
+    and RankMe (Garrido et al. 2023: the effective rank of the embeddings of a fixed batch), a
+    label-free collapse signal. They read the backbone and change nothing it learns.
+
+    ``collapse_rank`` defaults to 1.5, an absolute threshold rather than a fraction of min(n, dim).
+    RankMe is 1 (+ ~1e-3: the eps and float error) when every image maps to one vector, the
+    collapse ``stop_on_collapse`` is for, and at most min(n, dim). Healthy runs use only part of
+    their dimensions, and how much depends on the backbone, its width and the method (measured on
+    the demo's convnet-s, 128 features: 27.8 at random initialisation, 16 to 23 over its first 30
+    SimCLR steps), so a fraction of the dimension would have to be tuned per backbone to avoid
+    stopping healthy runs. 1.5 sits just above the collapsed value, with room for its float noise
+    and for a near-constant output (a constant plus noise of 0.1% of it: 1.05 at 16 dimensions,
+    1.47 at 2048), and far below the healthy runs measured. Raise it to also stop partial
+    (dimensional) collapse."""
+
+    every_epochs: int = Field(1, ge=0, description="check every N epochs, and after the last; 0 = off")
+    knn_samples: int = Field(
+        1000,
+        ge=2,
+        description="labelled training images of the kNN check (class-stratified, seeded; never test); "
+        "all of them when the dataset has fewer",
+    )
+    knn_k: int = Field(20, ge=1, description="neighbours of the kNN vote (weights exp(cos / 0.07))")
+    rankme_samples: int = Field(
+        512, ge=2, description="training images (labelled or not, a fixed seeded batch) RankMe is computed on"
+    )
+    stop_on_collapse: bool = Field(False, description="stop the run when RankMe stays below collapse_rank")
+    collapse_rank: float = Field(
+        1.5, ge=1, description="RankMe below this is collapse (1 = every image has the same embedding)"
+    )
+    collapse_patience: int = Field(1, ge=1, description="consecutive checks below collapse_rank before stopping")
+
+
+class ProgressConfig(Strict):
+    """How a running stage shows its progress (``core/training/progress.py``): nothing it computes
+    depends on it, so it is in no stage key."""
+
+    mode: Literal["auto", "bars", "lines", "off"] = Field(
+        "auto",
+        description="auto = rich progress bars when stderr is a terminal, plain lines otherwise (CI, "
+        "Prefect workers, nohup); off = neither (the CLI's --quiet)",
+    )
+    every_s: float = Field(30.0, gt=0, description="plain lines: one per bar at most every N seconds (and every 10%)")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML reads a bare `off` (`--set progress.mode=off`, `mode: off`) as false, `on` as true
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
+
 class StoreConfig(Strict):
     uri: CredentialURI = Field(
         "artifacts", description="artifact store: fsspec URI, or a path relative to the workspace"
@@ -250,6 +303,51 @@ class StoreConfig(Strict):
     )
 
 
+class LoggingConfig(Strict):
+    """Experiment trackers the run is sent to (logger plugins: ``pretextflow plugins`` lists them).
+
+    ``options.<logger>`` holds one logger's options, validated by its ``Options`` model (before any
+    work starts). Values may be ``${env:NAME}`` references (an MLflow tracking URI with credentials,
+    a token): resolved here, masked in every message and log record, serialised as references only."""
+
+    loggers: list[str] = Field([], description="logger plugins to turn on, e.g. [tensorboard, mlflow]")
+    options: dict[str, dict[str, Any]] = Field(
+        {}, validate_default=True, description="per logger: its options, e.g. {mlflow: {tracking_uri: ...}}"
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @field_validator("options")
+    @classmethod
+    def _remember_secrets(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        v = credentials.resolve_options(v)
+        register_secrets(v)  # credential-named values (token, password, api_key...)
+        for value in _strings(v):
+            register_url_secrets(value)  # the USER:PASS of a tracking URI
+        return v
+
+    @field_serializer("options")
+    def _options_by_reference(self, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        protected = credentials.protect_options(v)
+        return {name: {k: _protect_url(x) for k, x in opts.items()} for name, opts in protected.items()}
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def _protect_url(value: Any) -> Any:
+    """A URL with credentials as one reference: the ``${env:NAME}`` it was read from, or a new one."""
+    return credentials.reference(value) if isinstance(value, str) and has_url_credentials(value) else value
+
+
 class RunConfig(Strict):
     name: str = "run"
     seed: int = Field(0, ge=0, le=2**31 - 1, description="below 2^31: torch, numpy and scikit-learn all take it")
@@ -259,7 +357,10 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     report: ReportConfig = ReportConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    progress: ProgressConfig = ProgressConfig()
     store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -281,7 +382,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-_MAY_HOLD_CREDENTIALS = ("store.storage_options", "store.uri", "data.source")
+_MAY_HOLD_CREDENTIALS = ("store.storage_options", "store.uri", "data.source", "logging.options")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

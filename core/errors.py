@@ -41,3 +41,9 @@ class VersioningError(PretextflowError):
 class TrainingDiverged(PretextflowError):
     """Pretraining met a non-finite loss and stopped (or ran out of rollbacks); the last good
     checkpoint is kept. Raised from a training rank, it is re-raised as itself by the launcher."""
+
+
+class CollapseError(PretextflowError):
+    """Pretraining collapsed: the online monitor's RankMe stayed below ``monitor.collapse_rank`` for
+    ``monitor.collapse_patience`` checks with ``monitor.stop_on_collapse`` on (``core.training.monitors``).
+    Defined here, like ``TrainingDiverged``, so a training rank's collapse is re-raised as itself."""

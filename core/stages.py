@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.registry.registry import Registry, get_registry
 from pretextflow.core.store import ArtifactStore
+from pretextflow.core.training.events import EventBus, progress_callback
 from pretextflow.core.training.weights import weights_sha256
 from pretextflow.core.workspace import Workspace
 
@@ -43,6 +45,7 @@ class StageContext:
     cfg: RunConfig
     registry: Registry
     store: ArtifactStore
+    events: EventBus = field(default_factory=EventBus, repr=False)  # who watches (core.runs.watch); none by default
     _probe_datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)  # probe.data, resized once
 
     @classmethod
@@ -164,13 +167,25 @@ def store_preflight(ctx: StageContext, stage: str, key: str | None = None, logge
 
 def _timed_stage(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """Adds ``compute_seconds``, the time spent inside the stage itself: what an orchestrator's
-    overhead is measured against (the flow's wall time minus the stages' compute time)."""
+    overhead is measured against (the flow's wall time minus the stages' compute time); and tells
+    ``ctx.events`` the stage started and how it ended (``completed``; ``cached`` when its artifact
+    was there, or an ingest changed nothing; ``failed``, with the error)."""
+    stage = fn.__name__.removeprefix("run_")
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs) -> dict[str, Any]:
+    def wrapper(ctx: StageContext, *args, **kwargs) -> dict[str, Any]:
+        ctx.events.emit("stage_start", stage, total=None, unit=None)
         t = time.perf_counter()
-        out = fn(*args, **kwargs)
+        try:
+            out = fn(ctx, *args, **kwargs)
+        except BaseException as exc:
+            from pretextflow.core.security.redaction import redact
+
+            ctx.events.emit("stage_end", stage, status="failed", error=redact(f"{type(exc).__name__}: {exc}"))
+            raise
         out["compute_seconds"] = time.perf_counter() - t
+        cached = bool(out.get("cached")) or out.get("changed") is False
+        ctx.events.emit("stage_end", stage, status="cached" if cached else "completed", key=out.get("key"))
         return out
 
     return wrapper
@@ -209,7 +224,7 @@ def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool)
             push=push,
             registry=ctx.registry,
             logger=logger,
-            settings=IngestSettings(**d.ingest.model_dump()),
+            settings=IngestSettings(**d.ingest.model_dump(), progress=_ingest_progress(ctx.events)),
         )
     if refresh:
         from pretextflow.core.data.ingest import ensure_consistent
@@ -226,6 +241,23 @@ def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool)
     return summary(ds, data_version(ctx.ws))
 
 
+def _ingest_progress(events: EventBus):
+    """IngestSettings.progress: one bar per part of the ingest (images decoded, shards written)."""
+    if not events.sinks:
+        return None
+    parts = {
+        "decode": progress_callback(events, "ingest", "images", "decode"),
+        "shards": progress_callback(events, "ingest", "shards", "shards"),
+    }
+
+    def report(part: str, done: int, total: int) -> None:
+        callback = parts.get(part)
+        if callback is not None:
+            callback(done, total)
+
+    return report
+
+
 @_timed_stage
 def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None) -> dict[str, Any]:
     from pretextflow.core.training.loop import pretrain
@@ -234,7 +266,15 @@ def run_pretrain(ctx: StageContext, logger=log, on_epoch_end=None, on_step=None)
     key = ctx.pretrain_key(ds)
     store_preflight(ctx, "pretrain", key, logger)
     outcome = pretrain(
-        ctx.cfg, ds, ctx.store, key, ctx.registry, logger=logger, on_epoch_end=on_epoch_end, on_step=on_step
+        ctx.cfg,
+        ds,
+        ctx.store,
+        key,
+        ctx.registry,
+        logger=logger,
+        on_epoch_end=on_epoch_end,
+        on_step=on_step,
+        events=ctx.events,
     )
     return outcome.__dict__
 
@@ -261,18 +301,28 @@ def run_probe(ctx: StageContext, logger=log) -> dict[str, Any]:
     store_preflight(ctx, "probe", keys["probe"], logger)
     cached = ctx.store.is_complete("probe", keys["probe"])
     metrics = probe(
-        ctx.cfg, ctx.probe_dataset(ds), ctx.store, keys["freeze"], keys["probe"], ctx.registry, logger=logger
+        ctx.cfg,
+        ctx.probe_dataset(ds),
+        ctx.store,
+        keys["freeze"],
+        keys["probe"],
+        ctx.registry,
+        logger=logger,
+        events=ctx.events,
     )
+    from pretextflow.core.evaluation.metrics import flat_accuracies
+
+    ctx.events.emit("metrics", "probe", None, **flat_accuracies(metrics))  # the final accuracies, cached or not
     return {"key": keys["probe"], "uri": ctx.store.uri_of("probe", keys["probe"]), "cached": cached, "metrics": metrics}
 
 
 @_timed_stage
 def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None = None, logger=log) -> dict[str, Any]:
-    """Write the run folder (manifest.json, report.md, report.html, figures) from stored artifacts."""
-    from pretextflow.core.data.versioning import data_version, default_remote_url, read_data_dvc
+    """Write the run folder (manifest.json, report.md, report.html, figures, and the files DVC reads:
+    ``core.runs.experiments``) from stored artifacts; tell ``ctx.events`` about the files."""
     from pretextflow.core.errors import StageInputError
-    from pretextflow.core.runs.history import RegressionError, check_regression, compare_metrics, previous_run
-    from pretextflow.core.runs.manifest import build_manifest, dataset_record, new_run_id
+    from pretextflow.core.runs.history import RegressionError
+    from pretextflow.core.runs.manifest import new_run_id
     from pretextflow.core.runs.report import write_report
 
     ds = ctx.dataset()
@@ -287,6 +337,31 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
     metrics = ctx.store.read_json("probe", keys["probe"], "metrics.json")
     history = ctx.store.read_json("pretrain", keys["pretrain"], "history.json")
     run_id = new_run_id(ctx.cfg.name, keys["probe"])
+    manifest = _report_manifest(ctx, ds, keys, run_id, metrics, history, stage_times or {})
+    final = _write_experiment_files(ctx, run_id, manifest, history, logger)
+    run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=ctx.probe_dataset(ds))
+    logger.info("report: %s", run_uri)
+    _emit_artifacts(ctx, run_id, keys["freeze"])
+    if manifest["regression"]:
+        raise RegressionError(manifest["regression"] + f" Report: {run_uri}")
+    return {"run_id": run_id, "run_uri": run_uri, "manifest": manifest, "final_metrics": final}
+
+
+def _report_manifest(
+    ctx: StageContext,
+    ds: Dataset,
+    keys: dict[str, str],
+    run_id: str,
+    metrics: dict[str, Any],
+    history: dict[str, Any],
+    stage_times: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The run's manifest, with the comparison to the previous run of the config's name and the
+    regression verdict."""
+    from pretextflow.core.data.versioning import data_version, default_remote_url, read_data_dvc
+    from pretextflow.core.runs.history import check_regression, compare_metrics, previous_run
+    from pretextflow.core.runs.manifest import build_manifest, dataset_record
+
     previous = previous_run(ctx.store, ctx.cfg.name)
     manifest = build_manifest(
         run_id=run_id,
@@ -299,7 +374,7 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
         store=ctx.store,
         metrics=metrics,
         history=history,
-        stage_times=stage_times or {},
+        stage_times=stage_times,
         dvc_remote=default_remote_url(ctx.ws),
     )
     if previous is not None:
@@ -310,12 +385,43 @@ def run_report(ctx: StageContext, stage_times: dict[str, dict[str, Any]] | None 
             "same_keys": previous["artifacts"].get("probe", {}).get("key") == keys["probe"],
             "comparison": compare_metrics(previous["metrics"], metrics),
         }
-    probe_ds = ctx.probe_dataset(ds)
-    if ctx.cfg.probe.data is not None:
-        manifest["probe_dataset"] = dataset_record(probe_ds)  # a transfer probe: both datasets recorded
+    if ctx.cfg.probe.data is not None:  # a transfer probe: both datasets recorded
+        manifest["probe_dataset"] = dataset_record(ctx.probe_dataset(ds))
     manifest["regression"] = check_regression(manifest, previous, ctx.cfg.report.regression_threshold)
-    run_uri = write_report(ctx.store, run_id, manifest, history, metrics, dataset=probe_ds)
-    logger.info("report: %s", run_uri)
-    if manifest["regression"]:
-        raise RegressionError(manifest["regression"] + f" Report: {run_uri}")
-    return {"run_id": run_id, "run_uri": run_uri, "manifest": manifest}
+    return manifest
+
+
+def _write_experiment_files(ctx: StageContext, run_id: str, manifest: dict, history: dict, logger) -> dict:
+    """The params, metrics and plots DVC reads: in the run folder (before its manifest, which marks
+    it complete) and, in a DVC workspace, in its ``metrics/`` folder declared by its ``dvc.yaml``.
+    Returns the final metrics (flat: ``core.runs.experiments.final_metrics``)."""
+    from pretextflow.core.runs.experiments import dvc_files, final_metrics, write_run_files, write_workspace_files
+
+    files = dvc_files(manifest, history)
+    write_run_files(ctx.store, run_id, files)
+    try:
+        folder = write_workspace_files(ctx.ws.root, files)
+    except OSError as exc:  # a read-only workspace: the run folder has them; the run goes on
+        logger.warning("report: could not write the DVC metrics into %s (%s)", ctx.ws.root, exc)
+    else:
+        if folder is not None:
+            logger.info("report: params, metrics and plots for DVC in %s (dvc metrics diff compares runs)", folder)
+    return final_metrics(manifest, history)
+
+
+def _emit_artifacts(ctx: StageContext, run_id: str, freeze_key: str) -> None:
+    """An ``artifact`` event per file of the run folder (report, figures, manifest) and for the frozen
+    backbone's weights, when the store is a local folder (a logger uploads local files)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pretextflow.core.runs.history import RUNS
+
+    if not ctx.events.sinks or not isinstance(ctx.store.fs, LocalFileSystem):
+        return
+    for name in ctx.store.listdir(RUNS, run_id):
+        path = ctx.store.path(RUNS, run_id, name)
+        if os.path.isfile(path):
+            ctx.events.emit("artifact", "report", path=path, name=name)
+    weights = ctx.store.path("freeze", freeze_key, "backbone.safetensors")
+    if os.path.isfile(weights):
+        ctx.events.emit("artifact", "report", path=weights, name="backbone.safetensors")

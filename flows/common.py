@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +18,7 @@ from pretextflow.core.errors import PretextflowError
 from pretextflow.core.security.redaction import add_record_transform, install_log_redaction
 from pretextflow.core.stages import StageContext
 from pretextflow.core.store import is_transient_io_error
+from pretextflow.core.training.events import EventBus
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -86,8 +90,43 @@ def install_log_filter() -> None:
 install_log_filter()
 
 
+# The event bus of the flow run in progress (``core.runs.watch``): a flow sets it once, and every
+# stage task it runs in this process (in its thread, or in a thread pool's: Prefect copies the
+# context) gets it through ``context``. Tasks in other processes (a process pool, Dask) see none.
+_EVENTS: ContextVar[EventBus | None] = ContextVar("pretextflow_events", default=None)
+
+
+@contextmanager
+def watching(events: EventBus) -> Iterator[EventBus]:
+    """The stage tasks run inside this block report to ``events``."""
+    token = _EVENTS.set(events)
+    try:
+        yield events
+    finally:
+        _EVENTS.reset(token)
+
+
 def context(config: dict[str, Any], workspace: str | None) -> StageContext:
-    return StageContext.create(load_config(raw=dict(config)), workspace)
+    ctx = StageContext.create(load_config(raw=dict(config)), workspace)
+    events = _EVENTS.get()
+    if events is not None:
+        ctx.events = events
+    return ctx
+
+
+@contextmanager
+def watched_flow(
+    config: dict[str, Any], workspace: str | None, progress: str | None = None, loggers: bool = True
+) -> Iterator[Any]:
+    """A flow run watched as one run (``core.runs.watch.watched_run``): its bus built once, with the
+    progress, the live history and (``loggers``) the logger plugins; ``run_start`` now, ``run_end``
+    when the block ends, however it ends; the stage tasks inside report to it."""
+    from pretextflow.core.runs.watch import watched_run
+
+    ctx = StageContext.create(load_config(raw=dict(config)), workspace)
+    with watched_run(ctx.cfg, ctx.registry, ctx.store, ctx.ws.root, progress=progress, loggers=loggers) as watch:
+        with watching(watch.events):
+            yield watch
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:

@@ -16,8 +16,13 @@ def rerun(
     tolerance: float | None = None,
     remote: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict)."""
+    """Rerun a past run from its manifest; returns the comparison (``identical`` is the verdict).
+    ``quiet``: no progress bars or lines (whatever the recorded ``progress.mode``: it changes no number)."""
     plan = prepare_rerun(ref, workspace, no_cache, tolerance, remote, storage_options)
-    result = pipeline_flow(plan.cfg.model_dump(mode="json"), str(plan.root), False)
+    config = plan.cfg.model_dump(mode="json")
+    if quiet:
+        config["progress"]["mode"] = "off"
+    result = pipeline_flow(config, str(plan.root), False)
     return compare_rerun(plan, result["run_uri"])

@@ -1,4 +1,6 @@
-"""One Prefect task per stage (used by the pipeline) and one flow per stage (to run it alone)."""
+"""One Prefect task per stage (used by the pipeline) and one flow per stage (to run it alone). A
+stage run alone shows its progress and writes its live history; the logger plugins hear only of
+whole runs (``flows.pipeline``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from pretextflow.core import stages
 
-from .common import TASK_OPTIONS, context, stage_task_options
+from .common import TASK_OPTIONS, context, stage_task_options, watched_flow
 
 
 @task(name="ingest", **TASK_OPTIONS)
@@ -46,24 +48,29 @@ def report_task(
 
 @flow(name="ingest")
 def ingest_flow(config: dict[str, Any], workspace: str | None = None, push: bool = True) -> dict[str, Any]:
-    return ingest_task(config, workspace, push)
+    with watched_flow(config, workspace, loggers=False):
+        return ingest_task(config, workspace, push)
 
 
 @flow(name="pretrain")
 def pretrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
-    return pretrain_task(config, workspace)
+    with watched_flow(config, workspace, loggers=False):
+        return pretrain_task(config, workspace)
 
 
 @flow(name="freeze")
 def freeze_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
-    return freeze_task(config, workspace)
+    with watched_flow(config, workspace, loggers=False):
+        return freeze_task(config, workspace)
 
 
 @flow(name="probe")
 def probe_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
-    return probe_task(config, workspace)
+    with watched_flow(config, workspace, loggers=False):
+        return probe_task(config, workspace)
 
 
 @flow(name="report")
 def report_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
-    return report_task(config, workspace)
+    with watched_flow(config, workspace, loggers=False):
+        return report_task(config, workspace)

@@ -97,9 +97,11 @@ def shared_temporary_server(runner: str, dask_address: str | None = None) -> Ite
 def point_task(
     name: str, point: dict[str, Any], config: dict[str, Any], workspace: str | None, ingest: dict[str, Any]
 ) -> dict[str, Any]:
-    """One grid point: pretrain -> freeze -> probe -> report; returns its row of the comparison."""
+    """One grid point: pretrain -> freeze -> probe -> report; returns its row of the comparison.
+    Watched as a run of its own (``core.runs.watch``: live history, loggers), its progress as plain
+    lines (points run side by side: bars would fight)."""
     from pretextflow.core.data.versioning import data_version
-    from pretextflow.flows.publish import publish_artifacts
+    from pretextflow.core.runs.watch import watched_run
 
     logger = get_run_logger()
     ctx = context(config, workspace)
@@ -110,6 +112,20 @@ def point_task(
             f"the sweep ingested {ingest['data_version']}. Run `dvc pull` there (or use one "
             f"shared workspace folder) and rerun the sweep."
         )
+    progress = "off" if ctx.cfg.progress.mode == "off" else "lines"
+    with watched_run(ctx.cfg, ctx.registry, ctx.store, ctx.ws.root, progress=progress) as watch:
+        ctx.events = watch.events
+        report = _point_stages(ctx, ingest, logger)
+        watch.metrics = report["final_metrics"]
+        watch.extra.update(report_run_id=report["run_id"], run_uri=report["run_uri"])
+    logger.info("%s: run %s, linear top-1 %.4f", name, report["run_id"], report["manifest"]["metrics"]["linear_top1"])
+    return sw.result_row(point, report["manifest"], report["run_uri"])
+
+
+def _point_stages(ctx, ingest: dict[str, Any], logger) -> dict[str, Any]:
+    """A point's pretrain -> freeze -> probe -> report (its Prefect artifacts too); the report's result."""
+    from pretextflow.flows.publish import publish_artifacts
+
     times: dict[str, dict[str, Any]] = {
         "ingest": {"seconds": ingest.get("seconds", 0.0), "cached": ingest.get("changed") is False}
     }
@@ -123,8 +139,7 @@ def point_task(
         }
     report, t = timed(stages.run_report, ctx, stage_times=times, logger=logger)
     publish_artifacts(report["manifest"], report["run_uri"])
-    logger.info("%s: run %s, linear top-1 %.4f", name, report["run_id"], report["manifest"]["metrics"]["linear_top1"])
-    return sw.result_row(point, report["manifest"], report["run_uri"])
+    return report
 
 
 def _ingest_once(points: list[sw.SweepPoint], workspace: str | None, push: bool) -> tuple[dict[str, Any], str]:

@@ -24,12 +24,15 @@ from pretextflow.core.registry.contracts import (
     Params,
     PretextTask,
     Requirements,
+    RunInfo,
+    RunLogger,
     SourceCatalog,
     SourceEntry,
     StepOutput,
     TokenAPI,
 )
 from pretextflow.core.registry.hookspecs import hookimpl
+from pretextflow.core.security.redaction import redact
 from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, crop_boxes, to_float
 from pretextflow.core.toolkit.collectives import all_reduce_mean, gather, gather_with_grad
 from pretextflow.core.toolkit.heads import mlp, two_views
@@ -37,7 +40,7 @@ from pretextflow.core.toolkit.momentum import ema_update, frozen_copy
 from pretextflow.core.toolkit.schedules import cosine_increase, linear_warmup
 
 #: The version of this API; bumped (major) only when a name in ``__all__`` changes incompatibly.
-API_VERSION = "2.0"
+API_VERSION = "2.1"
 
 __all__ = [
     "API_VERSION",
@@ -82,6 +85,11 @@ __all__ = [
     "read_source_bytes",
     "join_uri",
     "gunzip_bounded",
+    # loggers (experiment trackers): the run's config, metrics, artifacts and end
+    "RunLogger",
+    "RunInfo",
+    # a message without secrets (credentials in URLs, tokens the config named): for loggers' messages
+    "redact",
     # errors a plugin may raise to tell the user what to fix (shown without a traceback)
     "PluginError",
     "DataError",

@@ -21,6 +21,10 @@ app = typer.Typer(
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace folder (default: current folder)")
 SetOpt = typer.Option(None, "--set", help="override a config field: --set train.epochs=3 (repeatable)")
+QuietOpt = typer.Option(
+    False, "--quiet", "-q", help="no progress bars or progress lines (progress.mode=off); the logs stay"
+)
+QUIET = "progress.mode=off"
 
 
 @contextmanager
@@ -102,7 +106,7 @@ def plugins(
 @plugins_app.command("new")
 def plugins_new(
     name: str = typer.Argument(..., help="the plugin's name, e.g. my-task"),
-    kind: str = typer.Option("pretext", "--kind", "-k", help="pretext | backbone | dataset"),
+    kind: str = typer.Option("pretext", "--kind", "-k", help="pretext | backbone | dataset | logger"),
     directory: Path | None = typer.Option(None, "--dir", "-d", help="folder to create (default: ./pretextflow-NAME)"),
 ) -> None:
     """Scaffold an installable plugin package that passes its own tests as generated.
@@ -222,6 +226,7 @@ def ingest(
     runner: str = typer.Option("local", "--runner", help="local, or dask (a cluster, see --dask-address)"),
     dask_address: str | None = typer.Option(None, "--dask-address", help="tcp://HOST:8786; none = LocalCluster"),
     workspace: Path | None = WorkspaceOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Ingest a dataset into the workspace's data/ and version it with DVC. Re-ingesting reads and
     decodes only the images that were added or changed, and rewrites only the shards they touch."""
@@ -240,6 +245,7 @@ def ingest(
                 "options": apply_overrides({}, option or []),
                 "ingest": {"shard_mb": shard_mb, "workers": workers, "runner": runner, "dask_address": dask_address},
             },
+            "progress": {"mode": "off" if quiet else "auto"},
         }
         from pretextflow.core.config import load_config
         from pretextflow.core.registry.preflight import check_plugins
@@ -274,11 +280,15 @@ def run(
     set_: list[str] | None = SetOpt,
     workspace: Path | None = WorkspaceOpt,
     push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest"),
+    quiet: bool = QuietOpt,
 ) -> None:
-    """Run the whole pipeline (ingest, pretrain, freeze, probe, report); prints the run folder."""
+    """Run the whole pipeline (ingest, pretrain, freeze, probe, report); prints the run folder.
+
+    Progress shows as bars on a terminal, as plain lines elsewhere (--quiet: neither);
+    `pretextflow runs --live` lists the pretrainings running now."""
     _quiet_prefect()
     with user_errors():
-        cfg = _checked_config(config, set_)
+        cfg = _checked_config(config, [*(set_ or []), *([QUIET] if quiet else [])])
         from pretextflow.core.runs.report import headline
         from pretextflow.core.security.redaction import redact
         from pretextflow.core.store import ArtifactStore
@@ -296,10 +306,11 @@ def _stage_command(stage: str):
         config: Path = typer.Argument(..., help="experiment YAML"),
         set_: list[str] | None = SetOpt,
         workspace: Path | None = WorkspaceOpt,
+        quiet: bool = QuietOpt,
     ) -> None:
         _quiet_prefect()
         with user_errors():
-            cfg = _checked_config(config, set_)
+            cfg = _checked_config(config, [*(set_ or []), *([QUIET] if quiet else [])])
             from pretextflow.core.security.redaction import redact
             from pretextflow.flows import stages as flows
 
@@ -340,6 +351,7 @@ def sweep(
     ),
     workspace: Path | None = WorkspaceOpt,
     push: bool = typer.Option(True, "--push/--no-push", help="dvc push after ingest"),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Run the pipeline for every combination of --grid values, in parallel through a Prefect task
     runner, and write one comparison report (sweeps/<sweep id>/sweep.html in the artifact store).
@@ -350,7 +362,8 @@ def sweep(
     if runner == "dask":
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the cluster's start-up chatter
     with user_errors():
-        summary, failed = _run_sweep(_config(config, set_), grid, runner, workers, dask_address, workspace, push)
+        cfg = _config(config, [*(set_ or []), *([QUIET] if quiet else [])])
+        summary, failed = _run_sweep(cfg, grid, runner, workers, dask_address, workspace, push)
     _print_sweep(summary)
     if failed is not None:
         typer.secho(f"error: {failed}", fg="red", err=True)
@@ -414,17 +427,36 @@ def runs(
     store: str | None = typer.Option(None, help="artifact store URI (default: the workspace's artifacts/)"),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="print a JSON list"),
+    live: bool = typer.Option(
+        False,
+        "--live",
+        help="the pretrainings running now (and those that died): step, loss, images/s, ETA, from their live history",
+    ),
 ) -> None:
-    """List past runs: id, time, data version, config name, headline metrics."""
-    from pretextflow.core.runs.history import list_runs
+    """List past runs: id, time, data version, config name, headline metrics. With --live: the
+    pretrainings running now, and those whose process died before they completed."""
     from pretextflow.core.store import ArtifactStore
     from pretextflow.core.workspace import Workspace
 
     with user_errors():
-        rows = list_runs(ArtifactStore(store or Workspace.at(_workspace(workspace)).store_uri("artifacts")))
+        artifacts = ArtifactStore(store or Workspace.at(_workspace(workspace)).store_uri("artifacts"))
+        if live:
+            from pretextflow.core.runs.live import live_pretrainings
+
+            rows = live_pretrainings(artifacts)
+        else:
+            from pretextflow.core.runs.history import list_runs
+
+            rows = list_runs(artifacts)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
+    elif live:
+        _print_live(rows)
+    else:
+        _print_runs(rows)
+
+
+def _print_runs(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -449,6 +481,54 @@ def runs(
     Console().print(table)
 
 
+LIVE_COLUMNS = ("pretrain key", "status", "run id", "pid", "step", "epoch", "loss", "images/s", "ETA", "updated")
+
+
+def _live_cells(r: dict) -> list[str]:
+    """One live pretraining as table cells."""
+    import time
+
+    from pretextflow.core.training.progress import format_seconds
+
+    step = "-" if r["step"] is None else f"{r['step']}/{r['total_steps'] or '?'}"
+    epoch = "-" if r["epoch"] is None else f"{min(r['epoch'] + 1, r['epochs'] or r['epoch'] + 1)}/{r['epochs'] or '?'}"
+    ago = "-" if r["updated"] is None else f"{format_seconds(time.time() - r['updated'])} ago"
+    return [
+        r["key"],
+        r["status"] + (f" (resumed x{r['resumes']})" if r["resumes"] else ""),
+        r["run_id"] or "-",
+        f"{r['pid']}@{r['host']}",
+        step,
+        epoch,
+        "-" if r["loss"] is None else f"{r['loss']:.4f}",
+        "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}",
+        format_seconds(r["eta_s"]),
+        ago,
+    ]
+
+
+def _print_live(rows: list[dict]) -> None:
+    """A rich table on a terminal, plain aligned text otherwise (a pipe, a log file, watch -n)."""
+    from rich.console import Console
+
+    console = Console()
+    if not rows:
+        typer.echo("no pretraining is running (and none died before completing)")
+        return
+    cells = [_live_cells(r) for r in rows]
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(*LIVE_COLUMNS, title="pretrainings (live history)")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(c) for c in col) for col in zip(LIVE_COLUMNS, *cells, strict=False)]
+    for row in (LIVE_COLUMNS, *cells):
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
 @app.command()
 def rerun(
     run: str = typer.Argument(..., help="a run folder (artifacts/runs/<id>) or its manifest.json"),
@@ -460,6 +540,7 @@ def rerun(
         None, help="allowed |difference| per metric (default: 0 on CPU, 0.005 on GPU)"
     ),
     remote: str | None = typer.Option(None, help="DVC remote holding the data (default: the recorded one)"),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Rerun a past run exactly (data version via DVC, recorded config and seed) and compare every
     metric. Exit 0 only if all are identical (or within the tolerance)."""
@@ -467,7 +548,7 @@ def rerun(
     from pretextflow.flows.rerun import rerun as do_rerun
 
     with user_errors():
-        out = do_rerun(run, str(workspace) if workspace else None, no_cache, tolerance, remote)
+        out = do_rerun(run, str(workspace) if workspace else None, no_cache, tolerance, remote, quiet=quiet)
     from rich.console import Console
     from rich.table import Table
 

@@ -36,6 +36,7 @@ from pretextflow.core.registry.registry import build_registry
 from pretextflow.testing import (
     BACKBONE_CHECKS,
     DATASET_CHECKS,
+    LOGGER_CHECKS,
     PRETEXT_CHECKS,
     ConformanceError,
     assert_conforms,
@@ -97,9 +98,9 @@ def test_the_docs_cover_every_hook_public_name_and_check():
 
     text = (REPO / "docs" / "plugins.md").read_text()
     hooks = [n for n in vars(hookspecs) if n.startswith("pretextflow_")]
-    assert len(hooks) == 3 and all(f"`{h}()`" in text for h in hooks)
+    assert len(hooks) == 4 and all(f"`{h}()`" in text for h in hooks)
     assert [n for n in api.__all__ if f"`{n}`" not in text and f"`pretextflow.api.{n}`" not in text] == []
-    checks = set(PRETEXT_CHECKS) | set(BACKBONE_CHECKS) | set(DATASET_CHECKS)
+    checks = set(PRETEXT_CHECKS) | set(BACKBONE_CHECKS) | set(DATASET_CHECKS) | set(LOGGER_CHECKS)
     assert [c for c in sorted(checks) if f"`{c}`" not in text] == []
     assert "[project.entry-points.pretextflow]" in text and "PRETEXTFLOW_BLOCK_PLUGINS" in text
     assert "docs/plugins.md" in (REPO / "README.md").read_text()

@@ -28,6 +28,8 @@ BUILTINS = {
     ("idx", "dataset", None),
     ("imagefolder", "dataset", None),
     ("sklearn-digits", "dataset", None),
+    ("tensorboard", "logger", None),
+    ("mlflow", "logger", None),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ class Build:
     options: dict[str, Any]
     changes: Changes
     timing: dict[str, float] = field(default_factory=dict)
+    progress: Callable[[str, int, int], None] | None = None  # (part, done, total): IngestSettings.progress
 
     @property
     def unchanged(self) -> bool:
@@ -84,7 +86,11 @@ class Build:
         """Write the whole version into ``staging`` (unchanged shards hard-linked)."""
         t0 = time.perf_counter()
         extents = self.has_extents
-        records = [write_plan(staging, plan, self.image_shape, self.prev, extents) for plan in self.plans]
+        records = []
+        for i, plan in enumerate(self.plans, 1):
+            records.append(write_plan(staging, plan, self.image_shape, self.prev, extents))
+            if self.progress is not None:
+                self.progress("shards", i, len(self.plans))
         (staging / "meta.json").write_bytes(meta_bytes(self._meta(records)))
         self.timing["write_s"] = round(time.perf_counter() - t0, 3)
 
@@ -125,7 +131,7 @@ def prepare_version(
         settings.dask_address,
     )
     shape = tuple(prev.meta["image_shape"]) if prev else None
-    shape, pool_pixels, pool_extents, cpu = _decode(read, to_read, pool, shas, shape)
+    shape, pool_pixels, pool_extents, cpu = _decode(read, to_read, pool, shas, shape, settings.progress)
     t_read = time.perf_counter()
     by_split: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
     for e in entries:
@@ -137,18 +143,27 @@ def prepare_version(
         "decode_cpu_s": round(cpu, 3),
         "images_read": len(to_read),
     }
-    return Build(name, fmt, catalog, entries, shas, plans, prev, prev_meta, shape, options, changes, timing)
+    build = Build(name, fmt, catalog, entries, shas, plans, prev, prev_meta, shape, options, changes, timing)
+    build.progress = settings.progress
+    return build
 
 
 def _decode(
-    read: ReadPlan, to_read: list[SourceEntry], pool: Path, shas: dict[str, str], shape: tuple[int, ...] | None
+    read: ReadPlan,
+    to_read: list[SourceEntry],
+    pool: Path,
+    shas: dict[str, str],
+    shape: tuple[int, ...] | None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[tuple[int, ...] | None, dict[str, Pixels], dict[str, tuple[int, int]], float]:
     """Decode ``to_read`` into the pool; fills ``shas``; returns the image shape, where each
     decoded image's pixels are, the extents of those that do not fill their canvas, and the
-    decode seconds summed over the workers."""
+    decode seconds summed over the workers. ``progress("decode", images done, to read)`` after
+    each chunk."""
     pool_pixels: dict[str, Pixels] = {}
     pool_extents: dict[str, tuple[int, int]] = {}
     cpu = 0.0
+    decoded = 0
     for res in decode_chunks(read, to_read, pool):
         size = parallel.CHUNK  # looked up at run time, as decode_chunks does
         chunk = to_read[res.index * size : (res.index + 1) * size]
@@ -165,4 +180,7 @@ def _decode(
             extent = tuple(int(v) for v in res.extents[j]) if res.extents is not None else None
             if extent is not None and extent != tuple(res.shape[1:]):
                 pool_extents[e.key] = extent
+        decoded += len(chunk)
+        if progress is not None:
+            progress("decode", decoded, len(to_read))
     return shape, pool_pixels, pool_extents, cpu

@@ -57,6 +57,9 @@ class IngestSettings:
     workers: int | None = None  # None = every core
     runner: str = "local"  # or "dask"
     dask_address: str | None = None  # None with runner dask = a LocalCluster of `workers` processes
+    # progress(part, done, total) as images are decoded ("decode") and shards written ("shards"):
+    # for a progress bar, never part of what is ingested
+    progress: Callable[[str, int, int], None] | None = None
 
 
 def ingest(

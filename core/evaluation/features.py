@@ -5,6 +5,8 @@ ImageView is never loaded whole) and brought to the backbone's input size on the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -19,10 +21,12 @@ def extract_features(
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     extents: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """The backbone's features of ``images`` (uint8 ``(N, C, H, W)``, the stored size), each image
     brought to ``backbone.image_size``; ``extents``: per image the (h, w) px of its content, centred
-    on the canvas (``Dataset.train_extents``), or None when the images fill it."""
+    on the canvas (``Dataset.train_extents``), or None when the images fill it. ``progress(images
+    done)`` after each batch."""
     backbone.eval()
     device = torch.device(device)
     backbone.to(device)
@@ -33,6 +37,8 @@ def extract_features(
         extent = None if fractions is None else fractions[start : start + len(chunk)]
         x = fit_to_size(to_float(chunk), backbone.image_size, extent)
         out[start : start + len(chunk)] = backbone(x).float().cpu().numpy()
+        if progress is not None:
+            progress(start + len(chunk))
     return out
 
 
@@ -76,11 +82,13 @@ def cached_features(
     logger=None,
     device="cpu",
     extents: dict[str, np.ndarray | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of every split, computed once per ``key`` (frozen backbone x dataset version) and
     kept in the store under ``features/<key>/<split>.npy``; later probes and the report reuse them.
     ``backbone_fn`` builds the backbone only when the features are not there yet. ``extents``: each
-    split's content extents (``extract_features``), if any."""
+    split's content extents (``extract_features``), if any. ``progress(images done, images)`` over
+    all splits as they are extracted."""
     if store.is_complete("features", key):
         if logger:
             logger.info("features %s: reusing the stored features", key)
@@ -88,10 +96,11 @@ def cached_features(
     backbone = backbone_fn()
     before = {n: t.clone() for n, t in backbone.state_dict().items()}
     extents = extents or {}
-    out = {
-        name: extract_features(backbone, images, batch_size, device, extents.get(name))
-        for name, images in splits.items()
-    }
+    total, offset, out = sum(len(images) for images in splits.values()), 0, {}
+    for name, images in splits.items():
+        report = None if progress is None else (lambda done, base=offset: progress(base + done, total))
+        out[name] = extract_features(backbone, images, batch_size, device, extents.get(name), report)
+        offset += len(images)
     backbone.to("cpu")
     if any(not torch.equal(before[n], t) for n, t in backbone.state_dict().items()):
         raise RuntimeError("the frozen backbone changed during feature extraction")  # a bug, not a user error

@@ -151,3 +151,22 @@ def check_metrics(metrics: dict[str, Any], where: str = "metrics") -> ProbeMetri
 def efficiency_value(row: dict[str, Any], column: Column) -> float | None:
     """One accuracy of a label-efficiency row, ``None`` where that protocol did not run."""
     return row.get(column.key)
+
+
+def flat_accuracies(metrics: dict[str, Any], prefix: str = "probe/") -> dict[str, float]:
+    """Every accuracy of a probe's metrics under one flat name, as trackers and DVC show them: the
+    headline (``probe/linear_top1``, ``probe/knn_top1``, ``probe/linear_top5``), the baselines on all
+    labels (``probe/random_init/linear_top1``) and each label-efficiency cell by method and fraction
+    of the labels (``probe/ssl_linear_top1@10%``, ``probe/supervised_top1@1%``)."""
+    out = {prefix + k: float(metrics[k]) for k in HEADLINE if metrics.get(k) is not None}
+    for name, baseline in sorted(metrics.get("baselines", {}).items()):
+        for k, v in sorted(baseline.items()):
+            if v is not None:
+                out[f"{prefix}{name}/{k}"] = float(v)
+    for row in metrics.get("label_efficiency", []):
+        pct = f"{row['fraction'] * 100:g}%"
+        for column in EFFICIENCY_COLUMNS:
+            value = efficiency_value(row, column)
+            if value is not None:
+                out[f"{prefix}{column.key}@{pct}"] = float(value)
+    return out

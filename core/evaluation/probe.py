@@ -44,6 +44,7 @@ from pretextflow.core.registry.registry import Registry
 from pretextflow.core.security import credentials
 from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
+from pretextflow.core.training.events import EventBus, progress_callback
 from pretextflow.core.training.freeze import load_frozen_backbone
 from pretextflow.core.training.model import build_backbone, configure_runtime, input_size, select_device
 from pretextflow.core.training.weights import weights_sha256
@@ -252,6 +253,7 @@ class _Supervised:
         self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
         self.extents: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # set by the probe run
         self.device = torch.device("cpu")  # set by the probe run: probe.device
+        self.events = EventBus()  # set by the probe run: where each run's progress goes
         self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
         from pretextflow.core.evaluation import supervised
 
@@ -297,6 +299,7 @@ class _Supervised:
             device=self.device,
             extents=None if self.extents[0] is None else self.extents[0][idx],
             test_extents=self.extents[1],
+            progress=progress_callback(self.events, STAGE, "steps", f"{kind} {fraction * 100:g}%"),
         )
         result["key"] = key
         self.store.write_json(result, "supervised", key, "metrics.json")
@@ -352,6 +355,7 @@ class _ProbeRun:
     device: torch.device = torch.device("cpu")  # probe.device: features, probes and supervised runs
     timings: dict[str, float] = field(default_factory=dict)
     extents: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # train, test: (h, w) px of the content
+    events: EventBus = field(default_factory=EventBus)  # progress of each step (features, probes, runs)
 
     @classmethod
     def start(cls, cfg, dataset, store, registry, freeze_key, logger, device) -> _ProbeRun:
@@ -397,6 +401,7 @@ class _ProbeRun:
                 self.logger,
                 self.device,
                 extents,
+                progress_callback(self.events, STAGE, "images", "features ssl"),
             )
         }
         self.timings["features_ssl"] = time.perf_counter() - t
@@ -413,6 +418,7 @@ class _ProbeRun:
                 self.logger,
                 self.device,
                 extents,
+                progress_callback(self.events, STAGE, "images", "features random_init"),
             )
         if "pixels" in pc.baselines:
             feats["pixels"] = {"train": pixel_features(self.xtr_img), "test": pixel_features(self.xte_img)}
@@ -441,7 +447,10 @@ class _ProbeRun:
         """Linear probe and kNN of every feature set on all training labels, and the confusion
         matrix of the SSL linear probe on the test split."""
         results = {}
-        for name, f in feats.items():
+        progress = progress_callback(self.events, STAGE, "feature sets", "probes")
+        for i, (name, f) in enumerate(feats.items()):
+            if progress is not None:
+                progress(i, len(feats))
             t = time.perf_counter()
             results[name] = evaluate_features(
                 name,
@@ -457,6 +466,8 @@ class _ProbeRun:
                 device=self.device,
             )
             self.timings[name] = time.perf_counter() - t
+        if progress is not None:
+            progress(len(feats), len(feats))
         predictions = results["ssl"]["linear"].pop("predictions")
         return results, confusion_matrix(self.yte, predictions, self.k)
 
@@ -479,16 +490,21 @@ class _ProbeRun:
             self.yte,
             self.logger,
         )
-        trainer.device, trainer.extents = self.device, self.extents
+        trainer.device, trainer.extents, trainer.events = self.device, self.extents, self.events
         efficiency = []
+        progress = progress_callback(self.events, STAGE, "subsets", "label efficiency")
+        subsets, done = sum(1 if f >= 1 else pc.label_seeds for f in pc.label_fractions), 0
         for fraction in pc.label_fractions:
             seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed
             acc: dict[str, list[float]] = {}
             runs: dict[str, list[dict]] = {"supervised": [], "finetune": []}
             for s in seeds:
+                if progress is not None:
+                    progress(done, subsets)
                 idx = draws[s][fraction]
                 self._probe_subset(feats, results, fraction, s, idx, acc)
                 self._train_subset(trainer, fraction, s, idx, acc, runs)
+                done += 1
             row = self._efficiency_row(fraction, int(len(draws[0][fraction])), len(seeds), acc, runs)
             efficiency.append(row)
             self.logger.info(
@@ -498,6 +514,8 @@ class _ProbeRun:
                 row[SSL_LINEAR.key],
                 f"{row[SUPERVISED.key]:.4f}" if row.get(SUPERVISED.key) is not None else "-",
             )
+        if progress is not None:
+            progress(done, subsets)
         self.timings["label_efficiency"] = time.perf_counter() - t
         return efficiency
 
@@ -619,8 +637,10 @@ def probe(
     key: str,
     registry: Registry,
     logger: logging.Logger | logging.LoggerAdapter = log,
+    events: EventBus | None = None,
 ) -> dict[str, Any]:
-    """Run every probe; writes ``probe/<key>/metrics.json`` and returns the metrics."""
+    """Run every probe; writes ``probe/<key>/metrics.json`` and returns the metrics. ``events``: where
+    the progress of its features, probes and supervised runs goes."""
     if store.is_complete(STAGE, key):
         logger.info("probe %s: complete artifact found", key)
         return store.read_json(STAGE, key, "metrics.json")
@@ -628,6 +648,7 @@ def probe(
     configure_runtime(cfg.seed, device, cfg.train.threads)  # also when run alone, in a new process
     logger.info("probe %s: features, probes and supervised runs on %s", key, device)
     run = _ProbeRun.start(cfg, dataset, store, registry, freeze_key, logger, device)
+    run.events = events if events is not None else EventBus()
     feature_keys, feats = run.features()
     results, cm = run.all_labels(feats)
     efficiency = run.label_efficiency(feats, results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,11 +65,12 @@ def _fit(
     lr: float,
     plan: tuple[int, int, int],
     extent: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
     """Train for ``plan`` = (batch, steps per epoch, total steps) with warm-up + cosine lr, seeded
     data order and augmentation; return the step losses. Crops come from the stored images ``x``
     (inside their content: ``extent``, fractions as ``content_fractions`` gives them), out at the
-    backbone's input size."""
+    backbone's input size. ``progress(steps done, steps)`` after each step."""
     batch, per_epoch, total = plan
     n = len(x)
     warmup = int(sc.warmup_fraction * total)
@@ -94,6 +96,8 @@ def _fit(
             opt.step()
             losses.append(float(loss.detach()))
             step += 1
+            if progress is not None:
+                progress(step, total)
     return losses
 
 
@@ -126,12 +130,13 @@ def train_supervised(
     device: torch.device | str = "cpu",
     extents: np.ndarray | None = None,
     test_extents: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
     The backbone is built for ``train.image_size`` (else the stored size): crops are taken from the
     stored images (inside their content, ``extents``: (h, w) px per image, or None) and resized to it,
     and evaluation brings the images to it as the probes' features do. Deterministic for a seed on the
-    CPU (model init, data order and augmentation are seeded)."""
+    CPU (model init, data order and augmentation are seeded). ``progress(steps done, steps)`` as it trains."""
     sc = cfg.probe.supervised
     t0 = time.perf_counter()
     backbone, head = _build_model(cfg, meta, registry, seed, init_weights)
@@ -143,7 +148,7 @@ def train_supervised(
     n = len(x)
     batch, per_epoch, total = schedule(n, sc)
     extent = content_fractions(extents, int(x.shape[-1]), device)
-    losses = _fit(model, opt, x, y, sc, seed, lr, (batch, per_epoch, total), extent)
+    losses = _fit(model, opt, x, y, sc, seed, lr, (batch, per_epoch, total), extent, progress)
     model.eval()
     with torch.inference_mode():
         train_top1 = _top1(backbone, head, images, labels, extents)

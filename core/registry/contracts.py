@@ -1,4 +1,4 @@
-"""The plugin contracts: what a pretext task, a backbone and a dataset format must provide.
+"""The plugin contracts: what a pretext task, a backbone, a dataset format and a logger must provide.
 
 Third-party plugins import these names (re-exported by ``pretextflow.api``); the built-ins use
 exactly the same classes. Keep this module small and stable.
@@ -288,3 +288,48 @@ class ArrayDatasetFormat(DatasetFormat):
             split, i = e.location.split(":")
             image = np.ascontiguousarray(getattr(arrays, f"{split}_images")[int(i)])
             yield DecodedImage(image, e.stamp or hashlib.sha256(image.tobytes()).hexdigest())
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a logger is told when a pipeline run starts."""
+
+    run_id: str  # the run's id (its manifest key): one tracker run per pipeline run
+    config: dict[str, Any]  # the resolved config (credentials already redacted)
+    workspace: str  # the workspace folder (local): where file-based loggers write, under runs/<run_id>/
+    name: str = ""  # a human name (config name, dataset and method)
+
+
+class RunLogger:
+    """Sends one pipeline run to an experiment tracker (TensorBoard files, an MLflow server...).
+
+    Lifecycle: :meth:`start` once, then any number of :meth:`log_metrics` / :meth:`log_artifact`,
+    then :meth:`end` once. Calls come from the training process; a logger that does network I/O must
+    not block it for long (queue and send from a thread). An exception from any method is caught by
+    the pipeline: the logger is warned about once and switched off, the run goes on. Options come
+    from the config's ``logging.options.<name>`` mapping, validated by :attr:`Options`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    class Options(Params):
+        pass
+
+    def __init__(self, options: RunLogger.Options | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def start(self, run: RunInfo) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None, stage: str) -> None:  # pragma: no cover
+        """Scalars ``name -> value`` at ``step`` (the global training step, an epoch, or None for
+        final values); names are ``<stage>/<metric>``-style, e.g. ``pretrain/loss``."""
+        raise NotImplementedError
+
+    def log_artifact(self, path: str, name: str | None = None) -> None:  # pragma: no cover - interface
+        """A local file produced by the run (report, manifest, figures, the exported backbone)."""
+        raise NotImplementedError
+
+    def end(self, status: str, metrics: dict[str, float]) -> None:  # pragma: no cover - interface
+        """``status``: "completed" or "failed"; ``metrics``: the final metrics (probe accuracies)."""
+        raise NotImplementedError

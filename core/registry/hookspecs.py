@@ -27,3 +27,8 @@ def pretextflow_backbones() -> list:
 @hookspec
 def pretextflow_dataset_formats() -> list[type]:
     """Return :class:`~pretextflow.core.registry.contracts.DatasetFormat` subclasses."""
+
+
+@hookspec
+def pretextflow_loggers() -> list[type]:
+    """Return :class:`~pretextflow.core.registry.contracts.RunLogger` subclasses."""

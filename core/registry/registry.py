@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from pretextflow.core.errors import PluginError
 from pretextflow.core.registry import hookspecs
-from pretextflow.core.registry.contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask
+from pretextflow.core.registry.contracts import FAMILIES, BackboneSpec, DatasetFormat, PretextTask, RunLogger
 
 ENTRY_POINT_GROUP = "pretextflow"
 ENV_LOAD = "PRETEXTFLOW_LOAD_PLUGINS"
@@ -50,6 +50,8 @@ BUILTIN_PLUGINS = (
     "pretextflow.plugins.datasets.idx",
     "pretextflow.plugins.datasets.imagefolder",
     "pretextflow.plugins.datasets.sklearn_digits",
+    "pretextflow.plugins.loggers.tensorboard_logger",
+    "pretextflow.plugins.loggers.mlflow_logger",
 )
 
 
@@ -71,7 +73,7 @@ class SkippedPlugin:
     reason: str
 
 
-KINDS = ("pretext", "backbone", "dataset")
+KINDS = ("pretext", "backbone", "dataset", "logger")
 """The plugin kinds, in the order listings show them; :meth:`Registry.table` maps each to its table."""
 
 
@@ -80,12 +82,13 @@ class Registry:
     pretext: dict[str, type[PretextTask]] = field(default_factory=dict)
     backbones: dict[str, BackboneSpec] = field(default_factory=dict)
     formats: dict[str, type[DatasetFormat]] = field(default_factory=dict)
+    loggers: dict[str, type[RunLogger]] = field(default_factory=dict)
     info: list[PluginInfo] = field(default_factory=list)
     skipped: list[SkippedPlugin] = field(default_factory=list)
 
     def table(self, kind: str) -> dict[str, Any]:
         """The name → plugin table of one kind (the one place that maps a kind to its table)."""
-        tables = {"pretext": self.pretext, "backbone": self.backbones, "dataset": self.formats}
+        tables = {"pretext": self.pretext, "backbone": self.backbones, "dataset": self.formats, "logger": self.loggers}
         if kind not in tables:
             raise PluginError(f"unknown plugin kind {kind!r}: use one of {', '.join(KINDS)}")
         return tables[kind]
@@ -106,6 +109,14 @@ class Registry:
         if name not in self.formats:
             raise PluginError(_unknown("dataset format", name, self.formats))
         return self.formats[name]
+
+    def logger(self, name: str) -> type[RunLogger]:
+        if name not in self.loggers:
+            raise PluginError(
+                _unknown("logger", name, self.loggers)
+                + " Loggers are turned on by name in the config: logging: {loggers: [tensorboard, mlflow]}."
+            )
+        return self.loggers[name]
 
     def describe(self, kind: str, name: str) -> PluginInfo:
         """The listing entry (package, version) that provides ``name``."""
@@ -218,6 +229,7 @@ def _collect(pm, registry: Registry, origin) -> None:
         ("pretextflow_pretext_tasks", "pretext", _check_pretext, lambda o: o.name),
         ("pretextflow_backbones", "backbone", _check_backbone, lambda o: o.name),
         ("pretextflow_dataset_formats", "dataset", _check_format, lambda o: o.name),
+        ("pretextflow_loggers", "logger", _check_logger, lambda o: o.name),
     ]
     for hook_name, kind, check, name_of in checks:
         table = registry.table(kind)
@@ -278,4 +290,14 @@ def _check_format(obj: Any) -> str | None:
         return "is not a DatasetFormat subclass"
     if not isinstance(getattr(obj, "name", None), str) or not obj.name:
         return "has no string `name`"
+    return None
+
+
+def _check_logger(obj: Any) -> str | None:
+    if not (inspect.isclass(obj) and issubclass(obj, RunLogger)):
+        return "is not a RunLogger subclass"
+    if not isinstance(getattr(obj, "name", None), str) or not obj.name:
+        return "has no string `name`"
+    if not (inspect.isclass(obj.Options) and issubclass(obj.Options, BaseModel)):
+        return "`Options` must be a pydantic model"
     return None

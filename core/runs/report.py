@@ -24,6 +24,7 @@ from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
 
 RUNS = "runs"
+MONITOR_FIGURE = "online_monitors.png"
 _REPORT_CSS = ".lead{font-size:1.2em}img{max-width:100%;display:block;margin:0.5em 0}"
 
 
@@ -189,6 +190,38 @@ def label_efficiency_figure(metrics: dict[str, Any]) -> bytes:
     ax.set_title("Label efficiency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def monitor_figure(records: list[dict[str, Any]], collapse_rank: float | None = None) -> bytes:
+    """The online monitors (``history["monitor"]``: ``core.training.monitors``) against the epoch:
+    kNN top-1 on the labelled training subset above, RankMe below (with ``collapse_rank`` dashed)."""
+    plt = _plt()
+    epochs = [r["epoch"] for r in records]
+    knn = [np.nan if r.get("knn_top1") is None else r["knn_top1"] * 100 for r in records]
+    rank = [np.nan if r.get("rankme") is None else r["rankme"] for r in records]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 4.4), sharex=True)
+    if np.isfinite(knn).any():
+        top.plot(epochs, knn, "o-", color="#247")
+    else:
+        top.text(
+            0.5, 0.5, "no labelled training images: kNN skipped", ha="center", va="center", transform=top.transAxes
+        )
+        top.set_yticks([])
+    top.set_ylabel("kNN top-1 (%)")
+    top.set_title("Online monitors during pretraining (training-split subsets)")
+    bottom.plot(epochs, rank, "s-", color="#c52", label="RankMe")
+    if collapse_rank is not None:
+        bottom.axhline(collapse_rank, color="#999", ls="--", lw=1, label=f"collapse_rank {collapse_rank:g}")
+        bottom.legend(fontsize=8, loc="best")
+    bottom.set_ylabel("RankMe (effective rank)")
+    bottom.set_xlabel("epoch")
+    bottom.set_ylim(bottom=0)
+    bottom.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
     data = _png(fig)
     plt.close(fig)
     return data
@@ -521,7 +554,7 @@ def _sections(manifest: dict[str, Any]) -> list[Section]:
         _probe_section(m),
         _label_efficiency_section(m),
         _previous_run_section(manifest),
-        ("Pretraining", ["", ""], [], ["pretrain_loss.png"]),
+        ("Pretraining", ["", ""], [], ["pretrain_loss.png", MONITOR_FIGURE]),
         ("What the features capture", ["", ""], [], ["retrieval.png", "projection.png"]),
         _protocol_section(manifest),
         _manifest_section(manifest),
@@ -582,6 +615,9 @@ def write_report(
     store: ArtifactStore, run_id: str, manifest: dict[str, Any], history: dict, metrics: dict, dataset=None
 ) -> str:
     figures = {"pretrain_loss.png": loss_figure(history), "probe_accuracy.png": probe_figure(metrics)}
+    if history.get("monitor"):  # the online monitors' records, when the run had them
+        monitor = (manifest.get("config") or {}).get("monitor") or {}
+        figures[MONITOR_FIGURE] = monitor_figure(history["monitor"], monitor.get("collapse_rank"))
     if metrics.get("label_efficiency"):
         figures["label_efficiency.png"] = label_efficiency_figure(metrics)
     if metrics.get("confusion_matrix"):

@@ -22,7 +22,7 @@ import torch
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.data.shards import ShardedArray
-from pretextflow.core.errors import ConfigError, TrainingDiverged
+from pretextflow.core.errors import CollapseError, ConfigError, TrainingDiverged
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.security import credentials
 from pretextflow.core.store import ArtifactStore
@@ -31,7 +31,10 @@ from pretextflow.core.toolkit.augment import Augmenter, content_fractions
 from pretextflow.core.toolkit.schedules import lr_at
 from pretextflow.core.training import checkpoint as ckpt
 from pretextflow.core.training import launch
+from pretextflow.core.training.events import EventBus
 from pretextflow.core.training.model import amp_dtype, build_backbone, build_task, configure_runtime, select_device
+from pretextflow.core.training.monitors import OnlineMonitor
+from pretextflow.core.training.telemetry import LoopTelemetry, replay_history
 
 log = logging.getLogger("pretextflow.train")
 
@@ -126,6 +129,7 @@ def pretrain(
     logger: logging.Logger | logging.LoggerAdapter = log,
     on_epoch_end: Callable[[int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    events: EventBus | None = None,
 ) -> PretrainOutcome:
     """Train ``cfg.pretext`` on ``cfg.backbone`` over the dataset's training images (labels unused).
 
@@ -134,7 +138,8 @@ def pretrain(
     ``checkpoint.safetensors`` (atomically: written aside, then renamed), from which a restarted run
     resumes, mid-epoch included, with the weights an uninterrupted run would have had. A non-finite
     loss stops the run, or rolls it back to the last good state with a lower lr (``train.on_nonfinite``).
-    With ``train.devices: N > 1`` the loop runs in N processes (``core.distributed``)."""
+    With ``train.devices: N > 1`` the loop runs in N processes (``core.distributed``). ``events``: where
+    progress and metrics go while it runs (``core.training.telemetry``; rank 0 only)."""
     if store.is_complete(STAGE, key):
         hist = store.read_json(STAGE, key, "history.json")
         logger.info("pretrain %s: complete artifact found, nothing to train", key)
@@ -146,33 +151,28 @@ def pretrain(
             hist.get("images_per_second"),
             hist["epoch_loss"][-1] if hist["epoch_loss"] else None,
         )
+    events = events if events is not None else EventBus()
     if cfg.train.devices > 1:
-        return _pretrain_multiprocess(cfg, dataset, store, key, logger)
-    return _train(cfg, dataset, store, key, registry, logger, on_epoch_end, distributed.Shard(), on_step=on_step)
+        return _pretrain_multiprocess(cfg, dataset, store, key, logger, events)
+    return _train(
+        cfg, dataset, store, key, registry, logger, on_epoch_end, distributed.Shard(), on_step=on_step, events=events
+    )
 
 
 def _pretrain_multiprocess(
-    cfg: RunConfig, dataset: Dataset, store: ArtifactStore, key: str, logger: logging.Logger | logging.LoggerAdapter
+    cfg: RunConfig,
+    dataset: Dataset,
+    store: ArtifactStore,
+    key: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+    events: EventBus,
 ) -> PretrainOutcome:
-    """Launch ``train.devices`` processes on this machine; they write the artifact, we read it."""
+    """Launch ``train.devices`` processes on this machine; they write the artifact, we read it. Rank
+    0 shows the progress and writes the live history itself (``core.training.rank``); the metrics
+    reach this process's bus (its loggers) from the history once the ranks are done."""
     tc = cfg.train
     device = select_device(tc.device)
-    if device.type == "cuda" and torch.cuda.device_count() < tc.devices:
-        raise ConfigError(
-            f"train.devices={tc.devices} but only {torch.cuda.device_count()} CUDA devices are "
-            f"visible. Lower train.devices."
-        )
-    if store.fs.protocol in ("memory", ("memory",)) or "memory" in (store.fs.protocol or ()):
-        raise ConfigError(
-            "train.devices > 1 needs an artifact store every process can reach (a local folder or "
-            "s3://...), not memory://. Set store.uri."
-        )
-    reopen = dataset.reopen_args()
-    if reopen is None:
-        raise ConfigError(
-            "train.devices > 1 needs a dataset the processes can open (one ingested into a "
-            "workspace); this one exists only in memory. Use train.devices: 1."
-        )
+    reopen = _multiprocess_inputs(tc, dataset, store, device)
     threads = (tc.threads or max(1, (os.cpu_count() or 1) // tc.devices)) if device.type == "cpu" else tc.threads
     logger.info(
         "pretrain %s: %d processes (%s), global batch %d = %d x %d, %s threads each",
@@ -195,9 +195,11 @@ def _pretrain_multiprocess(
             # credentials by reference (the ranks inherit the environment): no secret in the payload file
             "data": [credentials.protect_uri(reopen[0]), reopen[1], credentials.protect_options(reopen[2])],
             "store": [credentials.protect_uri(store.uri), credentials.protect_options(store.storage_options)],
+            "events": {"run_id": events.run_id, "watched": bool(events.sinks)},
         },
     )
     hist = store.read_json(STAGE, key, "history.json")
+    replay_history(events, hist, tc.log_every, len(hist["step_loss"]) // max(1, len(hist["epoch_loss"])))
     for epoch, (loss, seconds) in enumerate(zip(hist["epoch_loss"], hist["epoch_seconds"], strict=False), 1):
         logger.info("pretrain %s: epoch %d/%d mean loss %.4f (%.1fs)", key, epoch, tc.epochs, loss, seconds)
     return PretrainOutcome(
@@ -210,8 +212,31 @@ def _pretrain_multiprocess(
     )
 
 
-def rank_main(shard: distributed.Shard, payload: dict) -> None:
-    """One rank of a multi-process run (a new process: everything is rebuilt from plain data)."""
+def _multiprocess_inputs(tc, dataset: Dataset, store: ArtifactStore, device: torch.device) -> tuple:
+    """What the rank processes open (the dataset's ``reopen_args``), once a multi-process run is
+    possible here: enough CUDA devices, a store and a dataset every process can reach."""
+    if device.type == "cuda" and torch.cuda.device_count() < tc.devices:
+        raise ConfigError(
+            f"train.devices={tc.devices} but only {torch.cuda.device_count()} CUDA devices are "
+            f"visible. Lower train.devices."
+        )
+    if store.fs.protocol in ("memory", ("memory",)) or "memory" in (store.fs.protocol or ()):
+        raise ConfigError(
+            "train.devices > 1 needs an artifact store every process can reach (a local folder or "
+            "s3://...), not memory://. Set store.uri."
+        )
+    reopen = dataset.reopen_args()
+    if reopen is None:
+        raise ConfigError(
+            "train.devices > 1 needs a dataset the processes can open (one ingested into a "
+            "workspace); this one exists only in memory. Use train.devices: 1."
+        )
+    return reopen
+
+
+def rank_main(shard: distributed.Shard, payload: dict, events: EventBus | None = None) -> None:
+    """One rank of a multi-process run (a new process: everything is rebuilt from plain data);
+    ``events``: rank 0's bus (``core.training.rank`` builds it), None on the others."""
     from pretextflow.core.config import load_config
     from pretextflow.core.data.dataset import load_dataset
     from pretextflow.core.registry.registry import get_registry
@@ -226,7 +251,8 @@ def rank_main(shard: distributed.Shard, payload: dict) -> None:
     rank_log = logging.getLogger("pretextflow.train")
     if shard.rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s rank 0/%(process)d | %(message)s")
-    _train(cfg, dataset, store, payload["key"], get_registry(), rank_log if shard.rank == 0 else _SILENT, None, shard)
+    logger = rank_log if shard.rank == 0 else _SILENT
+    _train(cfg, dataset, store, payload["key"], get_registry(), logger, None, shard, events=events)
 
 
 _SILENT = logging.getLogger("pretextflow.train.silent")
@@ -422,6 +448,8 @@ class _Loop:
     epoch_data_state: torch.Tensor | None = None  # the data generator before that permutation
     t_epoch: float = 0.0  # perf_counter at the (virtual) start of the current epoch
     trained_images: int = 0
+    telemetry: LoopTelemetry | None = None  # progress and metrics events (a bus with sinks on rank 0 only)
+    monitor: OnlineMonitor | None = None  # monitor.every_epochs > 0, on rank 0
 
     @property
     def tc(self):
@@ -499,6 +527,7 @@ class _Loop:
         if problem is None:
             self._update(loss, step)
             self._record(value, out.logs, epoch, lr)
+            self._monitor_if_due()  # before the epoch's checkpoint: a collapsed state never replaces a good one
             problem = self._checkpoint_if_due()
         if problem is not None:
             self._handle_nonfinite(problem, step, epoch, lr)
@@ -557,6 +586,8 @@ class _Loop:
                 value,
                 lr,
             )
+        if self.telemetry is not None:
+            self.telemetry.step(run.step, value, lr)
         if run.step % self.batches.steps_per_epoch == 0:
             self._close_epoch(epoch)
 
@@ -573,6 +604,36 @@ class _Loop:
             self.run.history["epoch_loss"][-1],
             seconds,
             spe * self.tc.batch_size / seconds,
+        )
+        if self.telemetry is not None:
+            h = self.run.history
+            self.telemetry.epoch(self.run.step, epoch + 1, h["epoch_loss"][-1], seconds, h["epoch_logs"][-1])
+
+    def _monitor_if_due(self) -> None:
+        """At an epoch's end, when the online monitor is due: measure the backbone, record and emit
+        the result, and stop a collapsing run (``CollapseError``, naming the last good checkpoint)."""
+        mon, spe = self.monitor, self.batches.steps_per_epoch
+        if mon is None or self.run.step % spe:
+            return
+        epoch = self.run.step // spe
+        if not mon.due(epoch, epoch == self.tc.epochs):
+            return
+        result = mon.evaluate(self.state.task.backbone, epoch)
+        self.run.history["monitor"] = list(mon.history)  # in the next checkpoint too: a resume keeps them
+        if self.telemetry is not None:
+            self.telemetry.monitor(self.run.step, result)
+        try:
+            mon.check(result, epoch)
+        except CollapseError as exc:
+            raise CollapseError(f"{exc} {self._kept()}.") from None
+
+    def _kept(self) -> str:
+        """What is left to resume from: the last good checkpoint, if one was written."""
+        if self.good_step is None:
+            return "No checkpoint had been written yet (train.checkpoint_every_steps checkpoints mid-epoch)"
+        return (
+            f"The last good checkpoint (step {self.good_step}) is kept in {self.store.uri_of(STAGE, self.key)}, "
+            f"and a rerun resumes from it"
         )
 
     def _checkpoint_if_due(self) -> str | None:
@@ -597,12 +658,8 @@ class _Loop:
         """Stop the run (``TrainingDiverged``) or, with ``train.on_nonfinite: rollback``, roll it back."""
         tc = self.tc
         where = f"{self.cfg.pretext.name}: {problem} at step {step} (epoch {epoch + 1}/{tc.epochs}, lr {lr:.3g})"
-        kept = (
-            f"the last good checkpoint (step {self.good_step}) is kept in {self.store.uri_of(STAGE, self.key)}, "
-            f"and a rerun resumes from it"
-            if self.good_step is not None
-            else "no checkpoint had been written yet (train.checkpoint_every_steps checkpoints mid-epoch)"
-        )
+        kept = self._kept()
+        kept = kept[0].lower() + kept[1:]
         if not self.rollback:
             raise TrainingDiverged(
                 f"{where}. Training stopped; {kept}. Lower train.lr or check the data, or set "
@@ -634,6 +691,8 @@ class _Loop:
             }
         ]
         self.perm = None  # the restored data generator redraws the epoch's permutation
+        if self.telemetry is not None:
+            self.telemetry.start(self.run.step)  # the bars and the ETA go back with it
         self.logger.warning(
             "pretrain %s: %s; rolled back to step %d, lr now %g x train.lr = %.3g (rollback %d of at most %d)",
             self.key,
@@ -653,6 +712,8 @@ class _Loop:
         history["device"] = str(self.state.device)
         history["threads"] = torch.get_num_threads()
         history["devices"] = self.shard.world
+        if self.monitor is not None:
+            history["monitor"] = self.monitor.history
         return history
 
     def write_outputs(self, history: dict) -> None:
@@ -677,9 +738,11 @@ def _setup(
     registry: Registry,
     logger: logging.Logger | logging.LoggerAdapter,
     shard: distributed.Shard,
+    events: EventBus | None = None,
 ) -> _Loop:
     """Build the loop: device, model, images, optimizer, AMP and generators, in this order (the
-    model's initialisation draws from the freshly seeded torch generator)."""
+    model's initialisation draws from the freshly seeded torch generator), then what watches it:
+    the telemetry and the online monitor (rank 0; they draw nothing from those generators)."""
     tc = cfg.train
     device = _device(tc, shard)
     configure_runtime(cfg.seed, device, tc.threads)
@@ -696,7 +759,15 @@ def _setup(
     state = ckpt.TrainingState(task, opt, scaler, data_gen, aug, device)
     total = tc.epochs * batches.steps_per_epoch
     warmup = int(round(tc.warmup_epochs * batches.steps_per_epoch))
-    return _Loop(cfg, store, key, logger, shard, state, model, dtype, batches, total, warmup)
+    loop = _Loop(cfg, store, key, logger, shard, state, model, dtype, batches, total, warmup)
+    if shard.rank == 0:
+        spe = batches.steps_per_epoch
+        loop.telemetry = LoopTelemetry(events or EventBus(), key, total, spe, tc.batch_size, tc.epochs, tc.log_every)
+        if cfg.monitor.every_epochs > 0:
+            loop.monitor = OnlineMonitor(
+                cfg.monitor, dataset, cfg.seed, device, size, method=cfg.pretext.name, logger=logger
+            )
+    return loop
 
 
 def _train(
@@ -709,12 +780,17 @@ def _train(
     on_epoch_end: Callable[[int], None] | None,
     shard: distributed.Shard,
     on_step: Callable[[int], None] | None = None,
+    events: EventBus | None = None,
 ) -> PretrainOutcome:
     """The loop, in one process or as one rank of several (``shard``). ``on_epoch_end(epochs done)``
     and ``on_step(steps done)`` are called after the epoch's / step's checkpoint, if one was due."""
-    loop = _setup(cfg, dataset, store, key, registry, logger, shard)
+    loop = _setup(cfg, dataset, store, key, registry, logger, shard, events)
     loop.resume()
+    if loop.monitor is not None:  # the checks before the checkpoint count towards collapse_patience
+        loop.monitor.history = list(loop.run.history.get("monitor", []))
     loop.log_start()
+    if loop.telemetry is not None:
+        loop.telemetry.start(loop.run.step)
     loop.state.task.train()
     t_start = time.perf_counter()
     spe = loop.batches.steps_per_epoch

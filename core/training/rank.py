@@ -1,6 +1,8 @@
 """One rank's process (``python -m pretextflow.core.training.rank PAYLOAD.json``, started by
 ``core.training.launch``): join the process group, run the training loop on its shard, leave.
-A failure is written as ``error<rank>.json`` for the launcher to re-raise."""
+A failure is written as ``error<rank>.json`` for the launcher to re-raise. Rank 0 shows the
+progress and appends the live history itself (its own bus: the launching process hears only the
+finished history)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,29 @@ import torch
 import torch.distributed as dist
 
 from pretextflow.core.toolkit.collectives import Shard
+from pretextflow.core.training.events import EventBus
 from pretextflow.core.training.loop import rank_main
+
+
+def _rank_events(payload: dict, rank: int) -> EventBus:
+    """Rank 0's bus when the launching run is watched: progress (``progress.mode`` of the config)
+    and the live history in the run's store, under the launching run's id. Empty otherwise."""
+    watch = payload.get("events") or {}
+    if rank != 0 or not watch.get("watched"):
+        return EventBus()
+    from pretextflow.core.config import load_config
+    from pretextflow.core.security import credentials
+    from pretextflow.core.store import ArtifactStore
+    from pretextflow.core.training.live import LiveHistorySink
+    from pretextflow.core.training.progress import ProgressSink
+
+    progress = load_config(raw=payload["config"]).progress
+    store_uri, store_options = payload["store"]
+    store = ArtifactStore(credentials.resolve(store_uri), credentials.resolve_options(store_options))
+    sinks = [LiveHistorySink(store, watch.get("run_id"))]
+    if progress.mode != "off":
+        sinks.append(ProgressSink(progress.mode, progress.every_s))
+    return EventBus(sinks)
 
 
 def _rank_entry(payload_path: str) -> int:
@@ -24,16 +48,20 @@ def _rank_entry(payload_path: str) -> int:
     if payload["backend"] == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(payload["backend"], rank=r, world_size=world)
+    events = _rank_events(payload, r)
     try:
-        rank_main(Shard(r, world), payload)
+        rank_main(Shard(r, world), payload, events)
+        events.emit("stage_end", "pretrain", status="completed")
         dist.barrier()
         return 0
     except Exception as exc:
+        events.emit("stage_end", "pretrain", status="failed", error=str(exc))
         with open(os.path.join(payload["error_dir"], f"error{r}.json"), "w") as f:
             json.dump({"type": type(exc).__name__, "message": str(exc)}, f)
         traceback.print_exc()
         return 1
     finally:
+        events.close()
         dist.destroy_process_group()
 
 

@@ -29,7 +29,10 @@ Backbones: registered, build, forward (shape ``(N, num_features)``), gradients, 
 state_dict, device, pipeline (``rotation`` on the backbone). Dataset formats: registered, options,
 scan (a valid ``SourceCatalog``), read (one valid ``DecodedImage`` per entry, in order), determinism
 (two scans give the same entries, two reads the same images), chunks (a fresh instance reading any
-subset of the entries, in any order, decodes them as the whole read did), pipeline.
+subset of the entries, in any order, decodes them as the whole read did), pipeline. Loggers:
+registered, options, lifecycle (start, log_metrics, log_artifact, end on a fake run in a temporary
+folder), end_twice (a second end does nothing), failed_run, pipeline (through an EventBus and a
+LoggerSink, closed in time).
 
 The checks run on the CPU in seconds, restore the global RNG and determinism settings they touch,
 and write only to a temporary folder and a ``memory://`` artifact store that they delete.
@@ -40,12 +43,13 @@ from __future__ import annotations
 # The modules: results (CheckResult, the verdicts), harness (running checks in isolation), guard
 # (HostTensorGuard, tensor placement), fixtures (tiny data, the pipeline run, registries),
 # common_checks (registered, params, state dict), one module per kind (pretext, backbone,
-# dataset), and runner (check_plugin, assert_conforms, find_kind). `X as X`: public names that
+# dataset, logger), and runner (check_plugin, assert_conforms, find_kind). `X as X`: public names that
 # are not in __all__ (the CLI imports find_kind).
 from pretextflow.testing.backbone import BACKBONE_CHECKS, check_backbone
 from pretextflow.testing.dataset import DATASET_CHECKS, check_dataset_format
 from pretextflow.testing.fixtures import registry_with
 from pretextflow.testing.guard import HostTensorGuard
+from pretextflow.testing.logger import LOGGER_CHECKS, check_logger
 from pretextflow.testing.pretext import PRETEXT_CHECKS, check_pretext_task
 from pretextflow.testing.results import FAIL as FAIL
 from pretextflow.testing.results import PASS as PASS
@@ -60,9 +64,11 @@ __all__ = [
     "PRETEXT_CHECKS",
     "BACKBONE_CHECKS",
     "DATASET_CHECKS",
+    "LOGGER_CHECKS",
     "check_pretext_task",
     "check_backbone",
     "check_dataset_format",
+    "check_logger",
     "check_plugin",
     "assert_conforms",
     "registry_with",

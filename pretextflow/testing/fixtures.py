@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pretextflow.core.errors import PluginError
-from pretextflow.core.registry.contracts import BackboneSpec, DatasetArrays, DatasetFormat, PretextTask
+from pretextflow.core.registry.contracts import BackboneSpec, DatasetArrays, DatasetFormat, PretextTask, RunLogger
 from pretextflow.core.registry.hookspecs import hookimpl
 from pretextflow.core.registry.registry import PluginInfo, Registry, build_registry
 from pretextflow.testing.results import _Fail, _fmt
@@ -183,15 +183,18 @@ def _run_probe(ctx: StageContext, data_name: str, size: int) -> str:
 # Finding the plugin, and a registry that holds it
 # --------------------------------------------------------------------------------------------
 def registry_with(*plugins: Any, load_entry_points: bool = False) -> Registry:
-    """A registry with the built-ins and ``plugins`` (PretextTask / DatasetFormat classes,
-    BackboneSpec objects) registered through the real hooks, as if installed: checks a plugin
-    before it is packaged. ``load_entry_points=True`` also loads installed third-party plugins."""
+    """A registry with the built-ins and ``plugins`` (PretextTask / DatasetFormat / RunLogger
+    classes, BackboneSpec objects) registered through the real hooks, as if installed: checks a
+    plugin before it is packaged. ``load_entry_points=True`` also loads installed third-party plugins."""
     tasks = [p for p in plugins if isinstance(p, type) and issubclass(p, PretextTask)]
     formats = [p for p in plugins if isinstance(p, type) and issubclass(p, DatasetFormat)]
+    loggers = [p for p in plugins if isinstance(p, type) and issubclass(p, RunLogger)]
     specs = [p for p in plugins if isinstance(p, BackboneSpec)]
-    other = [p for p in plugins if not (p in tasks or p in formats or p in specs)]
+    other = [p for p in plugins if not (p in tasks or p in formats or p in loggers or p in specs)]
     if other:
-        raise TypeError(f"registry_with() takes PretextTask/DatasetFormat classes and BackboneSpecs, got {other!r}")
+        raise TypeError(
+            f"registry_with() takes PretextTask/DatasetFormat/RunLogger classes and BackboneSpecs, got {other!r}"
+        )
 
     class _Plugin:
         __package_name__ = "(registry_with)"
@@ -208,6 +211,10 @@ def registry_with(*plugins: Any, load_entry_points: bool = False) -> Registry:
         @hookimpl
         def pretextflow_dataset_formats(self):
             return formats
+
+        @hookimpl
+        def pretextflow_loggers(self):
+            return loggers
 
     return build_registry(extra_plugins=[("registry_with", _Plugin())], load_entry_points=load_entry_points)
 
@@ -227,6 +234,8 @@ def _resolve_name(registry: Registry, kind: str, name: str) -> Any:
             return registry.pretext_task(name)
         if kind == "backbone":
             return registry.backbone(name)
+        if kind == "logger":
+            return registry.logger(name)
         return registry.dataset_format(name)
     except PluginError as exc:
         raise PluginError(
@@ -250,6 +259,7 @@ def _with_plugin(registry: Registry, kind: str, obj: Any) -> Registry:
         pretext=dict(registry.pretext),
         backbones=dict(registry.backbones),
         formats=dict(registry.formats),
+        loggers=dict(registry.loggers),
         info=list(registry.info),
         skipped=list(registry.skipped),
     )

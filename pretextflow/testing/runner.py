@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from pretextflow.core.errors import PluginError
-from pretextflow.core.registry.contracts import BackboneSpec, DatasetFormat
+from pretextflow.core.registry.contracts import BackboneSpec, DatasetFormat, RunLogger
 from pretextflow.core.registry.registry import KINDS, Registry, get_registry
 from pretextflow.testing.backbone import check_backbone
 from pretextflow.testing.dataset import check_dataset_format
 from pretextflow.testing.fixtures import _skipped_note
+from pretextflow.testing.logger import check_logger
 from pretextflow.testing.pretext import check_pretext_task
 from pretextflow.testing.results import CheckResult, ConformanceError, format_results
 
 
 def find_kind(name: str, registry: Registry | None = None) -> str:
-    """Which kind of plugin ``name`` is: pretext, backbone or dataset (PluginError if none or several)."""
+    """Which kind of plugin ``name`` is: pretext, backbone, dataset or logger (PluginError if none or several)."""
     reg = registry or get_registry()
     kinds = [
         k
@@ -23,13 +24,14 @@ def find_kind(name: str, registry: Registry | None = None) -> str:
             ("pretext", name in reg.pretext),
             ("backbone", any(s.matches(name) for s in reg.backbones.values())),
             ("dataset", name in reg.formats),
+            ("logger", name in reg.loggers),
         )
         if found
     ]
     if len(kinds) > 1:
         raise PluginError(f"{name!r} is a {' and a '.join(kinds)} plugin: pass --kind {'|'.join(kinds)}")
     if not kinds:
-        known = sorted(reg.pretext) + sorted(reg.backbones) + sorted(reg.formats)
+        known = sorted(reg.pretext) + sorted(reg.backbones) + sorted(reg.formats) + sorted(reg.loggers)
         raise PluginError(
             f"no plugin named {name!r}. Installed: {', '.join(known)}. Run `pretextflow plugins`."
             f"{_skipped_note(reg, name)}"
@@ -38,7 +40,8 @@ def find_kind(name: str, registry: Registry | None = None) -> str:
 
 
 def check_plugin(plugin: Any, kind: str | None = None, **options: Any) -> list[CheckResult]:
-    """Dispatch to :func:`check_pretext_task`, :func:`check_backbone` or :func:`check_dataset_format`."""
+    """Dispatch to :func:`check_pretext_task`, :func:`check_backbone`, :func:`check_dataset_format`
+    or :func:`check_logger`."""
     if kind is None:
         if isinstance(plugin, str):
             kind = find_kind(plugin, options.get("registry"))
@@ -46,11 +49,18 @@ def check_plugin(plugin: Any, kind: str | None = None, **options: Any) -> list[C
             kind = "backbone"
         elif isinstance(plugin, type) and issubclass(plugin, DatasetFormat):
             kind = "dataset"
+        elif isinstance(plugin, type) and issubclass(plugin, RunLogger):
+            kind = "logger"
         else:
             kind = "pretext"
     if kind not in KINDS:
         raise PluginError(f"unknown plugin kind {kind!r}: use one of {', '.join(KINDS)}")
-    fn = {"pretext": check_pretext_task, "backbone": check_backbone, "dataset": check_dataset_format}[kind]
+    fn = {
+        "pretext": check_pretext_task,
+        "backbone": check_backbone,
+        "dataset": check_dataset_format,
+        "logger": check_logger,
+    }[kind]
     return fn(plugin, **options)
 
 
