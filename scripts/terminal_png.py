@@ -37,13 +37,14 @@ def capture(command: list[str], after: float, width: int, height: int) -> str:
 
 def render(ansi: str, out: Path, width: int, height: int) -> None:
     from rich.console import Console
+    from rich.terminal_theme import MONOKAI
     from rich.text import Text
 
     console = Console(record=True, width=width, file=open("/dev/null", "w"), force_terminal=True)  # noqa: SIM115
     console.print(Text.from_ansi(ansi.rstrip()))
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "pane.html"
-        page.write_text(console.export_html(inline_styles=True, code_format=_PAGE))
+        page.write_text(console.export_html(theme=MONOKAI, inline_styles=True, code_format=_PAGE))
         browser = shutil.which("chromium") or shutil.which("chromium-browser") or "chromium"
         lines = len(ansi.rstrip().splitlines()) or 1  # up to the last line with text on it
         px_w, px_h = width * 8 + 40, min(lines, height) * 17 + 40
@@ -55,7 +56,7 @@ def render(ansi: str, out: Path, width: int, height: int) -> None:
 
 
 _PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><style>
-body {{ background: #1e1e1e; color: #d4d4d4; margin: 20px; }}
+body {{ background: #0c0c0c; color: #d9d9d9; margin: 20px; }}
 pre {{ font-family: 'DejaVu Sans Mono', monospace; font-size: 13px; line-height: 17px; margin: 0; }}
 </style></head><body><pre><code>{code}</code></pre></body></html>"""
 
