@@ -194,6 +194,7 @@ def test_report_answers_the_question_and_renders_in_chromium(probed):
         "confusion.png",
         "label_efficiency.png",
         "pretrain_loss.png",
+        "online_monitors.png",  # monitor.every_epochs defaults to 1: kNN and RankMe per epoch
         "retrieval.png",
         "projection.png",
     }

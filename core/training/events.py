@@ -8,14 +8,16 @@ quick (a logger that talks to a server queues the event and returns; see its plu
 
 Events (``Event.kind``):
 
-  run_start   payload: run_id, config (the resolved config, a dict), workspace
+  run_start   payload: run_id, name (the config's), config (the resolved config, a dict, no secrets), workspace
   stage_start stage; payload: total (units of work, e.g. steps; None when unknown), unit
   progress    stage; payload: done, total, unit, label (a part of the stage: "decode", "features ssl";
               "" for the whole), eta_s, and what the stage wants shown (loss, images_per_s, epoch)
-  metrics     stage, step (global step or epoch); payload: name -> float
+  metrics     stage, step (the global step; None for final values); payload: name -> float
+              (pretrain/loss, pretrain/epoch_loss, monitor/rankme, probe/linear_top1, probe/ssl_linear_top1@10%...)
   artifact    stage; payload: path (a local file), name
-  stage_end   stage; payload: status ("completed", "failed", "cached")
-  run_end     payload: status, metrics (the final metrics, name -> float)
+  stage_end   stage; payload: status ("completed", "failed", "cached"), key, error (when failed)
+  run_end     payload: run_id, status ("completed", "failed", "interrupted"), metrics (the final metrics,
+              name -> float), and when known report_run_id, run_uri (the report's), error
 """
 
 from __future__ import annotations
