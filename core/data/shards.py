@@ -183,7 +183,27 @@ def read_index(data: bytes, where: str) -> list[IndexRow]:
         ) from None
 
 
-class ShardedArray:
+class _ImageArray:
+    """What ShardedArray and ImageView share: an (N, *item_shape) array's derived sizes."""
+
+    item_shape: tuple[int, ...]
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.item_shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+
+class ShardedArray(_ImageArray):
     """Several ``(n_i, C, H, W)`` arrays (memory-mapped shards) read as one ``(N, C, H, W)`` array.
 
     Supports what the pipeline does with image arrays: ``len``, ``shape``, ``dtype``, an integer,
@@ -203,18 +223,6 @@ class ShardedArray:
     @property
     def shape(self) -> tuple[int, ...]:
         return (int(self.offsets[-1]), *self.item_shape)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.item_shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -271,7 +279,7 @@ def _head(part, n: int):
     return part.head(n) if hasattr(part, "head") else part[: max(0, n)]
 
 
-class ImageView:
+class ImageView(_ImageArray):
     """The rows ``idx`` of an image array (a memory map, an ndarray or a :class:`ShardedArray`), read
     only when asked: ``len``, ``shape``, ``dtype``, ``nbytes``; a slice or an index array / boolean
     mask (positions in the view) gathers just those images into a new in-memory array, an integer
@@ -287,18 +295,6 @@ class ImageView:
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.idx), *self.item_shape)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.item_shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
 
     def __len__(self) -> int:
         return len(self.idx)
