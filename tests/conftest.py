@@ -49,6 +49,30 @@ def digits_workspace(tmp_path_factory):
 
 
 @pytest.fixture
+def crash_then_resume():
+    """``run(ctx, at_step)``: pretrain ``ctx``, crash it after optimizer step ``at_step`` (the
+    checkpoints it wrote stay), then run it again, resuming from its last checkpoint."""
+    from pretextflow.core.stages import run_pretrain
+
+    class Crash(Exception):
+        pass
+
+    def crash_at(step: int):
+        def on_step(done: int) -> None:
+            if done == step:
+                raise Crash
+
+        return on_step
+
+    def run(ctx, at_step: int) -> None:
+        with pytest.raises(Crash):
+            run_pretrain(ctx, on_step=crash_at(at_step))
+        run_pretrain(ctx)
+
+    return run
+
+
+@pytest.fixture
 def digits_config():
     from pretextflow.core.config import load_config
 

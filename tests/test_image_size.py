@@ -155,7 +155,7 @@ def test_pipeline_at_a_smaller_training_size(digits_workspace, digits_config):
     assert m["linear_top1"] > 0.3 and m["label_efficiency"][0]["supervised_top1"] is not None
 
 
-def test_same_seed_same_numbers_and_mid_epoch_resume(digits_workspace, digits_config):
+def test_same_seed_same_numbers_and_mid_epoch_resume(digits_workspace, digits_config, crash_then_resume):
     overrides = [*FAST_PROBE, "train.epochs=2", "train.image_size=6", "train.checkpoint_every_steps=4"]
     overrides += ["train.threads=1"]
 
@@ -165,17 +165,7 @@ def test_same_seed_same_numbers_and_mid_epoch_resume(digits_workspace, digits_co
     whole, again, cut = ctx("det-a"), ctx("det-b"), ctx("det-cut")
     run_pretrain(whole)
     run_pretrain(again)
-
-    class Stop(Exception):
-        pass
-
-    def crash(step):
-        if step == 13:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_pretrain(cut, on_step=crash)
-    run_pretrain(cut)
+    crash_then_resume(cut, 13)
     key = whole.pretrain_key(whole.dataset())
     weights = [
         checkpoint.decode(c.store.read_bytes("pretrain", key, "task.safetensors"))[0]["model"]

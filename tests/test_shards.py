@@ -256,7 +256,9 @@ def test_sigkill_during_an_incremental_ingest_keeps_the_previous_version(tmp_pat
     assert set(_by_key(ws, "imgs")) == {f"c{i % 3}/img{i:05d}.png" for i in range(200)}
 
 
-def test_mid_epoch_resume_from_several_shards_is_bit_identical(tmp_path, digits_config, digits_workspace):
+def test_mid_epoch_resume_from_several_shards_is_bit_identical(
+    tmp_path, digits_config, digits_workspace, crash_then_resume
+):
     """Training gathers its batches from five memory-mapped shards; it follows the one-file
     (in-memory) path bit for bit, and resumes mid-epoch bit for bit."""
     ws = init_workspace(tmp_path / "ws")
@@ -278,17 +280,7 @@ def test_mid_epoch_resume_from_several_shards_is_bit_identical(tmp_path, digits_
 
     whole, cut = ctx("memory://shards-whole"), ctx("memory://shards-cut")
     run_pretrain(whole)
-
-    class Stop(Exception):
-        pass
-
-    def crash(step):
-        if step == 13:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_pretrain(cut, on_step=crash)
-    run_pretrain(cut)
+    crash_then_resume(cut, 13)
     key = whole.pretrain_key(whole.dataset())
     a, _ = checkpoint.decode(whole.store.read_bytes("pretrain", key, "task.safetensors"))
     b, _ = checkpoint.decode(cut.store.read_bytes("pretrain", key, "task.safetensors"))
