@@ -111,7 +111,7 @@ class CsvFormat(DatasetFormat):
         for _, run in groupby(located, key=lambda x: id(x[1])):
             group = list(run)
             chunk = [e for e, _, _ in group]
-            decoded = decode_files(group[0][1], chunk, [p for *_, p in group], options)
+            decoded = decode_files(group[0][1], [p for *_, p in group], options)
             for entry, item in zip(chunk, decoded, strict=True):
                 if SHA256.fullmatch(entry.stamp) and item.sha256 != entry.stamp:
                     raise DataError(

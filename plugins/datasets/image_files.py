@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import Field, model_serializer
 
-from pretextflow.api import DataError, DecodedImage, Params, SourceEntry
+from pretextflow.api import DataError, DecodedImage, Params
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 4096 * 4096  # larger images are refused instead of exhausting memory
@@ -246,10 +246,8 @@ def on_canvas(arr: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
     return canvas, (int(h), int(w))
 
 
-def decode_files(
-    fs, entries: Sequence[SourceEntry], paths: Sequence[str], options: ImageOptions
-) -> Iterator[DecodedImage]:
-    """Fetch ``paths`` (on ``fs``; one per entry, in the entries' order) and decode each, in order."""
+def decode_files(fs, paths: Sequence[str], options: ImageOptions) -> Iterator[DecodedImage]:
+    """Fetch ``paths`` (on ``fs``) and decode each, in order: one image per path."""
     check_options("image files", options)
     for path, raw in zip(paths, fetch(fs, paths, options.read_concurrency), strict=True):
         image, extent = decode_image(raw, path, options)

@@ -90,7 +90,7 @@ class ImageFolderFormat(DatasetFormat):
         storage_options: dict[str, Any],
     ) -> Iterator[DecodedImage]:
         fs, root = fsspec.core.url_to_fs(source, **storage_options)
-        yield from decode_files(fs, entries, [e.location or _join(root, e.key) for e in entries], options)
+        yield from decode_files(fs, [e.location or _join(root, e.key) for e in entries], options)
 
 
 def _join(root: str, key: str) -> str:
