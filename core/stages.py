@@ -411,17 +411,33 @@ def _write_experiment_files(ctx: StageContext, run_id: str, manifest: dict, hist
 
 def _emit_artifacts(ctx: StageContext, run_id: str, freeze_key: str) -> None:
     """An ``artifact`` event per file of the run folder (report, figures, manifest) and for the frozen
-    backbone's weights, when the store is a local folder (a logger uploads local files)."""
-    from fsspec.implementations.local import LocalFileSystem
-
+    backbone's weights. A logger uploads local files, so from a remote store (s3://, memory://) the
+    files are first copied into the workspace's machine-local cache, ``.pretextflow-cache/artifacts/<run_id>/``."""
     from pretextflow.core.runs.history import RUNS
 
-    if not ctx.events.sinks or not isinstance(ctx.store.fs, LocalFileSystem):
+    if not ctx.events.sinks:
         return
-    for name in ctx.store.listdir(RUNS, run_id):
-        path = ctx.store.path(RUNS, run_id, name)
-        if os.path.isfile(path):
+    files = [((RUNS, run_id, name), name) for name in ctx.store.listdir(RUNS, run_id)]
+    files.append((("freeze", freeze_key, "backbone.safetensors"), "backbone.safetensors"))
+    for parts, name in files:
+        path = _local_file(ctx, parts, run_id, name)
+        if path is not None:
             ctx.events.emit("artifact", "report", path=path, name=name)
-    weights = ctx.store.path("freeze", freeze_key, "backbone.safetensors")
-    if os.path.isfile(weights):
-        ctx.events.emit("artifact", "report", path=weights, name="backbone.safetensors")
+
+
+def _local_file(ctx: StageContext, parts: tuple[str, ...], run_id: str, name: str) -> str | None:
+    """A local path to the store's file ``parts`` (None when it is not a file): the file itself on a
+    local store, else a copy in the workspace's cache."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pretextflow.core.data.incremental import CACHE_DIR
+
+    source = ctx.store.path(*parts)
+    if isinstance(ctx.store.fs, LocalFileSystem):
+        return source if os.path.isfile(source) else None
+    if not ctx.store.fs.isfile(source):
+        return None
+    target = ctx.ws.root / CACHE_DIR / "artifacts" / run_id / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(ctx.store.read_bytes(*parts))
+    return str(target)

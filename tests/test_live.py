@@ -175,6 +175,27 @@ def test_the_events_of_a_digits_run_arrive_in_order(digits_workspace, recorded):
     assert not any(e.kind == "progress" and e.stage == "pretrain" for e in recorded[-1].events)
 
 
+def test_a_remote_stores_artifacts_reach_the_loggers_as_local_copies(digits_workspace):
+    from pretextflow.core.stages import _emit_artifacts
+
+    ctx = _ctx(digits_workspace, "store.uri=memory://artifact-events")
+    ctx.store.write_bytes(b"# report", "runs", "r1", "report.md")
+    ctx.store.write_bytes(b"\x89PNG", "runs", "r1", "pretrain_loss.png")
+    ctx.store.write_bytes(b"weights", "freeze", "k1", "backbone.safetensors")
+    rec = Recorder()
+    ctx.events = EventBus([rec])
+    _emit_artifacts(ctx, "r1", "k1")
+    got = {e.payload["name"]: Path(e.payload["path"]) for e in rec.events if e.kind == "artifact"}
+    assert set(got) == {"report.md", "pretrain_loss.png", "backbone.safetensors"}
+    assert got["report.md"].read_bytes() == b"# report" and got["backbone.safetensors"].read_bytes() == b"weights"
+    assert all(
+        p.is_relative_to(digits_workspace.root / ".pretextflow-cache" / "artifacts" / "r1") for p in got.values()
+    )
+    before = len(rec.events)
+    _emit_artifacts(ctx, "r1", "missing")  # no frozen weights: the run folder's files only
+    assert sorted(e.payload["name"] for e in rec.events[before:]) == ["pretrain_loss.png", "report.md"]
+
+
 # -- online monitors -------------------------------------------------------------------------------
 def test_monitors_on_or_off_give_the_same_losses_and_weights(digits_workspace):
     common = ["train.epochs=3", "train.threads=1", "monitor.knn_samples=300", "monitor.rankme_samples=128"]
