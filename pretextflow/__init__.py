@@ -23,13 +23,14 @@ def load_backbone(where, storage_options=None, trust_torchscript=False):
     return _load(where, storage_options, trust_torchscript=trust_torchscript)
 
 
-def run(config, overrides=None, workspace=".", push=True):
+def run(config, overrides=None, workspace=".", push=True, quiet=False):
     """Run the whole pipeline for ``config`` (a YAML path, a dict or a ``RunConfig``) in ``workspace``
     and return a :class:`pretextflow.run_api.Run` (``run_id``, ``uri``, ``manifest``, ``metrics``,
-    ``report_html``, ``backbone()``). The same Prefect flow as ``pretextflow run``."""
+    ``report_html``, ``backbone()``). The same Prefect flow as ``pretextflow run``; ``quiet``: no
+    progress bars or lines, as its ``--quiet``."""
     from pretextflow.run_api import run as _run
 
-    return _run(config, overrides, workspace, push)
+    return _run(config, overrides, workspace, push, quiet)
 
 
 def runs(workspace=".", store=None):

@@ -58,16 +58,24 @@ def _config_dict(config: Any, overrides: list[str] | None) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-def run(config: Any, overrides: list[str] | None = None, workspace: str | os.PathLike = ".", push: bool = True) -> Run:
+def run(
+    config: Any,
+    overrides: list[str] | None = None,
+    workspace: str | os.PathLike = ".",
+    push: bool = True,
+    quiet: bool = False,
+) -> Run:
     """Run ingest → pretrain → freeze → probe → report for ``config`` (a YAML path, a dict or a
     ``RunConfig``; ``overrides`` like ``["train.epochs=3"]``) in ``workspace``. Cached stages are not
-    recomputed. Raises the pipeline's own errors (``pretextflow.core.errors.PretextflowError``)."""
+    recomputed. ``quiet``: no progress bars or lines (``progress.mode=off``, the CLI's ``--quiet``);
+    the logs and the loggers stay. Raises the pipeline's own errors
+    (``pretextflow.core.errors.PretextflowError``)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from pretextflow.core.store import ArtifactStore
     from pretextflow.flows.pipeline import pipeline_flow
 
-    cfg = _config_dict(config, overrides)
+    cfg = _config_dict(config, [*(overrides or []), *(["progress.mode=off"] if quiet else [])])
     result = pipeline_flow(cfg, str(Path(workspace).resolve()), push)
     options = cfg["store"]["storage_options"]
     manifest = ArtifactStore(result["run_uri"], options).read_json("manifest.json")

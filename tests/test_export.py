@@ -226,8 +226,8 @@ def test_cli_export_and_embed(timm_run, image_folder, tmp_path):
     assert res.exit_code == 2 and "unknown export format 'keras'" in res.output
 
 
-def test_python_api_runs_the_pipeline_in_process(tmp_path):
-    """pretextflow.run from a dict with overrides, then runs() and run.backbone()."""
+def test_python_api_runs_the_pipeline_in_process(tmp_path, capfd):
+    """pretextflow.run from a dict with overrides (quiet: no progress lines), then runs() and run.backbone()."""
     import yaml
 
     from pretextflow.core.data.versioning import init_workspace
@@ -239,7 +239,10 @@ def test_python_api_runs_the_pipeline_in_process(tmp_path):
         ["train.epochs=1", "probe.label_fractions=[1.0]", "probe.baselines=[]"],
         workspace=ws.root,
         push=False,
+        quiet=True,
     )
+    assert "| progress |" not in capfd.readouterr().err
+    assert run.manifest["config"]["progress"]["mode"] == "off"
     assert run.metrics["linear_top1"] > 0.5 and run.data_version
     assert open(run.report_html.removeprefix("file://")).read().startswith("<!doctype html>")
     listed = pretextflow.runs(ws.root)
