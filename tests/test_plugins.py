@@ -22,6 +22,7 @@ BUILTINS = {
     ("barlow-twins", "pretext", "contrastive"),
     ("vicreg", "pretext", "contrastive"),
     ("dino", "pretext", "contrastive"),
+    ("distill", "pretext", "contrastive"),
     ("convnet-s", "backbone", None),
     ("timm/*", "backbone", None),
     ("csv", "dataset", None),

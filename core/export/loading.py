@@ -96,20 +96,27 @@ def _from_run(fs, manifest_path: str, options: dict, registry: Registry | None) 
 
 
 def _frozen_bytes(fs, manifest_path: str, manifest: dict, options: dict) -> bytes:
-    """The run's backbone.safetensors: beside the run in its store (``<store>/runs/<id>`` →
-    ``<store>/freeze/<key>``, so a copied store still works), else where the manifest recorded it."""
+    """The run's backbone.safetensors (where :func:`frozen_location` finds it)."""
+    rfs, rpath = frozen_location(fs, manifest_path, manifest, options)
+    return rfs.cat_file(rpath)
+
+
+def frozen_location(fs, manifest_path: str, manifest: dict, options: dict) -> tuple[Any, str]:
+    """``(filesystem, path)`` of the run's backbone.safetensors: beside the run in its store
+    (``<store>/runs/<id>`` → ``<store>/freeze/<key>``, so a copied store still works), else where the
+    manifest recorded it."""
     key = manifest["artifacts"].get("freeze", {}).get("key")
     if not key:
         raise StageInputError(f"{redact(manifest_path)} records no freeze stage: this run has no backbone")
     store_root = posixpath.dirname(posixpath.dirname(posixpath.dirname(manifest_path)))
     beside = posixpath.join(store_root, "freeze", key, "backbone.safetensors")
     if fs.exists(beside):
-        return fs.cat_file(beside)
+        return fs, beside
     recorded = manifest["artifacts"]["freeze"]["uri"].rstrip("/") + "/backbone.safetensors"
     try:
         rfs, rpath = fsspec.core.url_to_fs(resolve(recorded), **options)
         if rfs.exists(rpath):
-            return rfs.cat_file(rpath)
+            return rfs, rpath
     except (ValueError, OSError):
         pass
     raise StageInputError(

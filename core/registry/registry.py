@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "pretextflow.plugins.pretext.vicreg",
     "pretextflow.plugins.pretext.dino",
     "pretextflow.plugins.pretext.mae",
+    "pretextflow.plugins.pretext.distill",
     "pretextflow.plugins.backbones.convnet",
     "pretextflow.plugins.backbones.timm_models",
     "pretextflow.plugins.datasets.csv_table",
