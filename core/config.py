@@ -172,6 +172,58 @@ class SupervisedConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
+class TuningConfig(Strict):
+    """How the networks trained on a labelled subset (LP-FT and the supervised baseline) choose their
+    learning rate and length: k-fold cross-validation on the subset's own labels (stratified; never
+    the test split). Each candidate is (the recipe's lr x a factor, its epochs x a factor); the one
+    with the best mean validation top-1 over the folds is retrained on the whole subset and scored
+    once on the test split. The supervised baseline gets the same folds, the same grid of factors
+    and so the same number of training runs as LP-FT: a baseline is never under-tuned. Subsets of
+    more than ``max_labels`` labels (and 100%) train with the recipe's values, untuned, both alike."""
+
+    folds: int = Field(5, ge=2, le=20, description="k of the stratified k-fold CV on the labelled subset")
+    lr_factors: list[float] = Field([0.3, 1.0, 3.0], min_length=1, description="candidate lrs: the recipe's x these")
+    epoch_factors: list[float] = Field(
+        [0.5, 1.0], min_length=1, description="candidate lengths: the recipe's epochs (and min_steps) x these"
+    )
+    max_labels: int = Field(10_000, ge=1, description="subsets with more labels are not tuned (the recipe's values)")
+
+    @field_validator("lr_factors", "epoch_factors")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("every factor must be > 0")
+        return sorted(set(v))
+
+
+class LPFTConfig(Strict):
+    """Linear probe, then fine-tune (Kumar et al., ICLR'22): the linear head is fitted on the frozen
+    SSL features (the linear probe's L-BFGS fit), then backbone and head are fine-tuned together with
+    the supervised recipe (its augmentation, schedule and budget) at ``lr_scale`` x its lr, the lr
+    and epochs chosen by ``probe.tuning``."""
+
+    lr_scale: float = Field(0.1, gt=0, description="fine-tuning lr = probe.supervised.lr x this (x the tuned factor)")
+
+
+class SemiSupervisedConfig(Strict):
+    """FixMatch (Sohn et al. 2020) consistency training on a labelled subset plus the unlabelled pool
+    (every training image): a weak view's confident prediction is the pseudo label of a strong view
+    of the same image. Run from the SSL backbone and, with the same recipe and budget, from random
+    initialisation, so the report separates what SSL adds from what the unlabelled loss adds."""
+
+    steps: int = Field(2000, gt=0, description="training steps (each: a labelled and an unlabelled batch)")
+    batch_size: int = Field(64, gt=0, description="labelled images per step")
+    mu: int = Field(4, ge=1, description="unlabelled images per step = mu x batch_size")
+    threshold: float = Field(0.95, ge=0, le=1, description="pseudo labels below this confidence are masked out")
+    lambda_u: float = Field(1.0, ge=0, description="weight of the unlabelled (consistency) loss")
+    lr: float = Field(2e-3, gt=0, description="AdamW, linear warm-up then cosine decay (the same from SSL or scratch)")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    weak_crop_scale_min: float = Field(0.8, gt=0, le=1, description="weak view: random resized crop + flip")
+    strong_crop_scale_min: float = Field(0.2, gt=0, le=1, description="strong view: crop, flip, jitter, grayscale")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="on the labelled loss")
+
+
 class ProbeConfig(Strict):
     knn_k: list[int] = Field([200, 20], min_length=1)
     knn_temperature: float = Field(0.07, gt=0)
@@ -187,6 +239,18 @@ class ProbeConfig(Strict):
     supervised: SupervisedConfig = SupervisedConfig()
     finetune: bool = Field(False, description="also fine-tune the SSL backbone on each labelled subset")
     finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tuning lr = supervised.lr x this")
+    lpft: bool = Field(
+        False, description="also LP-FT from the SSL backbone on each labelled subset (probe.lpft_recipe)"
+    )
+    lpft_recipe: LPFTConfig = LPFTConfig()
+    tuning: TuningConfig | None = Field(
+        None,
+        description="k-fold CV of lr and epochs for LP-FT and the supervised baseline alike; None = the recipes' values",
+    )
+    semisupervised: bool = Field(
+        False, description="also FixMatch on each labelled subset below 100%, from the SSL backbone and from scratch"
+    )
+    semisupervised_recipe: SemiSupervisedConfig = SemiSupervisedConfig()
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="features, probes and supervised runs: auto = the GPU when there is one"
     )

@@ -91,11 +91,13 @@ def test_rows_have_mean_std_and_every_comparison(probed):
 def test_probe_metrics_match_the_one_schema(probed):
     import copy
 
-    from pretextflow.core.evaluation.metrics import EFFICIENCY_COLUMNS, check_metrics
+    from pretextflow.core.evaluation.metrics import EFFICIENCY_COLUMNS, FINETUNE, OPTIONAL_COLUMNS, check_metrics
 
     _, _, _, m = probed
     assert check_metrics(m) is m
-    assert all(c.key in m["label_efficiency"][0] for c in EFFICIENCY_COLUMNS)  # fine-tuning is on here
+    always = [c for c in EFFICIENCY_COLUMNS if c not in OPTIONAL_COLUMNS]
+    assert all(c.key in m["label_efficiency"][0] for c in [*always, FINETUNE])  # fine-tuning is on here
+    assert not any(c.key in m["label_efficiency"][0] for c in OPTIONAL_COLUMNS if c is not FINETUNE)  # LP-FT... off
     renamed = copy.deepcopy(m)
     renamed["label_efficiency"][0]["ssl_lin_top1"] = renamed["label_efficiency"][0].pop("ssl_linear_top1")
     with pytest.raises(StageInputError, match=r"label_efficiency\.0\.ssl_linear_top1: Field required"):
@@ -171,9 +173,14 @@ def test_report_answers_the_question_and_renders_in_chromium(probed):
     run = ArtifactStore(rep["run_uri"])
     md = run.read_bytes("report.md").decode()
     first = m["label_efficiency"][0]
-    assert md.splitlines()[2].startswith(
-        f"With 1% of the labels ({first['num_labels']} images), SSL features reach {first['ssl_linear_top1']:.1%}"
+    methods = ("ssl_linear_top1", "ssl_knn_top1", "finetune_top1")  # the SSL-based methods that ran here
+    best = max(methods, key=lambda k: (first[k], k == "ssl_linear_top1"))
+    d = (first[best] - first["supervised_top1"]) * 100
+    line = md.splitlines()[2]
+    assert line.startswith(
+        f"With 1% of the labels ({first['num_labels']} images), SSL features reach {first[best]:.1%}"
     )
+    assert f"{abs(d):.1f} points {'above' if d >= 0 else 'below'} supervised training from scratch" in line
     assert "SSL fine-tuned" in md and "±" in md  # two draws: mean ± std
     assert rep["manifest"]["metrics"]["label_efficiency"] == m["label_efficiency"]
 

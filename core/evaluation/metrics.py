@@ -35,10 +35,25 @@ SUPERVISED = Column("supervised_top1", "supervised from scratch")
 RANDOM_INIT_LINEAR = Column("random_init_linear_top1", "random init linear")
 PIXELS_LINEAR = Column("pixels_linear_top1", "pixels linear")
 FINETUNE = Column("finetune_top1", "SSL fine-tuned")
-EFFICIENCY_COLUMNS = (SSL_LINEAR, SSL_KNN, SUPERVISED, RANDOM_INIT_LINEAR, PIXELS_LINEAR, FINETUNE)
+LPFT = Column("lpft_top1", "SSL LP-FT")
+FIXMATCH_SSL = Column("fixmatch_ssl_top1", "FixMatch from SSL")
+FIXMATCH_SCRATCH = Column("fixmatch_scratch_top1", "FixMatch from scratch")
+EFFICIENCY_COLUMNS = (
+    SSL_LINEAR,
+    SSL_KNN,
+    LPFT,
+    FIXMATCH_SSL,
+    SUPERVISED,
+    FIXMATCH_SCRATCH,
+    RANDOM_INIT_LINEAR,
+    PIXELS_LINEAR,
+    FINETUNE,
+)
 """Every accuracy of a label-efficiency row, in the order tables show them."""
-OPTIONAL_COLUMNS = (FINETUNE,)
+OPTIONAL_COLUMNS = (FINETUNE, LPFT, FIXMATCH_SSL, FIXMATCH_SCRATCH)
 """Columns a row leaves out (rather than sets to ``None``) when the protocol did not run."""
+SSL_BASED = (SSL_LINEAR, SSL_KNN, LPFT, FIXMATCH_SSL, FINETUNE)
+"""The label-efficient methods built on the SSL backbone (the report names the best at 1%)."""
 
 BASELINES = ("random_init", "pixels")
 """Frozen-feature baselines the probe can evaluate beside the SSL backbone (``probe.baselines``)."""
@@ -67,6 +82,8 @@ class TrainedRun(TypedDict):
     lr: float
     train_top1: float | None
     seconds: float
+    tuning: NotRequired[dict[str, Any] | None]  # probe.tuning's search (the first seed's): choice, grid, folds
+    mask_rate: NotRequired[float | None]  # FixMatch: the share of confident pseudo labels at the end
 
 
 class KnnDetail(TypedDict):
@@ -95,9 +112,18 @@ class EfficiencyRow(TypedDict):
     pixels_linear_top1_std: float | None
     finetune_top1: NotRequired[float | None]
     finetune_top1_std: NotRequired[float | None]
+    lpft_top1: NotRequired[float | None]
+    lpft_top1_std: NotRequired[float | None]
+    fixmatch_ssl_top1: NotRequired[float | None]
+    fixmatch_ssl_top1_std: NotRequired[float | None]
+    fixmatch_scratch_top1: NotRequired[float | None]
+    fixmatch_scratch_top1_std: NotRequired[float | None]
     knn: KnnDetail
     supervised: NotRequired[TrainedRun]
     finetune: NotRequired[TrainedRun]
+    lpft: NotRequired[TrainedRun]
+    fixmatch_ssl: NotRequired[TrainedRun]
+    fixmatch_scratch: NotRequired[TrainedRun]
 
 
 class InitialWeights(TypedDict):

@@ -7,8 +7,10 @@ then the probe is refitted on all training labels and scored once on the test sp
 kNN: cosine similarity, the k nearest training points vote with weight exp(sim / T)
 (Wu et al. 2018; k=200, T=0.07 by default, as lightly and solo-learn report).
 Label efficiency: the same probes on class-stratified, nested subsets of the training labels
-(1%, 10%, 100% by default), each beside the same architecture trained supervised from scratch on
-the same subset (``core.supervised``) and the random-init and raw-pixel baselines."""
+(1%, 10%, 100% by default), each beside the random-init and raw-pixel baselines and the networks
+trained on the same subset (``core.evaluation.trained``: supervised from scratch, and as configured
+fine-tuning, LP-FT and FixMatch from SSL and from scratch, lr and epochs cross-validated on the
+subset with ``probe.tuning``)."""
 
 from __future__ import annotations
 
@@ -27,9 +29,12 @@ from pretextflow.core.data.shards import ImageView
 from pretextflow.core.evaluation.features import cached_features, pixel_features
 from pretextflow.core.evaluation.metrics import (
     FINETUNE,
+    FIXMATCH_SCRATCH,
+    FIXMATCH_SSL,
     KNN_TOP1,
     LINEAR_TOP1,
     LINEAR_TOP5,
+    LPFT,
     OPTIONAL_COLUMNS,
     PIXELS_LINEAR,
     RANDOM_INIT_LINEAR,
@@ -39,6 +44,7 @@ from pretextflow.core.evaluation.metrics import (
     check_metrics,
     linear_column,
 )
+from pretextflow.core.evaluation.trained import SubsetTrainer
 from pretextflow.core.keys import code_digest, stage_key
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.security import credentials
@@ -116,6 +122,44 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
     return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()) / len(y)  # exact fraction
 
 
+@dataclass
+class LinearHead:
+    """A fitted linear probe: logits = ((x - mean) / std) @ w + b, and how its weight decay was chosen."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    w: torch.Tensor  # (features, classes)
+    b: torch.Tensor  # (classes,)
+    weight_decay: float
+    val_top1: dict[float, float]
+
+    def as_linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (classes, features), bias) of the same map on raw features: the standardisation
+        folded in, for a ``torch.nn.Linear`` over the backbone (LP-FT's starting head)."""
+        w = self.w.detach().cpu().double().numpy() / self.std[:, None]
+        b = self.b.detach().cpu().double().numpy() - self.mean @ w
+        return w.T.astype(np.float32), b.astype(np.float32)
+
+
+def fit_linear_head(
+    train_x: np.ndarray, train_y: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int, device="cpu"
+) -> LinearHead:
+    """The linear probe's fit: standardised features (train statistics), the L2 weight decay chosen
+    on a held-out ``cfg.val_fraction`` of these labels, then refitted on all of them."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    xtr = torch.from_numpy((train_x - mean) / std).float().to(device)
+    ytr = torch.from_numpy(train_y).long().to(device)
+    fit_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
+    val_acc, solutions, init = {}, {}, None
+    # strongest regularisation first: each solution warm-starts the next, weaker one
+    for wd in sorted(cfg.linear_weight_decays, reverse=True):
+        init = solutions[wd] = fit_logistic(xtr[fit_idx], ytr[fit_idx], num_classes, wd, cfg.linear_max_iter, init)
+        val_acc[wd] = topk_accuracy(xtr[val_idx] @ init[0] + init[1], ytr[val_idx], 1) if len(val_idx) else 0.0
+    best = max(cfg.linear_weight_decays, key=lambda wd: (val_acc[wd], wd))  # ties: stronger regularisation
+    w, b = fit_logistic(xtr, ytr, num_classes, best, cfg.linear_max_iter, solutions[best])
+    return LinearHead(mean, std, w, b, best, val_acc)
+
+
 def linear_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -127,23 +171,14 @@ def linear_probe(
     keep_predictions: bool = False,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    xtr = torch.from_numpy((train_x - mean) / std).float().to(device)
-    xte = torch.from_numpy((test_x - mean) / std).float().to(device)
-    ytr, yte = torch.from_numpy(train_y).long().to(device), torch.from_numpy(test_y).long().to(device)
-    fit_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
-    val_acc, solutions, init = {}, {}, None
-    # strongest regularisation first: each solution warm-starts the next, weaker one
-    for wd in sorted(cfg.linear_weight_decays, reverse=True):
-        init = solutions[wd] = fit_logistic(xtr[fit_idx], ytr[fit_idx], num_classes, wd, cfg.linear_max_iter, init)
-        val_acc[wd] = topk_accuracy(xtr[val_idx] @ init[0] + init[1], ytr[val_idx], 1) if len(val_idx) else 0.0
-    best = max(cfg.linear_weight_decays, key=lambda wd: (val_acc[wd], wd))  # ties: stronger regularisation
-    w, b = fit_logistic(xtr, ytr, num_classes, best, cfg.linear_max_iter, solutions[best])
-    logits = xte @ w + b
+    head = fit_linear_head(train_x, train_y, num_classes, cfg, seed, device)
+    xte = torch.from_numpy((test_x - head.mean) / head.std).float().to(device)
+    yte = torch.from_numpy(test_y).long().to(device)
+    logits = xte @ head.w + head.b
     result = {
         "top1": topk_accuracy(logits, yte, 1),
-        "weight_decay": best,
-        "val_top1": {str(k): v for k, v in val_acc.items()},
+        "weight_decay": head.weight_decay,
+        "val_top1": {str(k): v for k, v in head.val_top1.items()},
     }
     if num_classes > 5:
         result["top5"] = topk_accuracy(logits, yte, 5)
@@ -230,81 +265,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-class _Supervised:
-    """Supervised-from-scratch and fine-tuning runs, each cached in the store under its own key
-    (so an interrupted probe stage does not retrain the subsets it already finished)."""
-
-    def __init__(
-        self,
-        cfg: RunConfig,
-        dataset: Dataset,
-        store: ArtifactStore,
-        registry: Registry,
-        freeze_key: str,
-        xtr,
-        ytr,
-        xte,
-        yte,
-        logger,
-    ):
-        self.cfg, self.dataset, self.store, self.registry, self.freeze_key = cfg, dataset, store, registry, freeze_key
-        self.xtr, self.ytr, self.xte, self.yte, self.logger = xtr, ytr, xte, yte, logger
-        self.extents: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # set by the probe run
-        self.device = torch.device("cpu")  # set by the probe run: probe.device
-        self.events = EventBus()  # set by the probe run: where each run's progress goes
-        self.backbone_version = registry.describe("backbone", cfg.backbone.name).version
-        from pretextflow.core.evaluation import supervised
-
-        self.code = code_digest(supervised, registry.backbone(cfg.backbone.name).build)
-
-    def run(self, kind: str, fraction: float, subset_seed: int, idx: np.ndarray) -> dict[str, Any]:
-        from pretextflow.core.evaluation.supervised import train_supervised
-
-        cfg = self.cfg
-        finetune = kind == "finetune"
-        key = stage_key(
-            "supervised",
-            {
-                "kind": kind,
-                "data": self.dataset.fingerprint,
-                "fraction": fraction,
-                "subset_seed": subset_seed,
-                "backbone": cfg.backbone.model_dump(mode="json"),
-                "image_size": input_size(cfg, self.dataset.meta),  # train.image_size: the size it is built for
-                "backbone_version": self.backbone_version,
-                "recipe": cfg.probe.supervised.model_dump(mode="json"),
-                "init": self.freeze_key if finetune else None,
-                "lr_scale": cfg.probe.finetune_lr_scale if finetune else 1.0,
-                "code": self.code,
-            },
-        )
-        if self.store.is_complete("supervised", key):
-            return self.store.read_json("supervised", key, "metrics.json")
-        init = load_frozen_backbone(self.store, self.freeze_key, self.registry).state_dict() if finetune else None
-        result = train_supervised(
-            cfg,
-            self.dataset.meta,
-            self.registry,
-            self.xtr[idx],
-            self.ytr[idx],
-            self.xte,
-            self.yte,
-            seed=subset_seed,
-            init_weights=init,
-            lr_scale=cfg.probe.finetune_lr_scale if finetune else 1.0,
-            logger=self.logger,
-            tag=f"{kind} {fraction:g}",
-            device=self.device,
-            extents=None if self.extents[0] is None else self.extents[0][idx],
-            test_extents=self.extents[1],
-            progress=progress_callback(self.events, STAGE, "steps", f"{kind} {fraction * 100:g}%"),
-        )
-        result["key"] = key
-        self.store.write_json(result, "supervised", key, "metrics.json")
-        self.store.mark_complete("supervised", key, {"kind": kind, "fraction": fraction})
-        return result
 
 
 def _labelled(dataset: Dataset) -> tuple[ImageView, np.ndarray, ImageView, np.ndarray]:
@@ -478,26 +438,19 @@ class _ProbeRun:
         pc = self.cfg.probe
         t = time.perf_counter()
         draws = [label_subsets(self.ytr, pc.label_fractions, self.cfg.seed + s) for s in range(pc.label_seeds)]
-        trainer = _Supervised(
-            self.cfg,
-            self.dataset,
-            self.store,
-            self.registry,
-            self.freeze_key,
-            self.xtr_img,
-            self.ytr,
-            self.xte_img,
-            self.yte,
-            self.logger,
+        labelled = (self.xtr_img, self.ytr, self.xte_img, self.yte)
+        trainer = SubsetTrainer(
+            self.cfg, self.dataset, self.store, self.registry, self.freeze_key, labelled, self.logger
         )
         trainer.device, trainer.extents, trainer.events = self.device, self.extents, self.events
+        trainer.ssl_features = feats["ssl"]["train"]
         efficiency = []
         progress = progress_callback(self.events, STAGE, "subsets", "label efficiency")
         subsets, done = sum(1 if f >= 1 else pc.label_seeds for f in pc.label_fractions), 0
         for fraction in pc.label_fractions:
             seeds = range(1) if fraction >= 1 else range(pc.label_seeds)  # 100% is one subset, whatever the seed
             acc: dict[str, list[float]] = {}
-            runs: dict[str, list[dict]] = {"supervised": [], "finetune": []}
+            runs: dict[str, list[dict]] = {kind: [] for kind in TRAINED}
             for s in seeds:
                 if progress is not None:
                     progress(done, subsets)
@@ -542,12 +495,10 @@ class _ProbeRun:
                 for kk, v in r["knn"].items():
                     acc.setdefault(f"ssl_knn_{kk}", []).append(v["top1"])
 
-    def _train_subset(self, trainer: _Supervised, fraction: float, s: int, idx: np.ndarray, acc, runs) -> None:
-        """The supervised baseline and fine-tuning (those configured) on one subset; appends each
+    def _train_subset(self, trainer: SubsetTrainer, fraction: float, s: int, idx: np.ndarray, acc, runs) -> None:
+        """The networks trained on one subset (those configured: ``trained_kinds``); appends each
         run to ``runs`` and its top-1 accuracy to ``acc``."""
-        pc = self.cfg.probe
-        kinds = (["supervised"] if "supervised" in pc.baselines else []) + (["finetune"] if pc.finetune else [])
-        for kind in kinds:
+        for kind in trained_kinds(self.cfg.probe, fraction):
             t_sup = time.perf_counter()
             runs[kind].append(trainer.run(kind, fraction, self.cfg.seed + s, idx))
             self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - t_sup
@@ -557,7 +508,7 @@ class _ProbeRun:
         """One label fraction's row: mean and std over the subset draws of every comparison."""
         pc = self.cfg.probe
         row: dict[str, Any] = {"fraction": fraction, "num_labels": num_labels, "seeds": seeds}
-        for column in (SSL_LINEAR, SUPERVISED, RANDOM_INIT_LINEAR, PIXELS_LINEAR, FINETUNE):
+        for column in (SSL_LINEAR, SUPERVISED, RANDOM_INIT_LINEAR, PIXELS_LINEAR, *TRAINED.values()):
             mean, std = _mean_std(acc.get(column.key, []))
             if mean is not None or column not in OPTIONAL_COLUMNS:
                 row[column.key], row[column.key + "_std"] = mean, std
@@ -575,6 +526,8 @@ class _ProbeRun:
                     "lr": rs[0]["lr"],
                     "train_top1": _mean_std([r["train_top1"] for r in rs])[0],
                     "seconds": float(sum(r["seconds"] for r in rs)),
+                    **({"tuning": rs[0]["tuning"]} if rs[0].get("tuning") else {}),
+                    **({"mask_rate": rs[0]["mask_rate"]} if "mask_rate" in rs[0] else {}),
                 }
         return row
 
@@ -625,8 +578,24 @@ class _ProbeRun:
         return metrics
 
 
-TRAINED = {"supervised": SUPERVISED, "finetune": FINETUNE}
-"""The label-efficiency column of each network trained on the labelled subset."""
+TRAINED = {
+    "supervised": SUPERVISED,
+    "finetune": FINETUNE,
+    "lpft": LPFT,
+    "fixmatch_ssl": FIXMATCH_SSL,
+    "fixmatch_scratch": FIXMATCH_SCRATCH,
+}
+"""The label-efficiency column of each network trained on the labelled subset (``trained.KINDS``)."""
+
+
+def trained_kinds(pc: ProbeConfig, fraction: float) -> list[str]:
+    """The networks trained on a subset of ``fraction`` of the labels, as ``probe`` configures them.
+    FixMatch runs below 100% only: with every label there is no unlabelled image left."""
+    kinds = ["supervised"] if "supervised" in pc.baselines else []
+    kinds += ["finetune"] if pc.finetune else []
+    kinds += ["lpft"] if pc.lpft else []
+    kinds += ["fixmatch_ssl", "fixmatch_scratch"] if pc.semisupervised and fraction < 1 else []
+    return kinds
 
 
 def probe(

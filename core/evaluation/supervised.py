@@ -36,14 +36,25 @@ def schedule(n: int, sc: SupervisedConfig) -> tuple[int, int, int]:
 
 
 def _build_model(
-    cfg: RunConfig, meta: dict, registry: Registry, seed: int, init_weights: dict[str, torch.Tensor] | None
+    cfg: RunConfig,
+    meta: dict,
+    registry: Registry,
+    seed: int,
+    init_weights: dict[str, torch.Tensor] | None,
+    init_head: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[torch.nn.Module, torch.nn.Linear]:
-    """The backbone (seeded, or loaded from ``init_weights``) and a linear head over its features."""
+    """The backbone (seeded, or loaded from ``init_weights``) and a linear head over its features
+    (seeded, or ``init_head`` = (weight (classes, features), bias (classes,)): LP-FT's fitted probe)."""
     num_classes = int(meta["num_classes"])
     backbone = build_backbone(cfg, meta, registry, seed=seed)
     if init_weights is not None:
         backbone.load_state_dict(init_weights, strict=True)
-    return backbone, torch.nn.Linear(backbone.num_features, num_classes)
+    head = torch.nn.Linear(backbone.num_features, num_classes)
+    if init_head is not None:
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(init_head[0], dtype=torch.float32))
+            head.bias.copy_(torch.as_tensor(init_head[1], dtype=torch.float32))
+    return backbone, head
 
 
 def _optimizer(model: torch.nn.Module, sc: SupervisedConfig, lr: float) -> torch.optim.Optimizer:
@@ -75,7 +86,7 @@ def _fit(
     n = len(x)
     warmup = int(sc.warmup_fraction * total)
     gen = torch.Generator().manual_seed(seed)
-    aug = Augmenter(seed + 1, out_size=model[0].image_size)  # model[0]: the backbone
+    aug = Augmenter(seed + 1, device=x.device, out_size=model[0].image_size)  # model[0]: the backbone; on its device
     spec = ViewSpec(crop_scale=(sc.crop_scale_min, 1.0), flip_p=sc.flip_p, jitter_p=0.0, grayscale_p=0.0)
     losses: list[float] = []
     step = 0
@@ -131,15 +142,19 @@ def train_supervised(
     extents: np.ndarray | None = None,
     test_extents: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    init_head: tuple[np.ndarray, np.ndarray] | None = None,
+    recipe: SupervisedConfig | None = None,
 ) -> dict[str, Any]:
     """Train backbone + linear head on (images, labels); return test top-1 and the budget used.
+    ``recipe``: the training recipe (None: ``probe.supervised``; cross-validation passes each
+    candidate's); ``init_head``: the head's starting weights (LP-FT), else a seeded initialisation.
     The backbone is built for ``train.image_size`` (else the stored size): crops are taken from the
     stored images (inside their content, ``extents``: (h, w) px per image, or None) and resized to it,
     and evaluation brings the images to it as the probes' features do. Deterministic for a seed on the
     CPU (model init, data order and augmentation are seeded). ``progress(steps done, steps)`` as it trains."""
-    sc = cfg.probe.supervised
+    sc = recipe or cfg.probe.supervised
     t0 = time.perf_counter()
-    backbone, head = _build_model(cfg, meta, registry, seed, init_weights)
+    backbone, head = _build_model(cfg, meta, registry, seed, init_weights, init_head)
     model = torch.nn.Sequential(backbone, head).to(device).train()
     lr = sc.lr * lr_scale
     opt = _optimizer(model, sc, lr)
