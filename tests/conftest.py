@@ -26,6 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def finished_run(cfg, workspace_root) -> str:
+    """pretrain -> freeze -> probe -> report for ``cfg`` in process; the run folder's URI."""
+    from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
+
+    ctx = StageContext.create(cfg, str(workspace_root))
+    run_pretrain(ctx)
+    run_freeze(ctx)
+    run_probe(ctx)
+    return run_report(ctx)["run_uri"]
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 

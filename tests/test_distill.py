@@ -21,12 +21,12 @@ from pretextflow.core.config import load_config
 from pretextflow.core.errors import PluginError
 from pretextflow.core.registry.preflight import check_plugins, resolved_pretext_params
 from pretextflow.core.registry.registry import build_registry, get_registry
-from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
+from pretextflow.core.stages import StageContext, run_pretrain
 from pretextflow.core.toolkit.augment import Augmenter
 from pretextflow.core.training import checkpoint
 from pretextflow.core.training.model import build_backbone, build_task
 
-from .conftest import REPO
+from .conftest import REPO, finished_run
 
 CONFIG = REPO / "configs" / "digits_smoke.yaml"
 META = {"image_shape": [1, 8, 8], "mean": [0.3], "std": [0.4]}
@@ -76,11 +76,7 @@ def teacher_run(digits_workspace, tmp_path_factory):
             "probe.baselines=[]",
         ],
     )
-    ctx = StageContext.create(cfg, str(digits_workspace.root))
-    run_pretrain(ctx)
-    run_freeze(ctx)
-    run_probe(ctx)
-    return run_report(ctx)["run_uri"]
+    return finished_run(cfg, digits_workspace.root)
 
 
 @pytest.fixture

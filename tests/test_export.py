@@ -16,9 +16,8 @@ from pretextflow.cli import app
 from pretextflow.core.errors import DataError, StageInputError
 from pretextflow.core.export.embed import embed
 from pretextflow.core.export.formats import export_backbone
-from pretextflow.core.stages import StageContext, run_freeze, run_pretrain, run_probe, run_report
 
-from .conftest import REPO
+from .conftest import REPO, finished_run
 
 FORMATS = ("safetensors", "torchscript", "onnx", "timm")
 
@@ -37,11 +36,7 @@ def _run(workspace, backbone: str, *overrides: str) -> str:
             *overrides,
         ],
     )
-    ctx = StageContext.create(cfg, str(workspace.root))
-    run_pretrain(ctx)
-    run_freeze(ctx)
-    run_probe(ctx)
-    return run_report(ctx)["run_uri"]
+    return finished_run(cfg, workspace.root)
 
 
 @pytest.fixture(scope="module")
