@@ -31,7 +31,6 @@ Augmenter, so a seed gives the same run on the CPU."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from pretextflow.core.config import RunConfig, SemiSupervisedConfig
-from pretextflow.core.evaluation.supervised import _build_model, _optimizer, _top1
+from pretextflow.core.evaluation.supervised import Batches, _build_model, _optimizer, _top1
 from pretextflow.core.registry.registry import Registry
 from pretextflow.core.toolkit.augment import Augmenter, ViewSpec, content_fractions
 from pretextflow.core.toolkit.schedules import lr_at
@@ -78,34 +77,13 @@ def view_specs(sr: SemiSupervisedConfig, flip_p: float = 0.5) -> tuple[ViewSpec,
     return weak, strong
 
 
-class _Batches:
-    """Seeded index batches over ``n`` items: a permutation per epoch, cut into ``batch``-sized
-    pieces, the last one filled up from the start of the same permutation (every batch full)."""
-
-    def __init__(self, n: int, batch: int, seed: int):
-        self.n, self.batch = int(n), int(batch)
-        self.per_epoch = math.ceil(self.n / self.batch)
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.perm = torch.randperm(self.n, generator=self.gen)
-        self.i = 0
-
-    def next(self) -> torch.Tensor:
-        if self.i == self.per_epoch:
-            self.perm, self.i = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.perm[self.i * self.batch : (self.i + 1) * self.batch]
-        if len(idx) < self.batch:
-            idx = torch.cat([idx, self.perm[: self.batch - len(idx)]])
-        self.i += 1
-        return idx
-
-
 class _Pool:
     """The unlabelled pool, read batch by batch: each batch's rows gathered by sorted index (never
     the whole pool), with their content fractions (``extent``, or None)."""
 
     def __init__(self, images, batch: int, seed: int, extents, device: torch.device | str):
         self.images, self.device = images, device
-        self.batches = _Batches(len(images), batch, seed)
+        self.batches = Batches(len(images), batch, seed)
         self.extent = content_fractions(extents, int(images.shape[-1]), device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -121,7 +99,7 @@ class _Labelled:
         self.x = torch.from_numpy(np.array(images)).to(device)  # the labelled subset only: small
         self.y = torch.from_numpy(np.array(labels)).long().to(device)
         self.extent = content_fractions(extents, int(self.x.shape[-1]), device)
-        self.batches = _Batches(len(self.x), batch, seed)
+        self.batches = Batches(len(self.x), batch, seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         idx = self.batches.next()

@@ -66,6 +66,28 @@ def _optimizer(model: torch.nn.Module, sc: SupervisedConfig, lr: float) -> torch
     )
 
 
+class Batches:
+    """Seeded index batches over ``n`` items: a permutation per epoch, cut into ``batch``-sized
+    pieces, the last one filled up from the start of the same permutation (every batch full). The
+    supervised runs and FixMatch (its labelled subset and its unlabelled pool) draw through it."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch = int(n), int(batch)
+        self.per_epoch = math.ceil(self.n / self.batch)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.randperm(self.n, generator=self.gen)
+        self.i = 0
+
+    def next(self) -> torch.Tensor:
+        if self.i == self.per_epoch:
+            self.perm, self.i = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.i * self.batch : (self.i + 1) * self.batch]
+        if len(idx) < self.batch:
+            idx = torch.cat([idx, self.perm[: self.batch - len(idx)]])
+        self.i += 1
+        return idx
+
+
 def _fit(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
@@ -82,33 +104,24 @@ def _fit(
     data order and augmentation; return the step losses. Crops come from the stored images ``x``
     (inside their content: ``extent``, fractions as ``content_fractions`` gives them), out at the
     backbone's input size. ``progress(steps done, steps)`` after each step."""
-    batch, per_epoch, total = plan
-    n = len(x)
+    batch, _, total = plan
     warmup = int(sc.warmup_fraction * total)
-    gen = torch.Generator().manual_seed(seed)
+    batches = Batches(len(x), batch, seed)  # every step a full batch: the last of an epoch wraps around
     aug = Augmenter(seed + 1, device=x.device, out_size=model[0].image_size)  # model[0]: the backbone; on its device
     spec = ViewSpec(crop_scale=(sc.crop_scale_min, 1.0), flip_p=sc.flip_p, jitter_p=0.0, grayscale_p=0.0)
     losses: list[float] = []
-    step = 0
-    while step < total:
-        perm = torch.randperm(n, generator=gen)
-        for i in range(per_epoch):
-            if step >= total:
-                break
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, lr)
-            idx = perm[i * batch : (i + 1) * batch]
-            if len(idx) < batch:  # wrap around: every step sees a full batch
-                idx = torch.cat([idx, perm[: batch - len(idx)]])
-            logits = model(aug.view(x[idx], spec, None if extent is None else extent[idx.to(extent.device)]))
-            loss = F.cross_entropy(logits, y[idx], label_smoothing=sc.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if progress is not None:
-                progress(step, total)
+    for step in range(total):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, warmup, lr)
+        idx = batches.next()
+        logits = model(aug.view(x[idx], spec, None if extent is None else extent[idx.to(extent.device)]))
+        loss = F.cross_entropy(logits, y[idx], label_smoothing=sc.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, total)
     return losses
 
 
