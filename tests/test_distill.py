@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import pretextflow
 from pretextflow import api
+from pretextflow.api import teachers
 from pretextflow.core.config import load_config
 from pretextflow.core.errors import PluginError
 from pretextflow.core.registry.preflight import check_plugins, resolved_pretext_params
@@ -96,7 +97,7 @@ def test_the_target_is_the_teachers_embedding_of_the_same_view(teacher_run, loss
     task.train()
     out = task(images, Augmenter(7))
     view = Augmenter(7).view(images, task.view)  # the same draws: the same view
-    target = api.load_teacher(teacher_run)(view)  # a teacher loaded on its own
+    target = teachers.load_teacher(teacher_run)(view)  # a teacher loaded on its own
     assert torch.equal(target, pretextflow.load_backbone(teacher_run)(view))  # the run's frozen backbone
     projection = task.projector(task.backbone(view))
     assert projection.shape == target.shape == (32, task.teacher.num_features)
@@ -109,7 +110,7 @@ def test_the_target_is_the_teachers_embedding_of_the_same_view(teacher_run, loss
 
 
 def test_the_teacher_takes_views_of_any_size_and_grey_or_rgb(teacher_run):
-    teacher = api.load_teacher(teacher_run)
+    teacher = teachers.load_teacher(teacher_run)
     extractor = pretextflow.load_backbone(teacher_run)
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8))
     luma = (x.float() / 255 * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
@@ -179,14 +180,14 @@ def test_the_pretrain_key_changes_with_the_teachers_content_at_the_same_uri(digi
     ctx = StageContext.create(_config(exported_teacher, "store.uri=memory://distill-key"), str(digits_workspace.root))
     ds = ctx.dataset()
     params = resolved_pretext_params(ctx.cfg, ctx.registry)
-    assert params["teacher_sha256"] == api.teacher_sha256(str(exported_teacher))
+    assert params["teacher_sha256"] == teachers.teacher_sha256(str(exported_teacher))
     key = ctx.pretrain_key(ds)
     assert ctx.pretrain_key(ds) == key  # stable while the teacher is
     x = _digits(4)
-    before = api.load_teacher(str(exported_teacher))(x)
+    before = teachers.load_teacher(str(exported_teacher))(x)
     _rewrite_weights(exported_teacher)
     assert ctx.pretrain_key(ds) != key
-    assert not torch.equal(api.load_teacher(str(exported_teacher))(x), before)
+    assert not torch.equal(teachers.load_teacher(str(exported_teacher))(x), before)
     pinned = _config(exported_teacher, f"pretext.params.teacher_sha256={params['teacher_sha256']}")
     with pytest.raises(PluginError, match="has changed.*drop teacher_sha256"):
         check_plugins(pinned, get_registry())
@@ -204,7 +205,7 @@ def test_a_missing_teacher_is_refused_naming_the_uri_and_the_fix(tmp_path):
     with pytest.raises(PluginError, match="holds no manifest.json and no pretextflow-export.json"):
         check_plugins(_config(tmp_path / "empty"), get_registry())
     with pytest.raises(PluginError, match=r"teacher .*weights\.safetensors does not exist"):
-        api.load_teacher(str(tmp_path / "weights.safetensors"))
+        teachers.load_teacher(str(tmp_path / "weights.safetensors"))
 
 
 # -- the conformance kit, with a teacher --------------------------------------------------------------------
@@ -218,6 +219,18 @@ def test_distill_passes_the_conformance_kit(teacher_run):
     assert {r.name for r in results} >= {"params", "determinism", "state_dict", "device", "pipeline"}
 
 
-def test_the_api_exports_the_teacher_loader():
+def test_only_the_distill_task_has_the_teacher_code_in_its_key():
+    """The teacher loader is the stable API's ``pretextflow.api.teachers``: a task importing only
+    ``pretextflow.api`` has neither it nor the export code it reads in its pretrain key's closure."""
+    from pretextflow.core.keys import import_closure
+    from pretextflow.plugins.pretext import distill, simclr
+
     assert api.API_VERSION == "2.2"
-    assert {"load_teacher", "teacher_sha256"} <= set(api.__all__)
+    assert set(teachers.__all__) == {"load_teacher", "teacher_sha256"}
+
+    def files(module) -> set[str]:
+        return {p.replace(os.sep, "/") for p in import_closure(module.__name__, module.__file__)}
+
+    assert not {f for f in files(simclr) if "/core/export/" in f or f.endswith("api/teachers.py")}
+    assert any(f.endswith("core/export/teacher.py") for f in files(distill))
+    assert any(f.endswith("api/teachers.py") for f in files(distill))

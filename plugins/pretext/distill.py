@@ -3,7 +3,7 @@ that a frozen teacher gives the same augmented view, on unlabeled images: self-s
 distillation of a bigger backbone (a past run here, or an export of one) into a small one. Contrastive
 family (joint-embedding: the target is an embedding of a view, as in BYOL, but of a fixed network).
 
-The teacher (``pretextflow.api.load_teacher``) is frozen: eval mode, no gradient, outside the module
+The teacher (``pretextflow.api.teachers.load_teacher``) is frozen: eval mode, no gradient, outside the module
 tree, so it is neither trained nor written into the task's checkpoints; it is loaded again from its URI
 when a run resumes. Its content digest is filled into the params when they are validated
 (``teacher_sha256``), so the pretrain stage key changes when the teacher's files do, not only its URI.
@@ -30,10 +30,10 @@ from pretextflow.api import (
     StepOutput,
     ViewSpec,
     hookimpl,
-    load_teacher,
     mlp,
 )
-from pretextflow.api import teacher_sha256 as content_sha256
+from pretextflow.api.teachers import load_teacher
+from pretextflow.api.teachers import teacher_sha256 as content_sha256
 
 SHA256 = r"^[0-9a-f]{64}$"
 
