@@ -164,6 +164,38 @@ def test_two_identical_pretrainings_give_identical_losses(digits_workspace, teac
     assert {k.split(".")[0] for k in weights} == {"backbone", "projector"}
 
 
+def test_the_report_puts_the_student_beside_its_teacher(digits_workspace, teacher_run, tmp_path):
+    from pretextflow.core.store import ArtifactStore
+
+    cfg = _config(
+        teacher_run,
+        f"store.uri={tmp_path / 'store'}",
+        "backbone.kwargs={width: 8, depth: 3}",
+        "probe.label_fractions=[0.1, 1.0]",
+        "probe.baselines=[]",
+    )
+    run = ArtifactStore(finished_run(cfg, digits_workspace.root))
+    manifest, teacher = run.read_json("manifest.json"), ArtifactStore(teacher_run).read_json("manifest.json")
+    record = manifest["teacher"]
+    assert record["run_id"] == teacher["run_id"] and record["backbone"]["kwargs"]["width"] == 24
+    assert record["sha256"] == manifest["config"]["pretext"]["params"]["teacher_sha256"]
+    assert record["metrics"]["linear_top1"] == teacher["metrics"]["linear_top1"]
+    report = run.read_bytes("report.md").decode()
+    section = report.split("## Distilled from a teacher (test top-1)")[1].split("## ")[0]
+    teacher_row, student_row = (
+        line for line in section.splitlines() if line.startswith("| teacher") or line.startswith("| student")
+    )
+    assert teacher["run_id"] in teacher_row and f"{teacher['metrics']['linear_top1']:.4f}" in teacher_row
+    assert "width 8" in student_row and f"{manifest['metrics']['linear_top1']:.4f}" in student_row
+    assert "SSL linear, fewest labels" in section and "(10%," in student_row
+
+
+def test_other_tasks_record_no_teacher(teacher_run):
+    from pretextflow.core.store import ArtifactStore
+
+    assert ArtifactStore(teacher_run).read_json("manifest.json")["teacher"] is None  # the SimCLR teacher itself
+
+
 # -- the stage key follows the teacher's content ---------------------------------------------------------
 def _rewrite_weights(folder) -> None:
     """Other weights in the same export folder, at the same URI."""

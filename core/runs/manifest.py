@@ -102,7 +102,36 @@ def build_manifest(
         "pretrain": pretrain_summary(history),
         "metrics": {k: v for k, v in metrics.items() if k not in ("detail",)},
         "metrics_detail": metrics.get("detail", {}),
+        "teacher": teacher_record(config["pretext"]["params"]),
     }
+
+
+def teacher_record(params: dict[str, Any]) -> dict[str, Any] | None:
+    """What a distillation run learned from: for a pretext task whose params name a ``teacher`` (a run
+    folder, its manifest or an export folder, as ``pretextflow.api.teachers`` loads them), its URI and
+    content digest and, when it is a run, that run's backbone and accuracies, so the report puts the
+    student beside its teacher. None for every other task."""
+    uri = params.get("teacher")
+    if not isinstance(uri, str):
+        return None
+    record: dict[str, Any] = {"uri": redact(credentials.for_record(uri)), "sha256": params.get("teacher_sha256")}
+    folder = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri.rstrip("/")
+    try:
+        teacher = ArtifactStore(folder).read_json("manifest.json")
+    except (FileNotFoundError, OSError, ValueError):
+        return record  # an export folder (or a manifest no longer there): its URI and digest only
+    backbone = teacher["config"]["backbone"]
+    record.update(
+        run_id=teacher.get("run_id"),
+        pretext=teacher["config"]["pretext"]["name"],
+        backbone={"name": backbone["name"], "kwargs": backbone.get("kwargs", {})},
+        metrics={k: teacher["metrics"].get(k) for k in ("linear_top1", "knn_top1")},
+        label_efficiency=[
+            {k: r.get(k) for k in ("fraction", "num_labels", "ssl_linear_top1", "ssl_knn_top1")}
+            for r in teacher["metrics"].get("label_efficiency", [])
+        ],
+    )
+    return record
 
 
 def last_change(dataset: Dataset) -> dict[str, Any] | None:

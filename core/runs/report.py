@@ -469,6 +469,37 @@ def _previous_run_section(manifest: dict[str, Any]) -> Section | None:
     )
 
 
+def _teacher_section(manifest: dict[str, Any]) -> Section | None:
+    """A distillation run: the student (this run's backbone) beside the teacher it regressed, on the
+    same probes (the teacher's numbers are its own run's, on the same test split when the data is)."""
+    t = manifest.get("teacher")
+    if not t:
+        return None
+    m, student = manifest["metrics"], manifest["config"]["backbone"]
+    rows = [["teacher", t["uri"] + (f" (sha256 {t['sha256'][:12]})" if t.get("sha256") else ""), "-", "-", "-"]]
+    if t.get("metrics"):
+        small = min(t["label_efficiency"], key=lambda r: r["fraction"], default=None)
+        rows[0][1] = f"run {t['run_id']}: {t['pretext']}, {_backbone_text(t['backbone'])}"
+        rows[0][2:] = [_acc(t["metrics"], LINEAR_TOP1), _acc(t["metrics"], KNN_TOP1), _small_text(small)]
+    small = min(m.get("label_efficiency", []), key=lambda r: r["fraction"], default=None)
+    rows.append(
+        ["student (this run)", _backbone_text(student), _acc(m, LINEAR_TOP1), _acc(m, KNN_TOP1), _small_text(small)]
+    )
+    header = ["", "backbone", "linear, all labels", f"kNN k={m['knn']['k']}", "SSL linear, fewest labels"]
+    return ("Distilled from a teacher (test top-1)", header, rows, [])
+
+
+def _backbone_text(backbone: dict[str, Any]) -> str:
+    kwargs = ", ".join(f"{k} {v}" for k, v in (backbone.get("kwargs") or {}).items())
+    return f"{backbone['name']}" + (f" ({kwargs})" if kwargs else "")
+
+
+def _small_text(row: dict[str, Any] | None) -> str:
+    if not row or row.get(SSL_LINEAR.key) is None:
+        return "-"
+    return f"{row[SSL_LINEAR.key]:.4f} ({_pct(row['fraction'])}, {row['num_labels']} labels)"
+
+
 def _label_subsets_setting(eff: list[dict[str, Any]]) -> list[str]:
     seeds = max(r.get("seeds", 1) for r in eff)
     return [
@@ -564,6 +595,7 @@ def _sections(manifest: dict[str, Any]) -> list[Section]:
     sections = [
         _probe_section(m),
         _label_efficiency_section(m),
+        _teacher_section(manifest),
         _previous_run_section(manifest),
         ("Pretraining", ["", ""], [], ["pretrain_loss.png", MONITOR_FIGURE]),
         ("What the features capture", ["", ""], [], ["retrieval.png", "projection.png"]),
