@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -251,6 +252,13 @@ class ProbeConfig(Strict):
         False, description="also FixMatch on each labelled subset below 100%, from the SSL backbone and from scratch"
     )
     semisupervised_recipe: SemiSupervisedConfig = SemiSupervisedConfig()
+    lpft_fractions: list[float] | None = Field(
+        None, description="the label fractions LP-FT runs at (each one of label_fractions); None = all of them"
+    )
+    semisupervised_fractions: list[float] | None = Field(
+        None,
+        description="the label fractions FixMatch runs at (each one of label_fractions, below 1); None = all below 1",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="features, probes and supervised runs: auto = the GPU when there is one"
     )
@@ -273,6 +281,22 @@ class ProbeConfig(Strict):
         if any(not 0 < f <= 1 for f in v):
             raise ValueError("every fraction must be in (0, 1], e.g. [0.01, 0.1, 1.0]")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _protocol_fractions(self) -> ProbeConfig:
+        for name in ("lpft_fractions", "semisupervised_fractions"):
+            chosen = getattr(self, name)
+            if chosen is None:
+                continue
+            unknown = [f for f in chosen if not any(math.isclose(f, g) for g in self.label_fractions)]
+            if unknown:
+                raise ValueError(
+                    f"probe.{name} {unknown} are not in probe.label_fractions {self.label_fractions}: "
+                    f"add them there, or choose among those"
+                )
+            if name == "semisupervised_fractions" and any(f >= 1 for f in chosen):
+                raise ValueError("probe.semisupervised_fractions: FixMatch needs unlabelled images, so fractions < 1")
+        return self
 
 
 class ReportConfig(Strict):

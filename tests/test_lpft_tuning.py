@@ -215,3 +215,33 @@ def test_fixmatch_twins_and_lpft_reach_the_table_the_figure_and_the_first_senten
     assert "SSL LP-FT" in md
     assert "FixMatch from SSL" in md and "FixMatch from scratch" in md
     assert sentence in headline(out["manifest"])
+
+
+def test_protocols_run_at_the_fractions_chosen_for_them():
+    from pretextflow.core.config import ProbeConfig
+    from pretextflow.core.evaluation.probe import trained_kinds
+
+    pc = ProbeConfig(lpft=True, semisupervised=True, semisupervised_fractions=[0.01], lpft_fractions=[0.1, 1.0])
+    assert trained_kinds(pc, 0.01) == ["supervised", "fixmatch_ssl", "fixmatch_scratch"]
+    assert trained_kinds(pc, 0.1) == ["supervised", "lpft"]
+    assert trained_kinds(pc, 1.0) == ["supervised", "lpft"]
+    everywhere = ProbeConfig(lpft=True, semisupervised=True)
+    assert trained_kinds(everywhere, 0.1) == ["supervised", "lpft", "fixmatch_ssl", "fixmatch_scratch"]
+    assert trained_kinds(everywhere, 1.0) == ["supervised", "lpft"]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"semisupervised_fractions": [0.05]}, r"\[0.05\] are not in probe.label_fractions"),
+        ({"lpft_fractions": [0.5]}, r"\[0.5\] are not in probe.label_fractions"),
+        ({"semisupervised_fractions": [1.0]}, "fractions < 1"),
+    ],
+)
+def test_a_protocol_fraction_outside_the_label_fractions_is_refused(fields, message):
+    from pydantic import ValidationError
+
+    from pretextflow.core.config import ProbeConfig
+
+    with pytest.raises(ValidationError, match=message):
+        ProbeConfig(**fields)

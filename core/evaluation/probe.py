@@ -15,6 +15,7 @@ subset with ``probe.tuning``)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -589,13 +590,20 @@ TRAINED = {
 
 
 def trained_kinds(pc: ProbeConfig, fraction: float) -> list[str]:
-    """The networks trained on a subset of ``fraction`` of the labels, as ``probe`` configures them.
-    FixMatch runs below 100% only: with every label there is no unlabelled image left."""
+    """The networks trained on a subset of ``fraction`` of the labels, as ``probe`` configures them
+    (``probe.lpft_fractions`` / ``probe.semisupervised_fractions`` restrict those two). FixMatch runs
+    below 100% only: with every label there is no unlabelled image left."""
     kinds = ["supervised"] if "supervised" in pc.baselines else []
     kinds += ["finetune"] if pc.finetune else []
-    kinds += ["lpft"] if pc.lpft else []
-    kinds += ["fixmatch_ssl", "fixmatch_scratch"] if pc.semisupervised and fraction < 1 else []
+    kinds += ["lpft"] if pc.lpft and _at(fraction, pc.lpft_fractions) else []
+    fixmatch = pc.semisupervised and fraction < 1 and _at(fraction, pc.semisupervised_fractions)
+    kinds += ["fixmatch_ssl", "fixmatch_scratch"] if fixmatch else []
     return kinds
+
+
+def _at(fraction: float, chosen: list[float] | None) -> bool:
+    """Whether a protocol restricted to ``chosen`` fractions (None: every one) runs at ``fraction``."""
+    return chosen is None or any(math.isclose(fraction, f) for f in chosen)
 
 
 def probe(
