@@ -214,6 +214,10 @@ def test_fixmatch_twins_and_lpft_reach_the_table_the_figure_and_the_first_senten
     md = ctx2.store.read_bytes(*out["run_uri"].split(ctx2.store.uri + "/")[1].split("/"), "report.md").decode()
     assert "SSL LP-FT" in md
     assert "FixMatch from SSL" in md and "FixMatch from scratch" in md
+    protocol = md.split("## Protocol")[1]
+    assert "| FixMatch | 20 steps of 16 labelled + 2 x 16 unlabelled" in protocol and "confidence >= 0.8" in protocol
+    assert f"10%: mask rate {ten['fixmatch_ssl']['mask_rate']:.2f} from SSL" in protocol
+    assert "| LP-FT | the linear probe's head" in protocol
     assert sentence in headline(out["manifest"])
 
 

@@ -527,6 +527,40 @@ def _supervised_setting(recipe: dict[str, Any], eff: list[dict[str, Any]]) -> li
     ]
 
 
+def _trained_settings(probe_cfg: dict[str, Any], eff: list[dict[str, Any]]) -> list[list[str]]:
+    """The LP-FT and FixMatch rows of the protocol, when those ran: recipe, budget, and per fraction
+    the steps (FixMatch: the mean share of unlabelled images above the threshold)."""
+    rows = []
+    lpft = [r for r in eff if r.get("lpft")]
+    if lpft:
+        runs = "; ".join(f"{_pct(r['fraction'])}: {r['lpft']['steps']} steps, lr {r['lpft']['lr']:.2g}" for r in lpft)
+        rows.append(
+            [
+                "LP-FT",
+                f"the linear probe's head on the frozen SSL features, then backbone + head fine-tuned with the "
+                f"supervised recipe at {probe_cfg['lpft_recipe']['lr_scale']} x its lr — {runs}",
+            ]
+        )
+    fixmatch = [r for r in eff if r.get("fixmatch_ssl")]
+    if fixmatch:
+        sr = probe_cfg["semisupervised_recipe"]
+        runs = "; ".join(
+            f"{_pct(r['fraction'])}: mask rate {r['fixmatch_ssl'].get('mask_rate', 0):.2f} from SSL, "
+            f"{(r.get('fixmatch_scratch') or {}).get('mask_rate', 0):.2f} from scratch"
+            for r in fixmatch
+        )
+        rows.append(
+            [
+                "FixMatch",
+                f"{sr['steps']} steps of {sr['batch_size']} labelled + {sr['mu']} x {sr['batch_size']} unlabelled "
+                f"images (every training image), pseudo labels from a weak view (crop {sr['weak_crop_scale_min']}-1 "
+                f"+ flip) at confidence >= {sr['threshold']} for a strong one (crop {sr['strong_crop_scale_min']}-1, "
+                f"jitter, grey), AdamW lr {sr['lr']}; from the SSL backbone and from scratch alike — {runs}",
+            ]
+        )
+    return rows
+
+
 def _protocol_section(manifest: dict[str, Any]) -> Section:
     m, k = manifest["metrics"], manifest["metrics"]["knn"]["k"]
     detail = manifest.get("metrics_detail", {})
@@ -550,6 +584,7 @@ def _protocol_section(manifest: dict[str, Any]) -> Section:
     recipe = m.get("supervised_recipe")
     if recipe:
         settings.append(_supervised_setting(recipe, eff))
+    settings += _trained_settings(manifest["config"]["probe"], eff)
     return ("Protocol", ["probe", "settings"], settings, [])
 
 
