@@ -197,14 +197,17 @@ def train_supervised(
 
 
 def _log_result(logger: logging.Logger | logging.LoggerAdapter, tag: str, r: dict[str, Any]) -> None:
-    """Log one supervised run's labels, budget, accuracies and time."""
+    """Log one supervised run's labels, budget, accuracies and time. A cross-validation fold's run
+    (its tag ends in " CV": ``trained.SubsetTrainer._tune``) is scored on the fold's held-out
+    images, never on the test split, and its line says so."""
     logger.info(
-        "%s: %d labels, %d steps (%.1f epochs), train top-1 %.4f, test top-1 %.4f [%.1fs]",
+        "%s: %d labels, %d steps (%.1f epochs), train top-1 %.4f, %s top-1 %.4f [%.1fs]",
         tag,
         r["num_labels"],
         r["steps"],
         r["epochs"],
         r["train_top1"],
+        "held-out fold" if tag.endswith(" CV") else "test",
         r["top1"],
         r["seconds"],
     )
