@@ -153,20 +153,19 @@ def targets(result: dict) -> list[str]:
     b1, s1 = best_ssl(result, 0.01)
     b10, s10 = best_ssl(result, 0.1)
     checks = [
-        (f"1%: best SSL-based ({b1}, {s1:.2%}) >= supervised from scratch ({sup1:.2%}) + 3 points", s1 >= sup1 + 0.03),
-        (f"1%: FixMatch from SSL ({fm_ssl:.2%}) >= from scratch ({fm_scratch:.2%})", fm_ssl >= fm_scratch),
-        (f"10%: best SSL-based ({b10}, {s10:.2%}) >= supervised from scratch ({sup10:.2%})", s10 >= sup10),
+        (
+            f"1%: best SSL-based ({b1}, {s1:.2%}) >= supervised from scratch ({sup1:.2%}) + 3 points",
+            s1 >= sup1 + 0.03,
+            s1 - sup1 - 0.03,
+        ),
+        (
+            f"1%: FixMatch from SSL ({fm_ssl:.2%}) >= from scratch ({fm_scratch:.2%})",
+            fm_ssl >= fm_scratch,
+            fm_ssl - fm_scratch,
+        ),
+        (f"10%: best SSL-based ({b10}, {s10:.2%}) >= supervised from scratch ({sup10:.2%})", s10 >= sup10, s10 - sup10),
     ]
-    return [f"- {'met' if ok else 'MISSED'}: {text} (margin {margin(text, result):+.2f} points)" for text, ok in checks]
-
-
-def margin(text: str, result: dict) -> float:
-    rows = result["runs"]["ssl"]["label_efficiency"]
-    if text.startswith("1%: best"):
-        return (best_ssl(result, 0.01)[1] - cell(rows, "supervised_top1", 0.01)[0] - 0.03) * 100
-    if text.startswith("1%: FixMatch"):
-        return (cell(rows, "fixmatch_ssl_top1", 0.01)[0] - cell(rows, "fixmatch_scratch_top1", 0.01)[0]) * 100
-    return (best_ssl(result, 0.1)[1] - cell(rows, "supervised_top1", 0.1)[0]) * 100
+    return [f"- {'met' if ok else 'MISSED'}: {text} (margin {m * 100:+.2f} points)" for text, ok, m in checks]
 
 
 def costs(result: dict) -> list[str]:
@@ -213,7 +212,8 @@ def render(result: dict, out: Path) -> None:
         *costs(result),
         "",
     ]
-    notes = out.read_text().split(NOTES, 1)[1] if out.exists() and NOTES in out.read_text() else "\n"
+    before = out.read_text() if out.exists() else ""
+    notes = before.split(NOTES, 1)[1] if NOTES in before else "\n"
     out.write_text("\n".join(text) + "\n" + NOTES + notes)
 
 
