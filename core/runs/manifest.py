@@ -11,9 +11,10 @@ from typing import Any
 from pretextflow.core.config import RunConfig
 from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.data.versioning import git_commit
+from pretextflow.core.errors import StageInputError
 from pretextflow.core.registry.preflight import resolved_pretext_params
 from pretextflow.core.registry.registry import Registry
-from pretextflow.core.runs.history import MANIFEST_SCHEMA
+from pretextflow.core.runs.history import MANIFEST_SCHEMA, load_manifest
 from pretextflow.core.security import credentials
 from pretextflow.core.security.redaction import redact
 from pretextflow.core.store import ArtifactStore
@@ -115,10 +116,9 @@ def teacher_record(params: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(uri, str):
         return None
     record: dict[str, Any] = {"uri": redact(credentials.for_record(uri)), "sha256": params.get("teacher_sha256")}
-    folder = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri.rstrip("/")
     try:
-        teacher = ArtifactStore(folder).read_json("manifest.json")
-    except (FileNotFoundError, OSError, ValueError):
+        teacher = load_manifest(uri)  # a run folder or its manifest.json, credentials resolved, schema checked
+    except (StageInputError, OSError):
         return record  # an export folder (or a manifest no longer there): its URI and digest only
     backbone = teacher["config"]["backbone"]
     record.update(

@@ -478,12 +478,20 @@ def _teacher_section(manifest: dict[str, Any]) -> Section | None:
     m, student = manifest["metrics"], manifest["config"]["backbone"]
     rows = [["teacher", t["uri"] + (f" (sha256 {t['sha256'][:12]})" if t.get("sha256") else ""), "-", "-", "-"]]
     if t.get("metrics"):
-        small = min(t["label_efficiency"], key=lambda r: r["fraction"], default=None)
         rows[0][1] = f"run {t['run_id']}: {t['pretext']}, {_backbone_text(t['backbone'])}"
-        rows[0][2:] = [_acc(t["metrics"], LINEAR_TOP1), _acc(t["metrics"], KNN_TOP1), _small_text(small)]
-    small = min(m.get("label_efficiency", []), key=lambda r: r["fraction"], default=None)
+        rows[0][2:] = [
+            _acc(t["metrics"], LINEAR_TOP1),
+            _acc(t["metrics"], KNN_TOP1),
+            _fewest_text(t["label_efficiency"]),
+        ]
     rows.append(
-        ["student (this run)", _backbone_text(student), _acc(m, LINEAR_TOP1), _acc(m, KNN_TOP1), _small_text(small)]
+        [
+            "student (this run)",
+            _backbone_text(student),
+            _acc(m, LINEAR_TOP1),
+            _acc(m, KNN_TOP1),
+            _fewest_text(m.get("label_efficiency", [])),
+        ]
     )
     header = ["", "backbone", "linear, all labels", f"kNN k={m['knn']['k']}", "SSL linear, fewest labels"]
     return ("Distilled from a teacher (test top-1)", header, rows, [])
@@ -494,7 +502,9 @@ def _backbone_text(backbone: dict[str, Any]) -> str:
     return f"{backbone['name']}" + (f" ({kwargs})" if kwargs else "")
 
 
-def _small_text(row: dict[str, Any] | None) -> str:
+def _fewest_text(eff: list[dict[str, Any]]) -> str:
+    """The SSL linear probe at the smallest labelled fraction of a label-efficiency table."""
+    row = min(eff, key=lambda r: r["fraction"], default=None)
     if not row or row.get(SSL_LINEAR.key) is None:
         return "-"
     return f"{row[SSL_LINEAR.key]:.4f} ({_pct(row['fraction'])}, {row['num_labels']} labels)"
