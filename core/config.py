@@ -288,7 +288,7 @@ class ProbeConfig(Strict):
             chosen = getattr(self, name)
             if chosen is None:
                 continue
-            unknown = [f for f in chosen if not any(math.isclose(f, g) for g in self.label_fractions)]
+            unknown = [f for f in chosen if not in_fractions(f, self.label_fractions)]
             if unknown:
                 raise ValueError(
                     f"probe.{name} {unknown} are not in probe.label_fractions {self.label_fractions}: "
@@ -297,6 +297,11 @@ class ProbeConfig(Strict):
             if name == "semisupervised_fractions" and any(f >= 1 for f in chosen):
                 raise ValueError("probe.semisupervised_fractions: FixMatch needs unlabelled images, so fractions < 1")
         return self
+
+
+def in_fractions(fraction: float, fractions: list[float]) -> bool:
+    """Whether ``fraction`` is one of ``fractions`` (label fractions compare with ``math.isclose``)."""
+    return any(math.isclose(fraction, f) for f in fractions)
 
 
 class ReportConfig(Strict):

@@ -15,7 +15,6 @@ subset with ``probe.tuning``)."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretextflow.core.config import ProbeConfig, RunConfig
+from pretextflow.core.config import ProbeConfig, RunConfig, in_fractions
 from pretextflow.core.data.dataset import Dataset
 from pretextflow.core.data.shards import ImageView
 from pretextflow.core.evaluation.features import cached_features, pixel_features
@@ -603,7 +602,7 @@ def trained_kinds(pc: ProbeConfig, fraction: float) -> list[str]:
 
 def _at(fraction: float, chosen: list[float] | None) -> bool:
     """Whether a protocol restricted to ``chosen`` fractions (None: every one) runs at ``fraction``."""
-    return chosen is None or any(math.isclose(fraction, f) for f in chosen)
+    return chosen is None or in_fractions(fraction, chosen)
 
 
 def probe(
