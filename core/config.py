@@ -144,17 +144,55 @@ class TrainConfig(Strict):
         description="processes for data-parallel training (DDP): gloo on the CPU, "
         "one GPU each with NCCL; batch_size stays the global batch",
     )
+    nodes: int = Field(
+        1,
+        gt=0,
+        description="machines that train together, each running train.devices processes "
+        "(the same command on every node; they meet at train.rdzv_endpoint)",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port of the rendezvous (PyTorch's c10d) that the nodes meet at; the node whose "
+        "address it is hosts it. Needed with nodes > 1; None on one node = a free local port",
+    )
+    rdzv_timeout: int = Field(600, gt=0, description="seconds to wait for every node to join the rendezvous")
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="with several processes: restarts of the whole group after a worker dies (from the "
+        "last checkpoint, see checkpoint_every_steps); errors a restart would repeat stop at once",
+    )
+    local_addr: str | None = Field(
+        None, description="this node's address as the other nodes reach it; None = its hostname (127.0.0.1 on one node)"
+    )
     sync_batchnorm: bool = Field(True, description="with devices > 1: BatchNorm statistics over the global batch")
     compile: bool = Field(False, description="torch.compile the backbone (worth it on GPUs; slow to start)")
     channels_last: bool = Field(True, description="channels_last memory format for CNNs on CUDA")
 
     @model_validator(mode="after")
     def _global_batch_splits(self) -> TrainConfig:
-        if self.batch_size % self.devices:
+        world = self.devices * self.nodes
+        if self.batch_size % world:
+            what = f"devices {self.devices}" if self.nodes == 1 else f"nodes x devices = {world}"
             raise ValueError(
-                f"batch_size {self.batch_size} must be divisible by devices {self.devices} "
-                f"(it is the global batch; each process takes batch_size / devices)"
+                f"batch_size {self.batch_size} must be divisible by {what} "
+                f"(it is the global batch; each process takes batch_size / {world})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_meet_somewhere(self) -> TrainConfig:
+        if self.nodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"nodes={self.nodes} needs rdzv_endpoint: the host:port every node can reach, on the "
+                f"first node (e.g. node0.cluster:29400)"
+            )
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"rdzv_endpoint {self.rdzv_endpoint!r} is not host:port (e.g. node0.cluster:29400 or 10.0.0.5:29400)"
+                )
         return self
 
 

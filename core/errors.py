@@ -38,6 +38,11 @@ class VersioningError(PretextflowError):
     """A DVC or git operation failed."""
 
 
+class LaunchError(PretextflowError):
+    """A multi-process pretraining could not start or finish: the rendezvous was unreachable or
+    incomplete, or a rank died (after ``train.max_restarts`` restarts) without an error of its own."""
+
+
 class TrainingDiverged(PretextflowError):
     """Pretraining met a non-finite loss and stopped (or ran out of rollbacks); the last good
     checkpoint is kept. Raised from a training rank, it is re-raised as itself by the launcher."""

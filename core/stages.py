@@ -27,7 +27,14 @@ from pretextflow.core.workspace import Workspace
 log = logging.getLogger("pretextflow")
 
 # Training settings that do not change what is learned (only how it is logged or checkpointed).
-_TRAIN_FIELDS_NOT_IN_KEY = {"log_every", "checkpoint_every", "checkpoint_every_steps", "threads", "device"}
+_TRAIN_FIELDS_NOT_IN_KEY = {"log_every", "checkpoint_every", "checkpoint_every_steps", "threads", "device"} | {
+    # where the processes meet and how often they may restart: not what they learn (nodes is in the key:
+    # the world size decides how sums are rounded)
+    "rdzv_endpoint",
+    "rdzv_timeout",
+    "max_restarts",
+    "local_addr",
+}
 # ...except after a non-finite loss with train.on_nonfinite=rollback: then the checkpoint schedule decides
 # which state is "the last good one", and the factor and the limit decide the rest of the run.
 _ROLLBACK_FIELDS = {"checkpoint_every", "checkpoint_every_steps", "rollback_lr_factor", "max_rollbacks"}
