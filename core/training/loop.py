@@ -138,7 +138,8 @@ def pretrain(
     ``checkpoint.safetensors`` (atomically: written aside, then renamed), from which a restarted run
     resumes, mid-epoch included, with the weights an uninterrupted run would have had. A non-finite
     loss stops the run, or rolls it back to the last good state with a lower lr (``train.on_nonfinite``).
-    With ``train.devices: N > 1`` the loop runs in N processes (``core.distributed``). ``events``: where
+    With ``train.devices`` x ``train.nodes`` > 1 the loop runs in that many processes, started by
+    PyTorch's elastic agent (``core.training.launch``). ``events``: where
     progress and metrics go while it runs (``core.training.telemetry``; rank 0 only)."""
     if store.is_complete(STAGE, key):
         hist = store.read_json(STAGE, key, "history.json")
@@ -152,7 +153,7 @@ def pretrain(
             hist["epoch_loss"][-1] if hist["epoch_loss"] else None,
         )
     events = events if events is not None else EventBus()
-    if cfg.train.devices > 1:
+    if cfg.train.devices * cfg.train.nodes > 1:
         return _pretrain_multiprocess(cfg, dataset, store, key, logger, events)
     return _train(
         cfg, dataset, store, key, registry, logger, on_epoch_end, distributed.Shard(), on_step=on_step, events=events
@@ -167,26 +168,29 @@ def _pretrain_multiprocess(
     logger: logging.Logger | logging.LoggerAdapter,
     events: EventBus,
 ) -> PretrainOutcome:
-    """Launch ``train.devices`` processes on this machine; they write the artifact, we read it. Rank
+    """Launch ``train.devices`` processes on this node (this node's part of ``train.nodes``); they write
+    the artifact, we read it. Rank
     0 shows the progress and writes the live history itself (``core.training.rank``); the metrics
     reach this process's bus (its loggers) from the history once the ranks are done."""
     tc = cfg.train
     device = select_device(tc.device)
     reopen = _multiprocess_inputs(tc, dataset, store, device)
     threads = (tc.threads or max(1, (os.cpu_count() or 1) // tc.devices)) if device.type == "cpu" else tc.threads
+    world = tc.nodes * tc.devices
     logger.info(
-        "pretrain %s: %d processes (%s), global batch %d = %d x %d, %s threads each",
+        "pretrain %s: %d node(s) x %d processes (%s), global batch %d = %d x %d, %s threads each",
         key,
+        tc.nodes,
         tc.devices,
         launch.backend_for(device.type),
         tc.batch_size,
-        tc.devices,
-        tc.batch_size // tc.devices,
+        world,
+        tc.batch_size // world,
         threads,
     )
     t0 = time.perf_counter()
     launch.launch(
-        tc.devices,
+        launch.topology(tc, key),
         device.type,
         {
             "config": cfg.model_dump(mode="json"),
@@ -265,7 +269,7 @@ def _device(tc, shard: distributed.Shard) -> torch.device:
     """The device this process trains on: with several CUDA processes, the rank's own GPU."""
     device = select_device(tc.device)
     if device.type == "cuda" and shard.world > 1:
-        device = torch.device("cuda", shard.rank)
+        device = torch.device("cuda", torch.cuda.current_device())  # the rank's LOCAL_RANK (core.training.rank)
     return device
 
 
