@@ -78,6 +78,22 @@ class DataConfig(Strict):
     format: str | None = Field(None, description="dataset-format plugin for `source`")
     options: dict[str, Any] = Field({}, description="options of the dataset format")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="shard size and decode workers")
+    uri: CredentialURI | None = Field(
+        None,
+        description="where the stages read the ingested dataset: None = the workspace's data/ folder; an "
+        "fsspec URI of a folder holding <name>/ (s3://bucket/datasets) for nodes that do not hold the data: "
+        "images are read row range by row range, with store.storage_options",
+    )
+
+    @model_validator(mode="after")
+    def _read_from_one_place(self) -> DataConfig:
+        if self.uri and self.source:
+            raise ValueError(
+                f"uri and source are both set for {self.name!r}: the stages read the dataset at uri, so "
+                f"an ingest of source would never be used. Ingest where the data is published (without "
+                f"uri), copy data/{self.name}/ to the uri, and keep only uri on the nodes that read it."
+            )
+        return self
 
 
 class BackboneConfig(Strict):
@@ -513,7 +529,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-_MAY_HOLD_CREDENTIALS = ("store.storage_options", "store.uri", "data.source", "logging.options")
+_MAY_HOLD_CREDENTIALS = ("store.storage_options", "store.uri", "data.source", "data.uri", "logging.options")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -62,10 +62,20 @@ class StageContext:
         return cls(ws, cfg, registry or get_registry(), store)
 
     def dataset(self) -> Dataset:
-        from pretextflow.core.data.ingest import ensure_consistent
+        """The dataset the stages read: the workspace's, or the one at ``data.uri`` (on a node
+        without the data: each rank then reads only the rows of its batches)."""
+        if not self.cfg.data.uri:
+            from pretextflow.core.data.ingest import ensure_consistent
 
-        ensure_consistent(self.ws)  # an ingest that died half-way is rolled back before anyone reads
-        return load_dataset(str(self.ws.data_dir), self.cfg.data.name)
+            ensure_consistent(self.ws)  # an ingest that died half-way is rolled back before anyone reads
+        return self.load(self.cfg.data)
+
+    def load(self, d) -> Dataset:
+        """Dataset ``d`` (``data`` or ``probe.data``): at ``d.uri`` (resolved when the config was
+        validated; read with ``store.storage_options``), else in the workspace's data/ folder."""
+        if d.uri:
+            return load_dataset(d.uri, d.name, self.cfg.store.storage_options)
+        return load_dataset(str(self.ws.data_dir), d.name)
 
     def probe_dataset(self, ds: Dataset) -> Dataset:
         """What the probe stage evaluates on: ``probe.data`` brought to the backbone's input shape
@@ -77,7 +87,7 @@ class StageContext:
 
         size = input_size(self.cfg, ds.meta)
         shape = [ds.in_chans, size, size]
-        probe_ds = load_dataset(str(self.ws.data_dir), self.cfg.probe.data.name)  # memory-mapped: cheap
+        probe_ds = self.load(self.cfg.probe.data)  # memory-mapped or read by row ranges: cheap
         memo = f"{probe_ds.fingerprint}->{shape}"
         if memo not in self._probe_datasets:  # resizing is not: keys, the probe and the report all ask
             from pretextflow.core.data.adapt import adapt_dataset
@@ -216,6 +226,9 @@ def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool)
     from pretextflow.core.data.ingest import IngestSettings, ingest, recover_interrupted_ingest, summary
     from pretextflow.core.data.versioning import data_version, dvc, workspace_lock
 
+    if d.uri:  # published elsewhere (data.uri): nothing to ingest here; its version is its content hash
+        ds = ctx.load(d)
+        return summary(ds, f"fingerprint:{ds.fingerprint}", changed=False)
     if d.source:
         if not d.format:
             from pretextflow.core.errors import ConfigError
@@ -244,7 +257,7 @@ def _ingest_or_describe(ctx: StageContext, d, push: bool, logger, refresh: bool)
         version = data_version(ctx.ws)
         logger.info("refresh: dvc pull; data version %s", version)
         return summary(ctx.dataset(), version, changed=version != before)
-    ds = ctx.dataset() if d is ctx.cfg.data else load_dataset(str(ctx.ws.data_dir), d.name)
+    ds = ctx.dataset() if d is ctx.cfg.data else ctx.load(d)
     return summary(ds, data_version(ctx.ws))
 
 

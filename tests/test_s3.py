@@ -258,3 +258,36 @@ def test_init_from_the_command_line_with_an_s3_remote(s3, tmp_path):
         for o in boto3.client("s3", endpoint_url=s3.endpoint).list_objects_v2(Bucket=BUCKET, Prefix="cli/")["Contents"]
     ]
     assert len(keys) >= 5
+
+
+def test_two_ranks_train_from_a_dataset_on_s3_as_from_local_files(s3, s3_workspace, tmp_path, digits_config):
+    """A node without the data: data.uri and store.uri on S3, an empty workspace. The two ranks read
+    the images from S3 by row ranges and train the weights the local files give, bit for bit."""
+    import fsspec
+
+    from pretextflow.core.stages import StageContext, run_pretrain
+
+    opts = {"client_kwargs": {"endpoint_url": s3.endpoint}}
+    s3fs = fsspec.filesystem("s3", **opts, skip_instance_cache=True)
+    s3fs.put(str(s3_workspace.data_dir / "digits"), f"{BUCKET}/datasets/", recursive=True)
+    train = ("train.epochs=1", "train.batch_size=128", "train.threads=1", "train.devices=2")
+    local = StageContext.create(digits_config(*train, f"store.uri={tmp_path / 'local'}"), str(s3_workspace.root))
+    remote_cfg = digits_config(
+        *train,
+        f"data.uri=s3://{BUCKET}/datasets",
+        "data.source=null",
+        f"store.uri=s3://{BUCKET}/store-ddp",
+        "store.storage_options=" + json.dumps(opts),
+    )
+    remote = StageContext.create(remote_cfg, str(tmp_path / "empty-workspace"))
+    assert remote.pretrain_key(remote.dataset()) == local.pretrain_key(local.dataset())
+    assert not (tmp_path / "empty-workspace" / "data").exists()
+    out_local, out_remote = run_pretrain(local), run_pretrain(remote)
+    assert not out_remote["cached"] and out_remote["key"] == out_local["key"]
+
+    def weights(ctx) -> str:
+        return hashlib.sha256(ctx.store.read_bytes("pretrain", out_local["key"], "task.safetensors")).hexdigest()
+
+    assert weights(remote) == weights(local)
+    with pytest.raises(Exception, match="uri and source are both set"):
+        digits_config(f"data.uri=s3://{BUCKET}/datasets")  # digits_smoke.yaml has a data.source
