@@ -251,3 +251,52 @@ def test_the_agent_leaves_this_process_its_signal_handlers():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_the_node_deployments_load_and_share_one_config():
+    """prefect-nodes.yaml: one deployment per node (its own work queue), the same parameters."""
+    import inspect
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from pretextflow.core.config import load_config
+
+    spec = yaml.safe_load((REPO / "prefect-nodes.yaml").read_text())
+    deps = spec["deployments"]
+    assert len(deps) == 2 and deps[0]["parameters"] == deps[1]["parameters"]
+    assert len({d["work_pool"]["work_queue_name"] for d in deps}) == 2
+    for dep in deps:
+        path, func = dep["entrypoint"].split(":")
+        loaded = load_flow_from_entrypoint(f"{REPO / path}:{func}")
+        assert set(dep["parameters"]) <= set(inspect.signature(loaded.fn).parameters)
+        cfg = load_config(REPO / dep["parameters"]["config_path"], dep["parameters"]["overrides"])
+        assert cfg.train.nodes == 2 and cfg.train.rdzv_endpoint and cfg.data.uri and cfg.store.uri.startswith("s3://")
+
+
+def test_two_nodes_through_the_prefect_entry_point(digits_workspace, tmp_path):
+    """The deployments' flow on two "nodes" (node 1 in its own process, its own Prefect home): one
+    pretraining, its artifact complete in the shared store and found cached by a later run."""
+    from pretextflow.flows.entrypoint import node_pretrain
+
+    config = str(REPO / "configs" / "digits_smoke.yaml")
+    overrides = [
+        *BASE,
+        "train.nodes=2",
+        f"train.rdzv_endpoint=127.0.0.1:{launch.free_port()}",
+        "train.local_addr=127.0.0.1",
+        f"store.uri={tmp_path / 'store'}",
+    ]
+    code = "import sys, json; from pretextflow.flows.entrypoint import node_pretrain; node_pretrain(*json.loads(sys.argv[1]))"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-node1")}
+    args = json.dumps([config, overrides, str(digits_workspace.root)])
+    node1 = subprocess.Popen([sys.executable, "-c", code, args], env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        out = node_pretrain(config, overrides, str(digits_workspace.root))
+        _, err = node1.communicate(timeout=180)
+    finally:
+        node1.kill()
+    assert node1.returncode == 0, err[-3000:]
+    assert not out["cached"]
+    assert ArtifactStore(str(tmp_path / "store")).is_complete("pretrain", out["key"])
+    assert node_pretrain(config, overrides, str(digits_workspace.root))["cached"]
