@@ -64,7 +64,8 @@ def _sha256(store) -> str:
 
 def test_two_nodes_follow_the_single_process_trajectory(digits_workspace, tmp_path, digits_config):
     """Two elastic agents on 127.0.0.1 (node 1 in a process of its own), one process each, meet at
-    the rendezvous and train SimCLR with 2 x 64 images per step == 128 images on 1 process."""
+    the rendezvous and train SimCLR with 2 x 64 images per step == 128 images on 1 process, and
+    exactly what 2 processes on one node train."""
     one = digits_config(*BASE)
     _, store1 = _run(digits_workspace, tmp_path / "one", one)
     endpoint = f"127.0.0.1:{launch.free_port()}"
@@ -104,6 +105,9 @@ def test_two_nodes_follow_the_single_process_trajectory(digits_workspace, tmp_pa
     assert len(backbone) > 10
     for name in backbone:  # as in test_distributed: the backbone is what is kept
         torch.testing.assert_close(w2[name], w1[name], atol=WEIGHT_ATOL, rtol=1e-3, msg=name)
+    # and what 2 processes on one node give, bit for bit: the nodes change where ranks run, not what they sum
+    _, one_node = _run(digits_workspace, tmp_path / "one-node", digits_config(*BASE, "train.devices=2"))
+    assert _sha256(store2) == _sha256(one_node)
 
 
 def _rank_pid(rank: int) -> int | None:
