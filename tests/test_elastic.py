@@ -304,3 +304,22 @@ def test_two_nodes_through_the_prefect_entry_point(digits_workspace, tmp_path):
     assert not out["cached"]
     assert ArtifactStore(str(tmp_path / "store")).is_complete("pretrain", out["key"])
     assert node_pretrain(config, overrides, str(digits_workspace.root))["cached"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_agent_is_this_process_s_own(monkeypatch, sig):
+    """Ctrl-C stays a KeyboardInterrupt; a SIGTERM (a scheduler's preemption) is a LaunchError that
+    says the checkpoint is kept, not the agent's SignalException traceback."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def agent(topo, tmp):
+        def run(*_):
+            raise SignalException(f"got signal {sig}", sigval=sig)
+
+        return run
+
+    monkeypatch.setattr(launch, "_agent", agent)
+    topo = launch.Topology(1, 2, "127.0.0.1:1", "pretextflow-x", 0, 5, "127.0.0.1")
+    expected = KeyboardInterrupt if sig == signal.SIGINT else LaunchError
+    with pytest.raises(expected, match="" if sig == signal.SIGINT else "stopped by SIGTERM.*checkpoint is kept"):
+        launch.launch(topo, "cpu", {})

@@ -79,6 +79,7 @@ def launch(topo: Topology, device_type: str, payload: dict[str, Any]) -> None:
     ``topo``, and wait for the group. A rank that fails makes the agent restart the group (every node)
     up to ``topo.max_restarts`` times; the ranks resume from the store's last checkpoint. Then the
     failure is raised here: the rank's own error, or :class:`LaunchError`."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
 
@@ -93,6 +94,13 @@ def launch(topo: Topology, device_type: str, payload: dict[str, Any]) -> None:
             _raise_rank_error(tmp, exc, topo)
         except RendezvousError as exc:
             raise _rendezvous_error(topo, exc) from None
+        except SignalException as exc:  # the agent stopped the ranks; say it as this process would
+            if exc.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise LaunchError(
+                f"pretraining stopped by {signal.Signals(exc.sigval).name}; its ranks are stopped and the last "
+                f"checkpoint is kept: a rerun resumes from it."
+            ) from None
 
 
 def _agent(topo: Topology, tmp: str):

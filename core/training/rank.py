@@ -81,6 +81,9 @@ def _rank_entry(payload_path: str) -> int:
         events.emit("stage_end", "pretrain", status="completed")
         dist.barrier()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: stop quietly
+        events.emit("stage_end", "pretrain", status="failed", error="interrupted")
+        return 130
     except Exception as exc:
         events.emit("stage_end", "pretrain", status="failed", error=str(exc))
         _write_error(payload, r, exc)
