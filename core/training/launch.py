@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import logging
 import os
 import signal
 import socket
@@ -25,8 +24,6 @@ from typing import Any
 
 from pretextflow.core import errors
 from pretextflow.core.errors import LaunchError, PretextflowError
-
-log = logging.getLogger("pretextflow.train")
 
 FATAL = "fatal.json"  # in the error dir: an error a restart would only repeat
 
@@ -89,7 +86,7 @@ def launch(topo: Topology, device_type: str, payload: dict[str, Any]) -> None:
             json.dump({**payload, "backend": backend_for(device_type), "error_dir": tmp}, f)
         try:
             with _signal_handlers_kept(), _fresh_worker_store():
-                _agent(topo, tmp)(sys.executable, "-m", "pretextflow.core.training.rank", payload_path)
+                _agent(topo, tmp)("-m", "pretextflow.core.training.rank", payload_path)
         except ChildFailedError as exc:
             _raise_rank_error(tmp, exc, topo)
         except RendezvousError as exc:
@@ -104,7 +101,8 @@ def launch(topo: Topology, device_type: str, payload: dict[str, Any]) -> None:
 
 
 def _agent(topo: Topology, tmp: str):
-    """The elastic agent for ``topo``: a fixed-size c10d rendezvous, the ranks started as commands.
+    """The elastic agent for ``topo``: a fixed-size c10d rendezvous, the ranks started as commands
+    (this Python with the arguments the returned launcher is called with).
     Local rank 0 keeps this process's terminal (progress bars); the others write to log files."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -127,7 +125,7 @@ def _agent(topo: Topology, tmp: str):
         local_addr=topo.local_addr,
         logs_specs=logs,
     )
-    return lambda entrypoint, *args: elastic_launch(config, entrypoint)(*args)
+    return elastic_launch(config, sys.executable)
 
 
 @contextlib.contextmanager

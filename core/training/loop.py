@@ -176,7 +176,7 @@ def _pretrain_multiprocess(
     device = select_device(tc.device)
     reopen = _multiprocess_inputs(tc, dataset, store, device)
     threads = (tc.threads or max(1, (os.cpu_count() or 1) // tc.devices)) if device.type == "cpu" else tc.threads
-    world = tc.nodes * tc.devices
+    topo = launch.topology(tc, key)
     logger.info(
         "pretrain %s: %d node(s) x %d processes (%s), global batch %d = %d x %d, %s threads each",
         key,
@@ -184,13 +184,13 @@ def _pretrain_multiprocess(
         tc.devices,
         launch.backend_for(device.type),
         tc.batch_size,
-        world,
-        tc.batch_size // world,
+        topo.world,
+        tc.batch_size // topo.world,
         threads,
     )
     t0 = time.perf_counter()
     launch.launch(
-        launch.topology(tc, key),
+        topo,
         device.type,
         {
             "config": cfg.model_dump(mode="json"),
