@@ -37,6 +37,11 @@ KEY = "distributed"
 MARKER = "<!-- processes and nodes: bench/distributed.py (scaling.py keeps what follows) -->"
 POINTS = ("1 process, 2 threads", "1 process, 1 thread", "2 processes x 1 thread", "2 nodes x 1 process x 1 thread")
 ALONE = "2 independent processes, local batch (no communication)"
+ONE_NODE = {  # the points launched from this process alone: their overrides
+    POINTS[0]: ["train.threads=2"],
+    POINTS[1]: ["train.threads=1"],
+    POINTS[2]: ["train.threads=1", "train.devices=2"],
+}
 
 
 def config(overrides: list[str]):
@@ -59,8 +64,12 @@ def run_here(cfg_json: str, data_dir: str, store_dir: str) -> dict:
     return store.read_json("pretrain", KEY, "history.json")
 
 
+def _as_json(cfg) -> str:
+    return json.dumps(cfg.model_dump(mode="json"))
+
+
 def _child(cfg, data_dir: str, store_dir: str) -> subprocess.Popen:
-    cmd = [sys.executable, __file__, "--as-node", json.dumps(cfg.model_dump(mode="json")), data_dir, store_dir]
+    cmd = [sys.executable, __file__, "--as-node", _as_json(cfg), data_dir, store_dir]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -84,19 +93,14 @@ def point(name: str, data_dir: str, tmp: Path, base: list[str], batch: int) -> f
     stores = [str(tmp / f"store-{i}") for i in range(2)]
     for s in stores:
         shutil.rmtree(s, ignore_errors=True)
-    if name == POINTS[0] or name == POINTS[1]:
-        threads = 2 if name == POINTS[0] else 1
-        cfg = config([*base, f"train.threads={threads}"])
-        return timed_rate([run_here(json.dumps(cfg.model_dump(mode="json")), data_dir, stores[0])], batch)
-    if name == POINTS[2]:
-        cfg = config([*base, "train.threads=1", "train.devices=2"])
-        return timed_rate([run_here(json.dumps(cfg.model_dump(mode="json")), data_dir, stores[0])], batch)
+    if name in ONE_NODE:
+        return timed_rate([run_here(_as_json(config([*base, *ONE_NODE[name]])), data_dir, stores[0])], batch)
     if name == POINTS[3]:
         endpoint = f"127.0.0.1:{free_port()}"
         nodes = ["train.nodes=2", f"train.rdzv_endpoint={endpoint}", "train.local_addr=127.0.0.1"]
         cfg = config([*base, "train.threads=1", *nodes])
         other = _child(cfg, data_dir, stores[0])
-        hist = run_here(json.dumps(cfg.model_dump(mode="json")), data_dir, stores[0])
+        hist = run_here(_as_json(cfg), data_dir, stores[0])
         _wait(other)
         return timed_rate([hist], batch)
     # ALONE: the local batch on each core, no collectives; the global rate they would add up to
